@@ -1,0 +1,16 @@
+// Package vm is everything a node knows about virtual machines, independent of the hypervisor.
+//
+// It holds the marketplace's view of a VM (the report's statusrelations table): the statuses a VM
+// goes through (registered, stored, started, stopped, suspended, migrating), the actions legal in
+// each, and the version that every status change increments. That table is data (see Actions and
+// State.Apply) so that the provider, the buyer's node and the coordinator all enforce the same
+// rules; a provider executes an action only if the VM's status allows it.
+//
+// It also holds the hypervisor driver contract (Driver, plus optional capability interfaces such
+// as Reattacher and Importer) that vm/qemu and vm/vsphere implement, the 128-bit VM identifier and
+// the MAC address the marketplace issues, the local inventory of VMs kept in the node's store, and
+// Manager, which ties a driver, the inventory and the status rules together for the node's API.
+//
+// Wire and CLI forms: statuses and actions travel as their lower-case report names
+// ("started", "suspendmachine"); IDs as UUID text; MAC addresses as colon-separated hex.
+package vm
