@@ -1,0 +1,88 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// MaxAnswerSize caps an API answer read by the client.
+const MaxAnswerSize = 64 << 20
+
+// Client talks to a running node's API; it finds it from the node's home alone.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// Dial returns a client for the node running on home.
+func Dial(home Home) (*Client, error) {
+	addr, err := home.APIAddr()
+	if err != nil {
+		return nil, err
+	}
+	token, err := home.Token()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{base: "http://" + addr, token: token, http: &http.Client{Timeout: 10 * time.Minute}}, nil
+}
+
+// Get fetches path into out.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.Do(ctx, http.MethodGet, path, nil, out)
+}
+
+// Post sends in as JSON to path and decodes the answer into out (either may be nil).
+func (c *Client) Post(ctx context.Context, path string, in, out any) error {
+	return c.Do(ctx, http.MethodPost, path, in, out)
+}
+
+// Do makes one API call.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("node API at %s does not answer (%v): is `virtuoso node` running on this home?", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerSize))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb ErrorBody
+		if json.Unmarshal(raw, &eb) == nil && eb.Error != "" {
+			return WithStatus(resp.StatusCode, errors.New(eb.Error))
+		}
+		return WithStatus(resp.StatusCode, fmt.Errorf("%s %s: %s", method, path, resp.Status))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("decode answer of %s: %w", path, err)
+	}
+	return nil
+}

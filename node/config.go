@@ -1,0 +1,318 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// Profile picks the network behaviour of a node.
+type Profile string
+
+const (
+	// ProfileLocal listens on loopback only and sends nothing to any other address: no mDNS,
+	// no NAT port mapping, no relays, no hole punching. Tests and the demo use it.
+	ProfileLocal Profile = "local"
+	// ProfilePublic listens on all interfaces on fixed ports, with mDNS, NAT port mapping and
+	// hole punching, for a real deployment.
+	ProfilePublic Profile = "public"
+)
+
+// Default ports of the public profile; the local profile picks free ones.
+const (
+	DefaultP2PPort = 4710
+	DefaultAPIPort = 4711
+)
+
+// ErrInvalidConfig marks a configuration that fails validation.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+// Config is the node's configuration, kept in config.toml in the home directory.
+type Config struct {
+	Profile Profile       `toml:"profile"`
+	Network NetworkConfig `toml:"network"`
+	API     APIConfig     `toml:"api"`
+	Roles   RolesConfig   `toml:"roles"`
+	Log     LogConfig     `toml:"log"`
+}
+
+// NetworkConfig is the peer-to-peer part of the configuration.
+type NetworkConfig struct {
+	Listen            []string      `toml:"listen"`
+	Bootstrap         []string      `toml:"bootstrap"`
+	MDNS              bool          `toml:"mdns"`
+	NATPortMap        bool          `toml:"nat_port_map"`
+	HolePunching      bool          `toml:"hole_punching"`
+	Rendezvous        string        `toml:"rendezvous"`
+	DiscoveryInterval time.Duration `toml:"discovery_interval"`
+	MaxConnections    int           `toml:"max_connections"`
+}
+
+// APIConfig is the local HTTP API.
+type APIConfig struct {
+	Listen       string `toml:"listen"`
+	MaxBodyBytes int64  `toml:"max_body_bytes"`
+}
+
+// RolesConfig switches roles on; every node is also a buyer with its own web UI.
+type RolesConfig struct {
+	Provider    bool `toml:"provider"`
+	Coordinator bool `toml:"coordinator"`
+}
+
+// LogConfig sets logging.
+type LogConfig struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// DefaultConfig returns the defaults of a profile.
+func DefaultConfig(p Profile) Config {
+	c := Config{
+		Profile: p,
+		Network: NetworkConfig{
+			Listen:            []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
+			Bootstrap:         []string{},
+			Rendezvous:        "virtuoso/marketplace/1",
+			DiscoveryInterval: 30 * time.Second,
+			MaxConnections:    256,
+		},
+		API:  APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
+		Log:  LogConfig{Level: "info", Format: "text"},
+	}
+	if p == ProfilePublic {
+		c.Network.Listen = []string{
+			fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultP2PPort),
+			fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", DefaultP2PPort),
+			fmt.Sprintf("/ip6/::/tcp/%d", DefaultP2PPort),
+			fmt.Sprintf("/ip6/::/udp/%d/quic-v1", DefaultP2PPort),
+		}
+		c.Network.MDNS = true
+		c.Network.NATPortMap = true
+		c.Network.HolePunching = true
+		c.API.Listen = fmt.Sprintf("127.0.0.1:%d", DefaultAPIPort)
+	}
+	return c
+}
+
+// Validate reports every problem of the configuration, each with what to do about it.
+func (c Config) Validate() error {
+	var errs []string
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+
+	if c.Profile != ProfileLocal && c.Profile != ProfilePublic {
+		bad("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
+	}
+	local := c.Profile == ProfileLocal
+	if len(c.Network.Listen) == 0 {
+		bad("network.listen is empty: give at least one multiaddr, e.g. /ip4/127.0.0.1/tcp/0")
+	}
+	for _, s := range c.Network.Listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			bad("network.listen %q is not a multiaddr (%v): write it like /ip4/127.0.0.1/tcp/0", s, err)
+			continue
+		}
+		if local && !manet.IsIPLoopback(a) {
+			bad("network.listen %q is not a loopback address: the local profile listens on 127.0.0.1 or ::1 only (or re-init with --profile public)", s)
+		}
+	}
+	for _, s := range c.Network.Bootstrap {
+		if _, err := ParseBootstrap(s, local); err != nil {
+			bad("network.bootstrap: %v", err)
+		}
+	}
+	if local && (c.Network.MDNS || c.Network.NATPortMap || c.Network.HolePunching) {
+		bad("the local profile sends nothing beyond loopback: set network.mdns, nat_port_map and hole_punching to false (or re-init with --profile public)")
+	}
+	if strings.TrimSpace(c.Network.Rendezvous) == "" {
+		bad("network.rendezvous is empty: nodes of one marketplace share a rendezvous key, e.g. %q", DefaultConfig(ProfileLocal).Network.Rendezvous)
+	}
+	if c.Network.DiscoveryInterval < 100*time.Millisecond || c.Network.DiscoveryInterval > time.Hour {
+		bad("network.discovery_interval %v is out of range: use between 100ms and 1h, e.g. \"30s\"", c.Network.DiscoveryInterval)
+	}
+	if c.Network.MaxConnections < 8 || c.Network.MaxConnections > 100_000 {
+		bad("network.max_connections %d is out of range: use between 8 and 100000", c.Network.MaxConnections)
+	}
+	if ap, err := netip.ParseAddrPort(c.API.Listen); err != nil {
+		bad("api.listen %q is not host:port (%v): use e.g. 127.0.0.1:0", c.API.Listen, err)
+	} else if !ap.Addr().IsLoopback() {
+		bad("api.listen %q is not a loopback address: the API serves its owner only, use 127.0.0.1:PORT", c.API.Listen)
+	}
+	if c.API.MaxBodyBytes < 1<<10 || c.API.MaxBodyBytes > 64<<20 {
+		bad("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.API.MaxBodyBytes)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		bad("log.level: %v", err)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format %q is unknown: use \"text\" or \"json\"", c.Log.Format)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// ParseBootstrap parses a bootstrap peer: a multiaddr that ends in /p2p/<peer ID>. With
+// loopbackOnly, only a loopback address is allowed.
+func ParseBootstrap(s string, loopbackOnly bool) (peer.AddrInfo, error) {
+	a, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return peer.AddrInfo{}, fmt.Errorf("bootstrap address %q is not a multiaddr (%v): write it like /ip4/127.0.0.1/tcp/4710/p2p/12D3KooW…", s, err)
+	}
+	info, err := peer.AddrInfoFromP2pAddr(a)
+	if err != nil {
+		return peer.AddrInfo{}, fmt.Errorf("bootstrap address %q has no /p2p/<peer ID> part: append the peer's ID (virtuoso id on that node prints its full addresses)", s)
+	}
+	if loopbackOnly {
+		for _, addr := range info.Addrs {
+			if !manet.IsIPLoopback(addr) {
+				return peer.AddrInfo{}, fmt.Errorf("bootstrap address %q is not on loopback: the local profile dials 127.0.0.1 or ::1 only", s)
+			}
+		}
+	}
+	return *info, nil
+}
+
+// ParseLevel parses a log level name.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("level %q is unknown: use debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// LoadConfig reads and validates a config file. Unknown keys are errors, so that a typo does
+// not silently fall back to a default.
+func LoadConfig(path string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{}, fmt.Errorf("no config at %s: run `virtuoso init` first (or pass --home): %w", path, err)
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	var c Config
+	md, err := toml.Decode(string(raw), &c)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s is corrupt (%v): fix it or move it away and run `virtuoso init`: %w", path, err, ErrInvalidConfig)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("config %s has unknown keys %s: remove or correct them: %w", path, strings.Join(keys, ", "), ErrInvalidConfig)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Marshal renders the configuration as a commented TOML file: every field says what it does.
+func (c Config) Marshal() []byte {
+	var b bytes.Buffer
+	if err := configTemplate.Execute(&b, c); err != nil {
+		panic(err) // the template is fixed and its data is always a Config
+	}
+	return b.Bytes()
+}
+
+var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap{
+	"list": func(ss []string) string {
+		q := make([]string, len(ss))
+		for i, s := range ss {
+			q[i] = fmt.Sprintf("%q", s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	},
+}).Parse(`# Virtuoso node configuration. Edit while the node is stopped.
+
+# "local": loopback only, nothing sent to any other address (tests, demos, trying it out).
+# "public": all interfaces, fixed ports, mDNS, NAT port mapping and hole punching.
+profile = "{{.Profile}}"
+
+[network]
+# Multiaddrs to listen on: TCP and QUIC. Port 0 picks a free port at start.
+listen = {{list .Network.Listen}}
+# Peers dialled at start, each ending in /p2p/<peer ID>. One is enough: the rest of the
+# marketplace is found through the DHT. No other bootstrap list is ever used.
+bootstrap = {{list .Network.Bootstrap}}
+# Find peers on the local network by multicast DNS (public profile only).
+mdns = {{.Network.MDNS}}
+# Ask the router to forward the listen port (UPnP / NAT-PMP) (public profile only).
+nat_port_map = {{.Network.NATPortMap}}
+# Let peers behind NATs connect through hole punching (public profile only).
+hole_punching = {{.Network.HolePunching}}
+# The key under which the marketplace's nodes advertise themselves in the DHT.
+rendezvous = "{{.Network.Rendezvous}}"
+# How often to advertise and look for other nodes under the rendezvous key.
+discovery_interval = "{{.Network.DiscoveryInterval}}"
+# Most connections the resource manager allows at once.
+max_connections = {{.Network.MaxConnections}}
+
+[api]
+# The local HTTP API (CLI and web UI). Loopback only; port 0 picks a free port, written to
+# api.addr in the home directory. Requests carry the token kept in api.token.
+listen = "{{.API.Listen}}"
+# Largest request body accepted, in bytes.
+max_body_bytes = {{.API.MaxBodyBytes}}
+
+[roles]
+# Sell virtual machines from this machine's hypervisor.
+provider = {{.Roles.Provider}}
+# Take part in settling the ledger.
+coordinator = {{.Roles.Coordinator}}
+
+[log]
+# debug, info, warn or error.
+level = "{{.Log.Level}}"
+# "text" or "json".
+format = "{{.Log.Format}}"
+`))
+
+// ListenAddrs returns the parsed listen multiaddrs of a validated config.
+func (c Config) ListenAddrs() []ma.Multiaddr {
+	out := make([]ma.Multiaddr, 0, len(c.Network.Listen))
+	for _, s := range c.Network.Listen {
+		if a, err := ma.NewMultiaddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// BootstrapPeers returns the parsed bootstrap peers of a validated config.
+func (c Config) BootstrapPeers() []peer.AddrInfo {
+	out := make([]peer.AddrInfo, 0, len(c.Network.Bootstrap))
+	for _, s := range c.Network.Bootstrap {
+		if info, err := ParseBootstrap(s, c.Profile == ProfileLocal); err == nil {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
+// AddBootstrap appends bootstrap peers given on the command line, without duplicates.
+func (c *Config) AddBootstrap(addrs ...string) {
+	for _, a := range addrs {
+		if !slices.Contains(c.Network.Bootstrap, a) {
+			c.Network.Bootstrap = append(c.Network.Bootstrap, a)
+		}
+	}
+}
