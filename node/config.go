@@ -89,8 +89,8 @@ func DefaultConfig(p Profile) Config {
 			DiscoveryInterval: 30 * time.Second,
 			MaxConnections:    256,
 		},
-		API:  APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
-		Log:  LogConfig{Level: "info", Format: "text"},
+		API: APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
+		Log: LogConfig{Level: "info", Format: "text"},
 	}
 	if p == ProfilePublic {
 		c.Network.Listen = []string{
