@@ -115,7 +115,7 @@ func New(home Home, cfg Config, opts Options) (*Node, error) {
 		return nil, err
 	}
 	return &Node{
-		home: home, cfg: cfg, opts: opts, log: log.With("peer", id.ShortString()),
+		home: home, cfg: cfg, opts: opts, log: log.With("peer", id.String()),
 		priv: priv, id: id, store: store, topics: map[string]*pubsub.Topic{},
 	}, nil
 }

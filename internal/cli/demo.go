@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/virtuoso-market/virtuoso/internal/demo"
+	"github.com/virtuoso-market/virtuoso/node"
+)
+
+func runDemo(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "demo")
+	dir := f.String("dir", filepath.Join(os.TempDir(), "virtuoso-demo"), "directory for the demo nodes' homes (reused across runs)")
+	if err := f.parse(args, "Run a whole marketplace on this machine, loopback only: one coordinator, two providers and a buyer, each with its own home under --dir. Runs until Ctrl-C."); err != nil {
+		return err
+	}
+	log, err := f.logger(node.LogConfig{Level: "warn", Format: "text"})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	m, err := demo.Start(ctx, *dir, env.Version, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "Virtuoso demo marketplace in %s\n\n", *dir)
+	m.Print(env.Stdout)
+	<-ctx.Done()
+	fmt.Fprintln(env.Stdout, "stopping the marketplace…")
+	return m.Close()
+}

@@ -1,0 +1,176 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/node"
+)
+
+func runInit(_ context.Context, env Env, args []string) error {
+	f := newFlags(env, "init")
+	profile := f.String("profile", string(node.ProfileLocal), "network profile: local (loopback only) or public (all interfaces, fixed ports, mDNS, NAT port mapping)")
+	var bootstrap multiFlag
+	f.Var(&bootstrap, "bootstrap", "a peer to dial at start, a multiaddr ending in /p2p/<peer ID> (repeatable)")
+	provider := f.Bool("provider", false, "sell virtual machines from this machine")
+	coordinator := f.Bool("coordinator", false, "take part in settling the ledger")
+	force := f.Bool("force", false, "rewrite the config of an existing home (identity and data are kept)")
+	if err := f.parse(args, "Create a node's home: a new ed25519 identity, an API token and a documented config.toml."); err != nil {
+		return err
+	}
+	p := node.Profile(*profile)
+	if p != node.ProfileLocal && p != node.ProfilePublic {
+		return fmt.Errorf("--profile %q is unknown: use local or public", *profile)
+	}
+	cfg := node.DefaultConfig(p)
+	cfg.AddBootstrap(bootstrap...)
+	cfg.Roles.Provider, cfg.Roles.Coordinator = *provider, *coordinator
+	home := f.homeDir()
+	if err := home.Init(cfg, *force); err != nil {
+		return err
+	}
+	priv, err := home.Identity()
+	if err != nil {
+		return err
+	}
+	id, err := peerID(priv)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "initialised %s\npeer ID  %s\nprofile  %s\nconfig   %s\n", home.Dir, id, p, home.ConfigPath())
+	return nil
+}
+
+func runNode(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "node")
+	var bootstrap multiFlag
+	f.Var(&bootstrap, "bootstrap", "a peer to dial at start, a multiaddr ending in /p2p/<peer ID> (repeatable; added to the config's)")
+	api := f.String("api", "", "the local API's address, 127.0.0.1:PORT (default from config)")
+	provider := f.Bool("provider", false, "sell virtual machines from this machine (overrides config)")
+	coordinator := f.Bool("coordinator", false, "take part in settling the ledger (overrides config)")
+	if err := f.parse(args, "Run the node until Ctrl-C (SIGINT) or SIGTERM, then shut it down cleanly."); err != nil {
+		return err
+	}
+	home := f.homeDir()
+	cfg, err := home.Config()
+	if err != nil {
+		return err
+	}
+	cfg.AddBootstrap(bootstrap...)
+	if *api != "" {
+		cfg.API.Listen = *api
+	}
+	cfg.Roles.Provider = cfg.Roles.Provider || *provider
+	cfg.Roles.Coordinator = cfg.Roles.Coordinator || *coordinator
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log, err := f.logger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	n, err := daemon.New(home, cfg, daemon.Options{Options: node.Options{Logger: log, Version: env.Version}})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "node %s running; API on %s; Ctrl-C to stop\n", n.ID(), n.API().Addr())
+	<-ctx.Done()
+	log.Info("shutting down")
+	return n.Close()
+}
+
+func runID(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "id")
+	asJSON := f.Bool("json", false, "print JSON")
+	if err := f.parse(args, "Print the node's peer ID and listen addresses (the running node's actual ones, or the configured ones when it is stopped)."); err != nil {
+		return err
+	}
+	home := f.homeDir()
+	var id node.Identity
+	if c, err := f.client(); err == nil && c.Get(ctx, "/v1/id", &id) == nil {
+		// The running node knows its real addresses.
+	} else {
+		cfg, err := home.Config()
+		if err != nil {
+			return err
+		}
+		priv, err := home.Identity()
+		if err != nil {
+			return err
+		}
+		pid, err := peerID(priv)
+		if err != nil {
+			return err
+		}
+		id = node.Identity{PeerID: pid, Addrs: cfg.Network.Listen, Profile: cfg.Profile,
+			Provider: cfg.Roles.Provider, Coordinator: cfg.Roles.Coordinator}
+	}
+	if *asJSON {
+		return printJSON(env, id)
+	}
+	fmt.Fprintf(env.Stdout, "peer ID  %s\n", id.PeerID)
+	for _, a := range id.Addrs {
+		fmt.Fprintf(env.Stdout, "address  %s\n", a)
+	}
+	return nil
+}
+
+func runPeers(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "peers")
+	asJSON := f.Bool("json", false, "print JSON")
+	if err := f.parse(args, "List the running node's connected peers with their addresses and latency."); err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var peers []node.PeerInfo
+	if err := c.Get(ctx, "/v1/peers", &peers); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(env, peers)
+	}
+	if len(peers) == 0 {
+		fmt.Fprintln(env.Stdout, "no peers connected")
+		return nil
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tLATENCY\tADDRESS\tAGENT")
+	for _, p := range peers {
+		addr := ""
+		if len(p.Addrs) > 0 {
+			addr = p.Addrs[0]
+		}
+		fmt.Fprintf(tw, "%s\t%.2fms\t%s\t%s\n", p.PeerID, p.LatencyMS, addr, p.Agent)
+	}
+	return tw.Flush()
+}
+
+func printJSON(env Env, v any) error {
+	enc := json.NewEncoder(env.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func peerID(priv crypto.PrivKey) (string, error) {
+	id, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		return "", fmt.Errorf("peer ID: %w", err)
+	}
+	return id.String(), nil
+}

