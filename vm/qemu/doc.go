@@ -1,0 +1,28 @@
+// Package qemu is the vm.Driver for QEMU: real qemu-system-x86_64 processes controlled over QMP,
+// disks made with qemu-img, consoles over VNC.
+//
+// Each VM lives in its own directory, Dir/vms/<id>:
+//
+//	vm.json       the definition: the vm.Config it was created from and the file names below
+//	disk.raw      the disk (or disk.qcow2), sparse
+//	vmlinuz       kernel and initramfs, when the VM boots a kernel directly
+//	initrd
+//	memory.zst    while suspended: QEMU's migration stream of the VM's memory and devices, zstd
+//	state.json    while running: pid, start time, VNC port, accelerator (lets a restarted node
+//	              re-attach to VMs that kept running)
+//	qmp.sock      QMP monitor socket; serial.log the serial console; qemu.log QEMU's stderr
+//
+// vm.json, the disk, the kernel files and memory.zst are the VM (Driver.Files); the rest is
+// runtime. Create builds the directory under a temporary name and renames it into place, so a
+// failed Create leaves nothing.
+//
+// Suspend pauses the vCPUs and migrates the VM into a pipe read by `zstd -1 -T0`, whose output
+// becomes memory.zst only when both QEMU and zstd report success; it retries when QEMU refuses
+// and in the end leaves the VM running. Resume starts QEMU with the same device arguments and
+// `-incoming fd:` fed by `zstd -dc`, then continues it. (QEMU 7.2 has no file: migration URI; a
+// pipe we own, rather than QEMU's exec:, lets the driver wait for the compressor to finish.)
+//
+// KVM is used when a short probe boots a test sector under it, otherwise TCG. Consoles are VNC
+// servers on 127.0.0.1 with a one-time password set through QMP; ports come from a configured
+// range and at most MaxConsoles sessions are open at once.
+package qemu

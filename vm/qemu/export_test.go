@@ -1,0 +1,5 @@
+package qemu
+
+// SetCompressor makes suspend attempts run the given command instead of zstd to read the
+// migration stream, so tests can make QEMU's migration fail for real. Set it before use.
+func SetCompressor(d *Driver, f func(attempt int) []string) { d.testHooks.compressor = f }

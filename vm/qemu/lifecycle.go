@@ -1,0 +1,487 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/vm"
+)
+
+// running reports whether m's QEMU is up. Called with m.op held.
+func (m *machine) running() bool {
+	if m.proc != nil && !m.proc.alive() {
+		m.proc = nil
+		m.saveRuntime()
+	}
+	return m.proc != nil
+}
+
+// Start implements vm.Driver.
+func (d *Driver) Start(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	if m.running() {
+		return fmt.Errorf("start vm %s: %w", id, vm.ErrRunning)
+	}
+	if fileExists(filepath.Join(m.dir, memoryFile)) {
+		return fmt.Errorf("start vm %s: %w: it has a saved memory state; resume it", id, vm.ErrIllegalAction)
+	}
+	def, err := readDefinition(m.dir, id)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	q, err := d.launch(ctx, m, def, nil)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	defer q.Close()
+	if st, err := q.runStatus(ctx); err != nil || st != "running" {
+		d.terminate(context.WithoutCancel(ctx), m, false)
+		return fmt.Errorf("start vm %s: %w: status %q after start: %v", id, vm.ErrHypervisor, st, err)
+	}
+	m.setObserved(vm.PowerRunning)
+	d.log.Info("vm started", "vm", id, "pid", m.proc.pid, "accel", m.rt.Accel, "vnc_port", m.rt.VNCPort)
+	return nil
+}
+
+// Stop implements vm.Driver: ACPI power-off, then quit after Config.StopTimeout, then kill.
+// Stopping a VM that is not running does nothing (a suspended VM keeps its saved state).
+func (d *Driver) Stop(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	if !m.running() {
+		return nil
+	}
+	if err := d.terminate(ctx, m, true); err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	m.setObserved(vm.PowerOff)
+	d.log.Info("vm stopped", "vm", id)
+	return nil
+}
+
+// Suspend implements vm.Driver. Each attempt pauses the VM, migrates it into zstd and, when
+// both succeed, makes the output memory.zst and ends QEMU. A failed attempt continues the VM;
+// after Config.SuspendAttempts failures Suspend returns vm.ErrSuspendRefused with the VM
+// running as before.
+func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	if !m.running() {
+		return fmt.Errorf("suspend vm %s: %w", id, vm.ErrNotRunning)
+	}
+	var last error
+	attempt := 1
+	for ; attempt <= d.cfg.SuspendAttempts; attempt++ {
+		if last = d.suspendOnce(ctx, m, attempt); last == nil {
+			break
+		}
+		if !m.running() {
+			return fmt.Errorf("suspend vm %s: qemu exited: %w", id, last)
+		}
+		d.log.Info("suspend refused; will retry", "vm", id, "attempt", attempt, "err", last)
+		if attempt == d.cfg.SuspendAttempts {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("suspend vm %s: %w after %d attempts (last: %v)", id, ctx.Err(), attempt, last)
+		case <-time.After(d.cfg.SuspendInterval):
+		}
+	}
+	if last != nil {
+		return fmt.Errorf("suspend vm %s: %w after %d attempts; it keeps running (last: %v)", id, vm.ErrSuspendRefused, attempt, last)
+	}
+	// The state is safely on disk: end QEMU.
+	if err := d.terminate(context.WithoutCancel(ctx), m, false); err != nil {
+		return fmt.Errorf("suspend vm %s: state saved but %w", id, err)
+	}
+	m.setObserved(vm.PowerSuspended)
+	d.log.Info("vm suspended", "vm", id, "attempts", attempt)
+	return nil
+}
+
+// suspendOnce is one suspend attempt. On failure the VM runs again (if it ran before).
+func (d *Driver) suspendOnce(ctx context.Context, m *machine, attempt int) (err error) {
+	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	st, err := q.runStatus(ctx)
+	if err != nil {
+		return err
+	}
+	wasRunning := st == "running"
+	if err := q.execute(ctx, "stop", nil, nil); err != nil {
+		return err
+	}
+	m.setObserved(vm.PowerPaused)
+	defer func() {
+		if err != nil && wasRunning {
+			q.execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": "suspend"}, nil)
+			if cerr := q.execute(context.WithoutCancel(ctx), "cont", nil, nil); cerr != nil {
+				err = fmt.Errorf("%w; and continuing the vm failed: %v", err, cerr)
+			} else {
+				m.setObserved(vm.PowerRunning)
+			}
+		}
+	}()
+
+	tmpPath := filepath.Join(m.dir, memoryFile+".tmp")
+	out, err := os.OpenFile(tmpPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		out.Close()
+		if err != nil {
+			os.Remove(tmpPath)
+		}
+	}()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	argv := []string{d.cfg.Zstd, "-q", "-1", "-T0", "-c"}
+	if d.testHooks.compressor != nil {
+		argv = d.testHooks.compressor(attempt)
+	}
+	zstd := exec.Command(argv[0], argv[1:]...)
+	zstd.Stdin, zstd.Stdout = pr, out
+	zstd.SysProcAttr = childAttr(false)
+	zerr := zstd.Start()
+	pr.Close()
+	if zerr != nil {
+		pw.Close()
+		return fmt.Errorf("start compressor: %w", zerr)
+	}
+	zdone := make(chan error, 1)
+	go func() { zdone <- zstd.Wait() }()
+	waitZstd := func(limit time.Duration) error {
+		select {
+		case err := <-zdone:
+			return err
+		case <-time.After(limit):
+			zstd.Process.Kill()
+			return fmt.Errorf("compressor did not finish in %s", limit)
+		}
+	}
+
+	gerr := q.executeFD(ctx, "getfd", map[string]any{"fdname": "suspend"}, nil, int(pw.Fd()))
+	pw.Close() // QEMU holds its own copy now; the compressor sees EOF when QEMU closes it
+	if gerr != nil {
+		waitZstd(5 * time.Second)
+		return gerr
+	}
+	q.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil)
+	if err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:suspend"}, nil); err != nil {
+		q.execute(ctx, "closefd", map[string]any{"fdname": "suspend"}, nil)
+		waitZstd(5 * time.Second)
+		return err
+	}
+	info, err := waitMigration(ctx, q)
+	if err != nil {
+		q.execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
+		waitZstd(5 * time.Second)
+		return err
+	}
+	if info.Status != "completed" {
+		waitZstd(5 * time.Second)
+		return fmt.Errorf("migration %s: %s", info.Status, info.Error)
+	}
+	if err := waitZstd(time.Minute); err != nil {
+		return fmt.Errorf("compressor: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmpPath, filepath.Join(m.dir, memoryFile)); err != nil {
+		return err
+	}
+	return syncDir(m.dir)
+}
+
+// waitMigration polls query-migrate until the migration ends or ctx does.
+func waitMigration(ctx context.Context, q *qmpConn) (migrationInfo, error) {
+	delay := 5 * time.Millisecond
+	for {
+		info, err := q.queryMigrate(ctx)
+		if err != nil {
+			return info, err
+		}
+		switch info.Status {
+		case "completed", "failed", "cancelled":
+			return info, nil
+		}
+		select {
+		case <-ctx.Done():
+			return info, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+}
+
+// Resume implements vm.Driver: QEMU starts with the VM's devices and loads memory.zst through
+// zstd; once the VM runs again the saved state is removed (it no longer matches the disk).
+func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	if m.running() {
+		return fmt.Errorf("resume vm %s: %w", id, vm.ErrRunning)
+	}
+	statePath := filepath.Join(m.dir, memoryFile)
+	if !fileExists(statePath) {
+		return fmt.Errorf("resume vm %s: %w: no saved state", id, vm.ErrIllegalAction)
+	}
+	def, err := readDefinition(m.dir, id)
+	if err != nil {
+		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	zstd := exec.Command(d.cfg.Zstd, "-q", "-dc", statePath)
+	zstd.Stdout = pw
+	zstd.SysProcAttr = childAttr(false)
+	if err := zstd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return fmt.Errorf("resume vm %s: start decompressor: %w", id, err)
+	}
+	pw.Close()
+	zdone := make(chan error, 1)
+	go func() { zdone <- zstd.Wait() }()
+	defer func() {
+		select {
+		case <-zdone:
+		case <-time.After(5 * time.Second):
+			zstd.Process.Kill()
+			<-zdone
+		}
+	}()
+
+	q, err := d.launch(ctx, m, def, pr)
+	pr.Close()
+	if err != nil {
+		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	defer q.Close()
+	fail := func(err error) error {
+		d.terminate(context.WithoutCancel(ctx), m, false)
+		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	// Loading ends in "paused" (the VM was stopped before it was saved) or, on failure, with
+	// QEMU exiting.
+	delay := 5 * time.Millisecond
+	for {
+		st, err := q.runStatus(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		if st == "paused" || st == "running" {
+			break
+		}
+		if st != "inmigrate" && st != "prelaunch" {
+			return fail(fmt.Errorf("%w: unexpected status %q while loading state", vm.ErrHypervisor, st))
+		}
+		select {
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+	if err := q.execute(ctx, "cont", nil, nil); err != nil {
+		return fail(err)
+	}
+	if st, err := q.runStatus(ctx); err != nil || st != "running" {
+		return fail(fmt.Errorf("%w: status %q after cont: %v", vm.ErrHypervisor, st, err))
+	}
+	if err := os.Remove(statePath); err != nil {
+		d.log.Warn("cannot remove used memory state", "vm", id, "err", err)
+	}
+	syncDir(m.dir)
+	m.setObserved(vm.PowerRunning)
+	d.log.Info("vm resumed", "vm", id, "pid", m.proc.pid)
+	return nil
+}
+
+// Power implements vm.Driver. While another operation holds the VM it answers from what that
+// operation last observed instead of waiting.
+func (d *Driver) Power(ctx context.Context, id vm.ID) (vm.PowerState, error) {
+	m, err := d.machine(id)
+	if err != nil {
+		return vm.PowerUnknown, err
+	}
+	if !m.op.TryLock() {
+		return vm.PowerState(m.observed.Load()), nil
+	}
+	defer m.op.Unlock()
+	return d.power(ctx, m)
+}
+
+func (d *Driver) power(ctx context.Context, m *machine) (vm.PowerState, error) {
+	if !m.running() {
+		if fileExists(filepath.Join(m.dir, memoryFile)) {
+			m.setObserved(vm.PowerSuspended)
+			return vm.PowerSuspended, nil
+		}
+		if !fileExists(filepath.Join(m.dir, defFile)) {
+			return vm.PowerUnknown, fmt.Errorf("vm %s: %w", m.id, vm.ErrNotFound)
+		}
+		m.setObserved(vm.PowerOff)
+		return vm.PowerOff, nil
+	}
+	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
+	if err != nil {
+		return vm.PowerUnknown, err
+	}
+	defer q.Close()
+	st, err := q.runStatus(ctx)
+	if err != nil {
+		return vm.PowerUnknown, err
+	}
+	p := vm.PowerPaused
+	switch st {
+	case "running":
+		p = vm.PowerRunning
+	case "shutdown":
+		p = vm.PowerOff
+	}
+	m.setObserved(p)
+	return p, nil
+}
+
+// Reattach implements vm.Reattacher. New already took back every VM whose QEMU survived; this
+// checks the monitor answers and invalidates any console password of the previous driver.
+func (d *Driver) Reattach(ctx context.Context, id vm.ID) (vm.PowerState, error) {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return vm.PowerUnknown, err
+	}
+	defer m.op.Unlock()
+	p, err := d.power(ctx, m)
+	if err != nil {
+		return p, fmt.Errorf("reattach vm %s: %w", id, err)
+	}
+	if p == vm.PowerRunning || p == vm.PowerPaused {
+		if err := d.lockConsole(ctx, m); err != nil {
+			return p, fmt.Errorf("reattach vm %s: %w", id, err)
+		}
+	}
+	return p, nil
+}
+
+// OpenConsole implements vm.Driver: a new one-time password (any earlier one stops working),
+// valid for new connections during Config.ConsoleWindow.
+func (d *Driver) OpenConsole(ctx context.Context, id vm.ID) (vm.Console, error) {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return vm.Console{}, err
+	}
+	defer m.op.Unlock()
+	if !m.running() {
+		return vm.Console{}, fmt.Errorf("console of vm %s: %w", id, vm.ErrNotRunning)
+	}
+	if m.rt.VNCPort == 0 {
+		return vm.Console{}, fmt.Errorf("console of vm %s: %w: it was started while every console port was taken; restart it", id, vm.ErrConsoleBusy)
+	}
+	d.mu.Lock()
+	if !d.consoles[id] && len(d.consoles) >= d.cfg.MaxConsoles {
+		d.mu.Unlock()
+		return vm.Console{}, fmt.Errorf("console of vm %s: %w (%d open)", id, vm.ErrConsoleBusy, d.cfg.MaxConsoles)
+	}
+	d.consoles[id] = true
+	d.mu.Unlock()
+
+	pw := randomPassword()
+	err = d.setConsolePassword(ctx, m, pw, fmt.Sprintf("+%d", max(1, int(d.cfg.ConsoleWindow/time.Second))))
+	if err != nil {
+		d.mu.Lock()
+		delete(d.consoles, id)
+		d.mu.Unlock()
+		return vm.Console{}, fmt.Errorf("console of vm %s: %w", id, err)
+	}
+	m.rt.Console = true
+	m.saveRuntime()
+	return vm.Console{Addr: fmt.Sprintf("127.0.0.1:%d", m.rt.VNCPort), Password: pw}, nil
+}
+
+// CloseConsole implements vm.Driver: the session's password stops working and its slot is
+// free. A viewer already connected stays connected until it disconnects (QEMU 7.2's VNC
+// server cannot drop clients on a password change).
+func (d *Driver) CloseConsole(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	d.mu.Lock()
+	open := d.consoles[id]
+	delete(d.consoles, id)
+	d.mu.Unlock()
+	if !open || !m.running() {
+		return nil
+	}
+	m.rt.Console = false
+	m.saveRuntime()
+	return d.lockConsole(ctx, m)
+}
+
+// lockConsole replaces the console password with an unknown one that has already expired.
+func (d *Driver) lockConsole(ctx context.Context, m *machine) error {
+	if m.rt.VNCPort == 0 {
+		return nil
+	}
+	return d.setConsolePassword(ctx, m, randomPassword(), "now")
+}
+
+func (d *Driver) setConsolePassword(ctx context.Context, m *machine, pw, expire string) error {
+	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if err := q.execute(ctx, "set_password", map[string]any{"protocol": "vnc", "password": pw}, nil); err != nil {
+		return err
+	}
+	return q.execute(ctx, "expire_password", map[string]any{"protocol": "vnc", "time": expire}, nil)
+}
+
+// randomPassword returns 8 random characters: VNC authentication uses at most 8 bytes.
+func randomPassword() string {
+	const alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+	b := make([]byte, 8)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+var _ interface {
+	vm.Driver
+	vm.Reattacher
+	vm.Importer
+	vm.HostDescriber
+} = (*Driver)(nil)

@@ -1,0 +1,396 @@
+package qemu_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+)
+
+// TestLifecycle drives one real guest through the whole chain: create, start (it boots and
+// counts), console, suspend refused then retried, suspend, move to a second driver and resume
+// there, resume here (the count continues, no reboot), re-attach from a new driver, stop,
+// delete.
+func TestLifecycle(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	cfg := qemutest.DriverConfig(t, g)
+	cfg.MaxConsoles = 1
+	cfg.StopTimeout = 4 * time.Second // the second vm is stopped before its guest listens
+	d := qemutest.NewDriver(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+
+	id := vm.NewID()
+	if err := d.Create(ctx, g.Config(id, 128, 64)); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	files, err := d.Files(ctx, id)
+	if err != nil {
+		t.Fatalf("files: %v", err)
+	}
+	if want := []string{"disk.raw", "vmlinuz", "initrd", "vm.json"}; !slices.Equal(files.Names, want) {
+		t.Fatalf("files = %v, want %v", files.Names, want)
+	}
+	checkSparseDisk(t, filepath.Join(files.Dir, "disk.raw"), 64<<20)
+	if err := d.Register(ctx, id); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	wantPower(t, d, id, vm.PowerOff)
+
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if err := d.Start(ctx, id); !errors.Is(err, vm.ErrRunning) {
+		t.Fatalf("second start: err = %v, want ErrRunning", err)
+	}
+	wantPower(t, d, id, vm.PowerRunning)
+	qemutest.WaitSerial(t, ctx, d, id, "boot", func(out string) bool {
+		return strings.Contains(out, qemutest.Banner) && qemutest.LastTick(out) >= 2
+	})
+
+	t.Log("console")
+	con, err := d.OpenConsole(ctx, id)
+	if err != nil {
+		t.Fatalf("open console: %v", err)
+	}
+	res, err := qemutest.VNCSession(ctx, con.Addr, con.Password)
+	if err != nil {
+		t.Fatalf("vnc session with the console password: %v", err)
+	}
+	if res.Width < 320 || res.Height < 200 || res.UpdateBytes < res.Width*res.Height {
+		t.Fatalf("vnc session saw %+v, want a full framebuffer update", res)
+	}
+	if _, err := qemutest.VNCSession(ctx, con.Addr, "wrong"); !errors.Is(err, qemutest.ErrVNCAuth) {
+		t.Fatalf("vnc with a wrong password: err = %v, want ErrVNCAuth", err)
+	}
+
+	// A second VM shows the session limit (MaxConsoles = 1). It need not finish booting.
+	id2 := vm.NewID()
+	if err := d.Create(ctx, g.Config(id2, 64, 40)); err != nil {
+		t.Fatalf("create second vm: %v", err)
+	}
+	if err := d.Start(ctx, id2); err != nil {
+		t.Fatalf("start second vm: %v", err)
+	}
+	if _, err := d.OpenConsole(ctx, id2); !errors.Is(err, vm.ErrConsoleBusy) {
+		t.Fatalf("second console: err = %v, want ErrConsoleBusy", err)
+	}
+	if err := d.CloseConsole(ctx, id); err != nil {
+		t.Fatalf("close console: %v", err)
+	}
+	if _, err := qemutest.VNCSession(ctx, con.Addr, con.Password); !errors.Is(err, qemutest.ErrVNCAuth) {
+		t.Fatalf("vnc with a closed session's password: err = %v, want ErrVNCAuth", err)
+	}
+	con2, err := d.OpenConsole(ctx, id2)
+	if err != nil {
+		t.Fatalf("console after the first closed: %v", err)
+	}
+	if con2.Addr == con.Addr {
+		t.Fatalf("two vms share console address %s", con.Addr)
+	}
+	if err := d.Stop(ctx, id2); err != nil {
+		t.Fatalf("stop second vm: %v", err)
+	}
+	if err := d.Delete(ctx, id2); err != nil {
+		t.Fatalf("delete second vm: %v", err)
+	}
+
+	t.Log("suspend refused")
+	qemu.SetCompressor(d, func(int) []string { return []string{"false"} })
+	before := qemutest.LastTick(qemutest.Serial(t, d, id))
+	if err := d.Suspend(ctx, id); !errors.Is(err, vm.ErrSuspendRefused) {
+		t.Fatalf("suspend with a failing state file: err = %v, want ErrSuspendRefused", err)
+	}
+	wantPower(t, d, id, vm.PowerRunning)
+	qemutest.WaitSerial(t, ctx, d, id, "ticks after a refused suspend", func(out string) bool {
+		return qemutest.LastTick(out) > before+1
+	})
+	if _, err := os.Stat(filepath.Join(files.Dir, "memory.zst")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("refused suspend left a state file: %v", err)
+	}
+
+	t.Log("suspend on the second attempt")
+	qemu.SetCompressor(d, func(attempt int) []string {
+		if attempt == 1 {
+			return []string{"false"}
+		}
+		return []string{"zstd", "-q", "-1", "-T0", "-c"}
+	})
+	if err := d.Suspend(ctx, id); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	wantPower(t, d, id, vm.PowerSuspended)
+	atSuspend := qemutest.LastTick(qemutest.Serial(t, d, id))
+	files, err = d.Files(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(files.Names, "memory.zst") {
+		t.Fatalf("suspended vm files %v lack memory.zst", files.Names)
+	}
+	if err := d.Start(ctx, id); !errors.Is(err, vm.ErrIllegalAction) {
+		t.Fatalf("start of a suspended vm: err = %v, want ErrIllegalAction", err)
+	}
+
+	t.Log("move the suspended vm to another driver and resume it there")
+	cfg2 := qemutest.DriverConfig(t, g)
+	d2 := qemutest.NewDriver(t, cfg2)
+	staging, err := d2.StagingDir(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files.Names {
+		copyFile(t, filepath.Join(files.Dir, name), filepath.Join(staging, name))
+	}
+	imported, err := d2.Import(ctx, id, staging)
+	if err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	if imported.ID != id || imported.MemoryMB != 128 {
+		t.Fatalf("imported config %+v", imported)
+	}
+	if err := d2.Register(ctx, id); err != nil {
+		t.Fatalf("register imported: %v", err)
+	}
+	wantPower(t, d2, id, vm.PowerSuspended)
+	if err := d2.Resume(ctx, id); err != nil {
+		t.Fatalf("resume on the second driver: %v", err)
+	}
+	out := qemutest.WaitSerial(t, ctx, d2, id, "ticks after resume elsewhere", func(out string) bool {
+		return qemutest.LastTick(out) > atSuspend+1
+	})
+	if strings.Contains(out, qemutest.Banner) {
+		t.Fatalf("the moved vm booted afresh instead of continuing:\n%s", out)
+	}
+	if first := firstTick(out); first != atSuspend+1 {
+		t.Fatalf("moved vm's first tick %d, want %d (continuing from the suspend)", first, atSuspend+1)
+	}
+	if err := d2.Stop(ctx, id); err != nil {
+		t.Fatalf("stop on the second driver: %v", err)
+	}
+
+	t.Log("resume here")
+	if err := d.Resume(ctx, id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	wantPower(t, d, id, vm.PowerRunning)
+	out = qemutest.WaitSerial(t, ctx, d, id, "ticks after resume", func(out string) bool {
+		return qemutest.LastTick(out) > atSuspend+1
+	})
+	if n := strings.Count(out, qemutest.Banner); n != 1 {
+		t.Fatalf("guest booted %d times, want once (resume must continue it)", n)
+	}
+	if _, err := os.Stat(filepath.Join(files.Dir, "memory.zst")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("resumed vm kept its state file: %v", err)
+	}
+
+	t.Log("a new driver re-attaches")
+	d3 := qemutest.NewDriver(t, cfg)
+	p, err := d3.Reattach(ctx, id)
+	if err != nil || p != vm.PowerRunning {
+		t.Fatalf("reattach = %v, %v; want running", p, err)
+	}
+	con3, err := d3.OpenConsole(ctx, id)
+	if err != nil {
+		t.Fatalf("console through the new driver: %v", err)
+	}
+	if _, err := qemutest.VNCSession(ctx, con3.Addr, con3.Password); err != nil {
+		t.Fatalf("vnc through the new driver: %v", err)
+	}
+	if err := d3.Delete(ctx, id); !errors.Is(err, vm.ErrRunning) {
+		t.Fatalf("delete of a running vm: err = %v, want ErrRunning", err)
+	}
+	if err := d3.Stop(ctx, id); err != nil {
+		t.Fatalf("stop through the new driver: %v", err)
+	}
+	wantPower(t, d3, id, vm.PowerOff)
+	wantPower(t, d, id, vm.PowerOff)
+	if !strings.Contains(qemutest.Serial(t, d3, id), "power button") {
+		t.Log("guest did not see the power button; qemu was told to quit")
+	}
+
+	if err := d3.Delete(ctx, id); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := d3.Power(ctx, id); !errors.Is(err, vm.ErrNotFound) {
+		t.Fatalf("power of a deleted vm: err = %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(files.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("deleted vm's directory remains: %v", err)
+	}
+}
+
+// TestCreateFailuresLeaveNothing checks that every way Create can fail leaves no directory.
+func TestCreateFailuresLeaveNothing(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	cfg := qemutest.DriverConfig(t, g)
+	cfg.Host = vm.Host{SpeedBogomips: 10000, MemoryMB: 4096, DiskMB: 1 << 20}
+	d := qemutest.NewDriver(t, cfg)
+	ctx := context.Background()
+
+	existing := vm.NewID()
+	if err := d.Create(ctx, g.Config(existing, 64, 40)); err != nil {
+		t.Fatal(err)
+	}
+	corrupt := filepath.Join(t.TempDir(), "corrupt.qcow2")
+	if err := os.WriteFile(corrupt, []byte("QFI\xfbnot really a qcow2 image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Dir = t.TempDir()
+	cfg.ImageDirs = append(cfg.ImageDirs, filepath.Dir(corrupt))
+	dCorrupt := qemutest.NewDriver(t, cfg)
+
+	tests := []struct {
+		name   string
+		d      *qemu.Driver
+		mutate func(c *vm.Config)
+		want   error
+	}{
+		{"base image outside image dirs", d, func(c *vm.Config) { c.BaseImage = "/etc/passwd" }, vm.ErrInvalidConfig},
+		{"kernel outside image dirs", d, func(c *vm.Config) { c.Boot.Kernel = "/etc/shadow" }, vm.ErrInvalidConfig},
+		{"memory larger than the machine", d, func(c *vm.Config) { c.MemoryMB = 8192 }, vm.ErrTooLarge},
+		{"speed larger than the machine", d, func(c *vm.Config) { c.SpeedBogomips = 20000 }, vm.ErrTooLarge},
+		{"disk smaller than the base image", d, func(c *vm.Config) { c.DiskMB = 16 }, vm.ErrInvalidConfig},
+		{"foreign processor", d, func(c *vm.Config) { c.Processor = "sparc" }, vm.ErrInvalidConfig},
+		{"no mac", d, func(c *vm.Config) { c.MAC = vm.MAC{} }, vm.ErrInvalidConfig},
+		{"duplicate id", d, func(c *vm.Config) { c.ID = existing }, vm.ErrExists},
+		{"corrupt base image", dCorrupt, func(c *vm.Config) { c.BaseImage = corrupt }, vm.ErrHypervisor},
+		{"missing initrd", d, func(c *vm.Config) { c.Boot.Initrd = filepath.Join(g.Dir, "nonexistent") }, vm.ErrInvalidConfig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := g.Config(vm.NewID(), 64, 40)
+			tt.mutate(&c)
+			before := vmDirs(t, tt.d)
+			err := tt.d.Create(ctx, c)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("create: err = %v, want %v", err, tt.want)
+			}
+			if after := vmDirs(t, tt.d); !slices.Equal(before, after) {
+				t.Fatalf("failed create changed the vm directory: %v -> %v", before, after)
+			}
+		})
+	}
+}
+
+func TestAccelProbeCached(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	cfg := qemutest.DriverConfig(t, g)
+	cfg.Accel = qemu.AccelAuto
+	d := qemutest.NewDriver(t, cfg)
+	ctx := context.Background()
+	accel, err := d.Accel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accel != qemu.AccelKVM && accel != qemu.AccelTCG {
+		t.Fatalf("accel = %q", accel)
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, "accel.json"))
+	if err != nil || !strings.Contains(string(b), `"accel":"`+accel+`"`) {
+		t.Fatalf("probe result not cached: %s, %v", b, err)
+	}
+	t.Logf("probe: %s", b)
+	again := qemutest.NewDriver(t, cfg)
+	if a2, err := again.Accel(ctx); err != nil || a2 != accel {
+		t.Fatalf("cached accel = %q, %v; want %q", a2, err, accel)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*qemu.Config)
+	}{
+		{"no dir", func(c *qemu.Config) { c.Dir = "" }},
+		{"ports below 5900", func(c *qemu.Config) { c.VNCPorts = qemu.PortRange{First: 5800, Last: 5810} }},
+		{"ports reversed", func(c *qemu.Config) { c.VNCPorts = qemu.PortRange{First: 5999, Last: 5910} }},
+		{"disk format", func(c *qemu.Config) { c.DiskFormat = "vmdk" }},
+		{"accel", func(c *qemu.Config) { c.Accel = "hvf" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := qemu.DefaultConfig(t.TempDir())
+			tt.mutate(&c)
+			if _, err := qemu.New(c); err == nil {
+				t.Fatal("New accepted a bad config")
+			}
+		})
+	}
+	if _, err := qemu.New(qemu.DefaultConfig(t.TempDir())); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+}
+
+func wantPower(t *testing.T, d *qemu.Driver, id vm.ID, want vm.PowerState) {
+	t.Helper()
+	got, err := d.Power(context.Background(), id)
+	if err != nil || got != want {
+		t.Fatalf("power = %v, %v; want %v", got, err, want)
+	}
+}
+
+func checkSparseDisk(t *testing.T, path string, size int64) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != size {
+		t.Fatalf("disk size %d, want %d", fi.Size(), size)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Blocks*512 > size/4 {
+		t.Fatalf("disk uses %d bytes of %d: not sparse", st.Blocks*512, size)
+	}
+}
+
+func vmDirs(t *testing.T, d *qemu.Driver) []string {
+	entries, err := os.ReadDir(filepath.Dir(d.Dir(vm.ID{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// firstTick returns the counter of the first tick line in out.
+func firstTick(out string) int {
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "virtuoso guest tick") {
+			return qemutest.LastTick(line)
+		}
+	}
+	return 0
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
