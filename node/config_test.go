@@ -1,0 +1,88 @@
+package node
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultConfigsAreValidAndRoundTrip(t *testing.T) {
+	for _, p := range []Profile{ProfileLocal, ProfilePublic} {
+		t.Run(string(p), func(t *testing.T) {
+			c := DefaultConfig(p)
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, c.Marshal(), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got.Marshal()) != string(c.Marshal()) {
+				t.Fatalf("round trip changed the config:\n%s\nvs\n%s", got.Marshal(), c.Marshal())
+			}
+		})
+	}
+}
+
+func TestValidateSaysWhatIsWrong(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		edit   func(c *Config)
+		expect string
+	}{
+		{"unknown profile", func(c *Config) { c.Profile = "galactic" }, `profile "galactic" is unknown`},
+		{"listen not a multiaddr", func(c *Config) { c.Network.Listen = []string{"127.0.0.1:80"} }, "is not a multiaddr"},
+		{"local listens off loopback", func(c *Config) { c.Network.Listen = []string{"/ip4/0.0.0.0/tcp/0"} }, "not a loopback address"},
+		{"no listen", func(c *Config) { c.Network.Listen = nil }, "network.listen is empty"},
+		{"bootstrap without peer", func(c *Config) { c.Network.Bootstrap = []string{"/ip4/127.0.0.1/tcp/1"} }, "no /p2p/<peer ID>"},
+		{"local with mdns", func(c *Config) { c.Network.MDNS = true }, "local profile sends nothing beyond loopback"},
+		{"empty rendezvous", func(c *Config) { c.Network.Rendezvous = " " }, "rendezvous is empty"},
+		{"discovery too fast", func(c *Config) { c.Network.DiscoveryInterval = time.Millisecond }, "discovery_interval"},
+		{"too few connections", func(c *Config) { c.Network.MaxConnections = 1 }, "max_connections"},
+		{"api off loopback", func(c *Config) { c.API.Listen = "0.0.0.0:80" }, "api.listen"},
+		{"api not host:port", func(c *Config) { c.API.Listen = "localhost" }, "not host:port"},
+		{"tiny body cap", func(c *Config) { c.API.MaxBodyBytes = 1 }, "max_body_bytes"},
+		{"bad level", func(c *Config) { c.Log.Level = "loud" }, `level "loud" is unknown`},
+		{"bad format", func(c *Config) { c.Log.Format = "xml" }, `log.format "xml"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig(ProfileLocal)
+			tc.edit(&c)
+			err := c.Validate()
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.expect) {
+				t.Fatalf("Validate = %v; want ErrInvalidConfig saying %q", err, tc.expect)
+			}
+		})
+	}
+}
+
+// FuzzLoadConfig: any bytes in config.toml give a config that validates, or an error; never a
+// panic.
+func FuzzLoadConfig(f *testing.F) {
+	f.Add(DefaultConfig(ProfileLocal).Marshal())
+	f.Add(DefaultConfig(ProfilePublic).Marshal())
+	f.Add([]byte("profile = [\n"))
+	f.Add([]byte("[network]\ndiscovery_interval = \"-5s\"\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if len(raw) > 1<<16 {
+			return
+		}
+		path := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadConfig(path)
+		if err == nil {
+			if verr := c.Validate(); verr != nil {
+				t.Fatalf("LoadConfig accepted an invalid config: %v", verr)
+			}
+		}
+	})
+}
