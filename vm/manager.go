@@ -1,0 +1,409 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+)
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	Driver    Driver     // required
+	Inventory *Inventory // required
+	Logger    *slog.Logger
+	// OnChange, if set, is called after every change of a VM's status (with the new record)
+	// and after a VM is deleted (with its last record, State.Status StatusDeleted), so the
+	// node can tell the buyer and the ledger. It runs on the caller's goroutine while the VM
+	// is locked: it must not call back into the Manager for the same VM.
+	OnChange func(Record)
+}
+
+// Manager is the provider's control of its VMs: it checks every action against the VM's
+// status (the statusrelations table), has the driver carry it out, and records the new status
+// and version in the inventory. The node's local API and the CLI call it; so do the market (on
+// store) and the migration server. Actions on one VM are serialised; different VMs proceed in
+// parallel.
+type Manager struct {
+	drv      Driver
+	inv      *Inventory
+	log      *slog.Logger
+	onChange func(Record)
+
+	mu    sync.Mutex
+	locks map[ID]*sync.Mutex
+}
+
+// NewManager returns a Manager over cfg.Driver and cfg.Inventory.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if cfg.Driver == nil || cfg.Inventory == nil {
+		return nil, errors.New("vm manager: driver and inventory are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, onChange: cfg.OnChange, locks: make(map[ID]*sync.Mutex)}, nil
+}
+
+// Driver returns the driver, for callers that need an optional capability (Importer...).
+func (m *Manager) Driver() Driver { return m.drv }
+
+func (m *Manager) lock(id ID) func() {
+	m.mu.Lock()
+	l, ok := m.locks[id]
+	if !ok {
+		l = new(sync.Mutex)
+		m.locks[id] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// Get returns the record of VM id.
+func (m *Manager) Get(id ID) (Record, error) { return m.inv.Get(id) }
+
+// List returns the records of the VMs this provider runs, oldest first; cached copies of VMs
+// that moved away are left out.
+func (m *Manager) List() []Record {
+	all := m.inv.List()
+	out := all[:0]
+	for _, r := range all {
+		if !r.Cached {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// CreateRequest asks a provider to store a VM.
+type CreateRequest struct {
+	Config Config `json:"config"`
+	Owner  string `json:"owner,omitempty"`
+	Lease  string `json:"lease,omitempty"`
+	// Version is the registered VM's version; the stored VM has Version+1.
+	Version uint64 `json:"version"`
+}
+
+// Create stores a new VM (report §6.3.1): the driver creates and registers it, and the record
+// goes from registered to stored. On failure nothing is kept.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (Record, error) {
+	id := req.Config.ID
+	if err := req.Config.Validate(); err != nil {
+		return Record{}, err
+	}
+	defer m.lock(id)()
+	if _, err := m.inv.Get(id); err == nil {
+		return Record{}, fmt.Errorf("create vm %s: %w", id, ErrExists)
+	}
+	st, err := State{Status: StatusRegistered, Version: req.Version}.Apply(ActionStore)
+	if err != nil {
+		return Record{}, err
+	}
+	if err := m.drv.Create(ctx, req.Config); err != nil {
+		return Record{}, err
+	}
+	if err := m.drv.Register(ctx, id); err != nil {
+		m.drv.Delete(context.WithoutCancel(ctx), id)
+		return Record{}, err
+	}
+	rec, err := m.inv.Put(Record{ID: id, Config: req.Config, State: st, Driver: m.drv.Name(), Owner: req.Owner, Lease: req.Lease})
+	if err != nil {
+		m.drv.Delete(context.WithoutCancel(ctx), id)
+		return Record{}, err
+	}
+	m.log.Info("vm stored", "vm", id, "version", st.Version)
+	m.changed(rec)
+	return rec, nil
+}
+
+// Do performs a user action on VM id, for the API and the CLI: startmachine, stopmachine,
+// suspendmachine, resumemachine, viewmachine (use Console for the session details),
+// deletemachine, migrationstatus. Other actions belong to the market or the migration and
+// are refused with ErrIllegalAction.
+func (m *Manager) Do(ctx context.Context, id ID, a Action) (Record, error) {
+	switch a {
+	case ActionStart:
+		return m.Start(ctx, id)
+	case ActionStop:
+		return m.Stop(ctx, id)
+	case ActionSuspend:
+		return m.Suspend(ctx, id)
+	case ActionResume:
+		return m.Resume(ctx, id)
+	case ActionView:
+		rec, _, err := m.Console(ctx, id)
+		return rec, err
+	case ActionDelete:
+		return m.Delete(ctx, id)
+	case ActionMigrationStatus:
+		return m.check(id, a)
+	}
+	if !a.Valid() {
+		return Record{}, &UnknownActionError{Name: a.String()}
+	}
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	return rec, fmt.Errorf("%w: %s is not done through the vm manager", ErrIllegalAction, a)
+}
+
+// check returns the record if action a is legal in its status.
+func (m *Manager) check(id ID, a Action) (Record, error) {
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	if !Allowed(rec.State.Status, a) {
+		return rec, fmt.Errorf("vm %s: %w", id, &IllegalActionError{Status: rec.State.Status, Action: a})
+	}
+	return rec, nil
+}
+
+// transition runs op if action a is legal for VM id and, when op succeeds, records the new
+// state. When op fails the status stays what it was (report §6.3.4: a failure reverts).
+func (m *Manager) transition(ctx context.Context, id ID, a Action, op func(context.Context) error) (Record, error) {
+	defer m.lock(id)()
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	next, err := rec.State.Apply(a)
+	if err != nil {
+		return rec, fmt.Errorf("vm %s: %w", id, err)
+	}
+	if op != nil {
+		if err := op(ctx); err != nil {
+			return rec, err
+		}
+	}
+	if a == ActionStop || a == ActionSuspend {
+		rec.ConsolePort = 0
+	}
+	rec.State = next
+	if rec, err = m.inv.Put(rec); err != nil {
+		return rec, err
+	}
+	m.log.Info("vm status", "vm", id, "action", a.String(), "status", next.Status.String(), "version", next.Version)
+	m.changed(rec)
+	return rec, nil
+}
+
+func (m *Manager) changed(rec Record) {
+	if m.onChange != nil {
+		m.onChange(rec)
+	}
+}
+
+// Start starts a stored or stopped VM.
+func (m *Manager) Start(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionStart, func(ctx context.Context) error { return m.drv.Start(ctx, id) })
+}
+
+// Stop stops a started VM (also what a low balance does: it stops, it never destroys).
+func (m *Manager) Stop(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionStop, func(ctx context.Context) error {
+		m.drv.CloseConsole(ctx, id)
+		return m.drv.Stop(ctx, id)
+	})
+}
+
+// Suspend suspends a started VM. If the hypervisor keeps refusing, the VM stays started and
+// the error wraps ErrSuspendRefused.
+func (m *Manager) Suspend(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionSuspend, func(ctx context.Context) error {
+		m.drv.CloseConsole(ctx, id)
+		return m.drv.Suspend(ctx, id)
+	})
+}
+
+// Resume resumes a suspended VM.
+func (m *Manager) Resume(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionResume, func(ctx context.Context) error { return m.drv.Resume(ctx, id) })
+}
+
+// Console opens a console session on a started VM (viewmachine). As in the report (§6.1.8),
+// an existing session is closed first, so only the newest password works.
+func (m *Manager) Console(ctx context.Context, id ID) (Record, Console, error) {
+	defer m.lock(id)()
+	rec, err := m.check(id, ActionView)
+	if err != nil {
+		return rec, Console{}, err
+	}
+	if err := m.drv.CloseConsole(ctx, id); err != nil {
+		return rec, Console{}, err
+	}
+	con, err := m.drv.OpenConsole(ctx, id)
+	if err != nil {
+		return rec, Console{}, err
+	}
+	if _, port, err := net.SplitHostPort(con.Addr); err == nil {
+		rec.ConsolePort, _ = strconv.Atoi(port)
+		if rec, err = m.inv.Put(rec); err != nil {
+			return rec, Console{}, err
+		}
+	}
+	return rec, con, nil
+}
+
+// CloseConsole ends the console session of VM id, if any.
+func (m *Manager) CloseConsole(ctx context.Context, id ID) error {
+	defer m.lock(id)()
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return err
+	}
+	if err := m.drv.CloseConsole(ctx, id); err != nil {
+		return err
+	}
+	if rec.ConsolePort != 0 {
+		rec.ConsolePort = 0
+		_, err = m.inv.Put(rec)
+	}
+	return err
+}
+
+// Delete removes a VM that is not running, with its files (deletemachine).
+func (m *Manager) Delete(ctx context.Context, id ID) (Record, error) {
+	defer m.lock(id)()
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	var next State
+	if rec.Cached {
+		next = State{Status: StatusDeleted, Version: rec.State.Version}
+	} else if next, err = rec.State.Apply(ActionDelete); err != nil {
+		return rec, fmt.Errorf("vm %s: %w", id, err)
+	}
+	if err := m.drv.Delete(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+		return rec, err
+	}
+	if err := m.inv.Delete(id); err != nil {
+		return rec, err
+	}
+	m.mu.Lock()
+	delete(m.locks, id)
+	m.mu.Unlock()
+	rec.State = next
+	m.log.Info("vm deleted", "vm", id)
+	if !rec.Cached {
+		m.changed(rec)
+	}
+	return rec, nil
+}
+
+// BeginMigration marks VM id as migrating away (migrate). It must not be running; its files
+// stay as they are until FinishMigration.
+func (m *Manager) BeginMigration(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionMigrate, nil)
+}
+
+// FinishMigration ends a migration on the origin. If the VM moved (moved is true), the origin
+// keeps its files as a cached copy and stops offering the VM; otherwise the VM returns to the
+// status it had before (migrationfailed). Either way the version increments once.
+func (m *Manager) FinishMigration(ctx context.Context, id ID, moved bool) (Record, error) {
+	if !moved {
+		return m.transition(ctx, id, ActionMigrationFailed, nil)
+	}
+	defer m.lock(id)()
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return Record{}, err
+	}
+	next, err := rec.State.Apply(ActionMigrationDone)
+	if err != nil {
+		return rec, fmt.Errorf("vm %s: %w", id, err)
+	}
+	rec.State, rec.Cached, rec.ConsolePort = next, true, 0
+	if rec, err = m.inv.Put(rec); err != nil {
+		return rec, err
+	}
+	m.log.Info("vm moved away; files kept as a cache", "vm", id, "version", next.Version)
+	return rec, nil
+}
+
+// AdoptRequest describes a VM whose files a migration placed in a staging directory
+// (Importer.StagingDir) and verified.
+type AdoptRequest struct {
+	ID  ID
+	Dir string // staging directory holding the VM's files
+	// State is the VM's state at the origin while migrating (Status StatusMigrating with
+	// Prior set); the adopted VM gets the prior status at Version+1 (migrationdone).
+	State  State
+	Origin string // the origin provider's peer ID
+	Owner  string
+	Lease  string
+}
+
+// Adopt takes in a migrated VM on the destination: the driver imports and registers its
+// files and the inventory records it in its prior status at the next version. A cached copy
+// of an earlier stay is replaced.
+func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (Record, error) {
+	imp, ok := m.drv.(Importer)
+	if !ok {
+		return Record{}, fmt.Errorf("adopt vm %s: import: %w", req.ID, ErrUnsupported)
+	}
+	next, err := req.State.Apply(ActionMigrationDone)
+	if err != nil {
+		return Record{}, fmt.Errorf("adopt vm %s: %w", req.ID, err)
+	}
+	defer m.lock(req.ID)()
+	if old, err := m.inv.Get(req.ID); err == nil && !old.Cached {
+		return Record{}, fmt.Errorf("adopt vm %s: %w here", req.ID, ErrExists)
+	}
+	cfg, err := imp.Import(ctx, req.ID, req.Dir)
+	if err != nil {
+		return Record{}, err
+	}
+	if err := m.drv.Register(ctx, req.ID); err != nil {
+		return Record{}, err
+	}
+	rec, err := m.inv.Put(Record{ID: req.ID, Config: cfg, State: next, Driver: m.drv.Name(), Owner: req.Owner, Lease: req.Lease, Origin: req.Origin})
+	if err != nil {
+		return Record{}, err
+	}
+	m.log.Info("vm arrived", "vm", req.ID, "status", next.Status.String(), "version", next.Version, "peer", req.Origin)
+	m.changed(rec)
+	return rec, nil
+}
+
+// Reconcile compares every VM's status with what the hypervisor observes, typically after
+// the node restarted: it re-attaches to running VMs (Reattacher) and records a started VM
+// found off as stopped (the guest powered itself off, or the machine rebooted). It returns the
+// records it changed.
+func (m *Manager) Reconcile(ctx context.Context) ([]Record, error) {
+	var changed []Record
+	var errs []error
+	for _, rec := range m.List() {
+		id := rec.ID
+		var p PowerState
+		var err error
+		if ra, ok := m.drv.(Reattacher); ok {
+			p, err = ra.Reattach(ctx, id)
+		} else {
+			p, err = m.drv.Power(ctx, id)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("vm %s: %w", id, err))
+			continue
+		}
+		if rec.State.Status == StatusStarted && p == PowerOff {
+			m.log.Warn("started vm found off; recording it stopped", "vm", id)
+			r, err := m.transition(ctx, id, ActionStop, nil)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed = append(changed, r)
+		} else if rec.ConsolePort != 0 {
+			// console sessions do not survive a restart
+			m.CloseConsole(ctx, id)
+		}
+	}
+	return changed, errors.Join(errs...)
+}

@@ -1,0 +1,236 @@
+package vm_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+)
+
+// provider is one provider's VM stack: a badger store, the inventory in it, a QEMU driver and
+// the Manager over them.
+type provider struct {
+	store   *node.Store
+	storeAt string
+	drvCfg  qemu.Config
+	drv     *qemu.Driver
+	inv     *vm.Inventory
+	mgr     *vm.Manager
+	changes []vm.Record
+}
+
+func newProvider(t *testing.T, g qemutest.Guest) *provider {
+	p := &provider{storeAt: t.TempDir(), drvCfg: qemutest.DriverConfig(t, g)}
+	p.open(t)
+	return p
+}
+
+// open (re)opens the store, inventory, driver and manager, as a node does when it starts.
+func (p *provider) open(t *testing.T) {
+	t.Helper()
+	st, err := node.OpenStore(p.storeAt, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	p.store = st
+	p.inv, err = vm.OpenInventory(st.Space("vm/inventory/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.drv = qemutest.NewDriver(t, p.drvCfg)
+	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger,
+		OnChange: func(r vm.Record) { p.changes = append(p.changes, r) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wantState(t *testing.T, rec vm.Record, status vm.Status, version uint64) {
+	t.Helper()
+	if rec.State.Status != status || rec.State.Version != version {
+		t.Fatalf("vm %s is %s v%d, want %s v%d", rec.ID, rec.State.Status, rec.State.Version, status, version)
+	}
+}
+
+// TestManagerLifecycle runs a real guest through the Manager: every status change is checked
+// against the table, versions increment, failures keep the status, the inventory survives a
+// restart, and a suspended VM migrates to another provider and runs on there.
+func TestManagerLifecycle(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	a := newProvider(t, g)
+
+	id := vm.NewID()
+	rec, err := a.mgr.Create(ctx, vm.CreateRequest{Config: g.Config(id, 128, 64), Owner: "buyer-peer", Lease: "lease-1", Version: 4})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	wantState(t, rec, vm.StatusStored, 5)
+	if _, err := a.mgr.Create(ctx, vm.CreateRequest{Config: g.Config(id, 128, 64)}); !errors.Is(err, vm.ErrExists) {
+		t.Fatalf("second create: err = %v, want ErrExists", err)
+	}
+
+	// Actions the table refuses never reach the driver.
+	for _, act := range []vm.Action{vm.ActionStop, vm.ActionSuspend, vm.ActionResume, vm.ActionView} {
+		_, err := a.mgr.Do(ctx, id, act)
+		var ie *vm.IllegalActionError
+		if !errors.As(err, &ie) || ie.Status != vm.StatusStored || ie.Action != act {
+			t.Fatalf("%s on a stored vm: err = %v, want IllegalActionError", act, err)
+		}
+	}
+
+	// A start that fails keeps the status and the version.
+	kernel := filepath.Join(a.drv.Dir(id), "vmlinuz")
+	if err := os.Rename(kernel, kernel+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.mgr.Start(ctx, id); err == nil {
+		t.Fatal("start without a kernel succeeded")
+	}
+	if rec, _ = a.mgr.Get(id); rec.State != (vm.State{Status: vm.StatusStored, Version: 5}) {
+		t.Fatalf("failed start changed the state to %+v", rec.State)
+	}
+	os.Rename(kernel+".away", kernel)
+
+	if rec, err = a.mgr.Do(ctx, id, vm.ActionStart); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	wantState(t, rec, vm.StatusStarted, 6)
+	qemutest.WaitSerial(t, ctx, a.drv, id, "boot", func(out string) bool { return qemutest.LastTick(out) >= 2 })
+
+	rec, con, err := a.mgr.Console(ctx, id)
+	if err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	wantState(t, rec, vm.StatusStarted, 6) // viewing changes nothing
+	if rec.ConsolePort == 0 || !strings.HasSuffix(con.Addr, ":"+strconv.Itoa(rec.ConsolePort)) {
+		t.Fatalf("record console port %d, console %s", rec.ConsolePort, con.Addr)
+	}
+	if _, err := qemutest.VNCSession(ctx, con.Addr, con.Password); err != nil {
+		t.Fatalf("vnc: %v", err)
+	}
+
+	t.Log("restart: a new store handle, driver and manager find the running vm")
+	a.store.Close()
+	a.open(t)
+	changed, err := a.mgr.Reconcile(ctx)
+	if err != nil || len(changed) != 0 {
+		t.Fatalf("reconcile = %v, %v; want no change", changed, err)
+	}
+	if rec, err = a.mgr.Get(id); err != nil || rec.Owner != "buyer-peer" || rec.Lease != "lease-1" {
+		t.Fatalf("record after restart: %+v, %v", rec, err)
+	}
+	wantState(t, rec, vm.StatusStarted, 6)
+	if rec.ConsolePort != 0 {
+		t.Fatalf("console port %d survived the restart", rec.ConsolePort)
+	}
+
+	if rec, err = a.mgr.Suspend(ctx, id); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	wantState(t, rec, vm.StatusSuspended, 7)
+	atSuspend := qemutest.LastTick(qemutest.Serial(t, a.drv, id))
+
+	t.Log("migrate the suspended vm to provider b")
+	b := newProvider(t, g)
+	if rec, err = a.mgr.BeginMigration(ctx, id); err != nil {
+		t.Fatalf("begin migration: %v", err)
+	}
+	if rec.State != (vm.State{Status: vm.StatusMigrating, Version: 8, Prior: vm.StatusSuspended}) {
+		t.Fatalf("migrating state %+v", rec.State)
+	}
+	if _, err := a.mgr.Resume(ctx, id); !errors.Is(err, vm.ErrIllegalAction) {
+		t.Fatalf("resume while migrating: err = %v, want ErrIllegalAction", err)
+	}
+	files, err := a.drv.Files(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging, err := b.drv.StagingDir(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files.Names {
+		copyFile(t, filepath.Join(files.Dir, name), filepath.Join(staging, name))
+	}
+	brec, err := b.mgr.Adopt(ctx, vm.AdoptRequest{ID: id, Dir: staging, State: rec.State, Origin: "provider-a", Owner: rec.Owner, Lease: rec.Lease})
+	if err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	wantState(t, brec, vm.StatusSuspended, 9)
+	if brec.Origin != "provider-a" || brec.Config.MemoryMB != 128 {
+		t.Fatalf("adopted record %+v", brec)
+	}
+	if rec, err = a.mgr.FinishMigration(ctx, id, true); err != nil {
+		t.Fatalf("finish migration: %v", err)
+	}
+	wantState(t, rec, vm.StatusSuspended, 9)
+	if !rec.Cached || len(a.mgr.List()) != 0 {
+		t.Fatalf("origin still offers the moved vm: %+v, list %v", rec, a.mgr.List())
+	}
+	if brec, err = b.mgr.Resume(ctx, id); err != nil {
+		t.Fatalf("resume on b: %v", err)
+	}
+	wantState(t, brec, vm.StatusStarted, 10)
+	out := qemutest.WaitSerial(t, ctx, b.drv, id, "ticks on b", func(out string) bool {
+		return qemutest.LastTick(out) > atSuspend+1
+	})
+	if strings.Contains(out, qemutest.Banner) {
+		t.Fatal("the vm rebooted on b instead of continuing")
+	}
+
+	t.Log("the guest powers itself off; reconcile records it stopped")
+	if err := b.drv.Stop(ctx, id); err != nil { // behind the manager's back
+		t.Fatal(err)
+	}
+	changed, err = b.mgr.Reconcile(ctx)
+	if err != nil || len(changed) != 1 {
+		t.Fatalf("reconcile = %v, %v; want one change", changed, err)
+	}
+	wantState(t, changed[0], vm.StatusStopped, 11)
+
+	if _, err := b.mgr.Do(ctx, id, vm.ActionDelete); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := b.mgr.Get(id); !errors.Is(err, vm.ErrNotFound) {
+		t.Fatalf("get after delete: err = %v, want ErrNotFound", err)
+	}
+	if _, err := a.mgr.Delete(ctx, id); err != nil {
+		t.Fatalf("drop the cached copy on a: %v", err)
+	}
+	if _, err := os.Stat(a.drv.Dir(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cached copy's files remain: %v", err)
+	}
+
+	// b's observers saw each status change in order.
+	var seen []string
+	for _, r := range b.changes {
+		seen = append(seen, r.State.Status.String()+"/"+strconv.Itoa(int(r.State.Version)))
+	}
+	if got, want := strings.Join(seen, " "), "suspended/9 started/10 stopped/11 deleted/12"; got != want {
+		t.Fatalf("changes seen on b: %s, want %s", got, want)
+	}
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
