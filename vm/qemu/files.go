@@ -389,7 +389,7 @@ func (d *Driver) Delete(ctx context.Context, id vm.ID) error {
 		return err
 	}
 	defer m.op.Unlock()
-	if m.proc != nil && m.proc.alive() {
+	if d.running(m) {
 		return fmt.Errorf("delete vm %s: %w; stop it first", id, vm.ErrRunning)
 	}
 	trash, err := os.MkdirTemp(filepath.Join(d.cfg.Dir, "vms"), ".trash-")
@@ -439,7 +439,7 @@ func (d *Driver) Import(ctx context.Context, id vm.ID, dir string) (vm.Config, e
 	// operation sees the old directory half replaced.
 	if m, err := d.lock(ctx, id); err == nil {
 		defer m.op.Unlock()
-		if m.proc != nil && m.proc.alive() {
+		if d.running(m) {
 			return vm.Config{}, fmt.Errorf("import vm %s: %w here", id, vm.ErrRunning)
 		}
 		defer func() {

@@ -12,10 +12,14 @@ import (
 	"github.com/virtuoso-market/virtuoso/vm"
 )
 
-// running reports whether m's QEMU is up. Called with m.op held.
-func (m *machine) running() bool {
+// running reports whether m's QEMU is up; if it ended on its own (the guest powered off, or
+// QEMU died) the VM's console port and runtime state are released. Called with m.op held.
+func (d *Driver) running(m *machine) bool {
 	if m.proc != nil && !m.proc.alive() {
+		d.log.Info("qemu has exited", "vm", m.id, "pid", m.proc.pid)
 		m.proc = nil
+		m.rt = runtimeState{}
+		d.releasePort(m.id)
 		m.saveRuntime()
 	}
 	return m.proc != nil
@@ -28,7 +32,7 @@ func (d *Driver) Start(ctx context.Context, id vm.ID) error {
 		return err
 	}
 	defer m.op.Unlock()
-	if m.running() {
+	if d.running(m) {
 		return fmt.Errorf("start vm %s: %w", id, vm.ErrRunning)
 	}
 	if fileExists(filepath.Join(m.dir, memoryFile)) {
@@ -60,7 +64,7 @@ func (d *Driver) Stop(ctx context.Context, id vm.ID) error {
 		return err
 	}
 	defer m.op.Unlock()
-	if !m.running() {
+	if !d.running(m) {
 		return nil
 	}
 	if err := d.terminate(ctx, m, true); err != nil {
@@ -81,7 +85,7 @@ func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
 		return err
 	}
 	defer m.op.Unlock()
-	if !m.running() {
+	if !d.running(m) {
 		return fmt.Errorf("suspend vm %s: %w", id, vm.ErrNotRunning)
 	}
 	var last error
@@ -90,7 +94,7 @@ func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
 		if last = d.suspendOnce(ctx, m, attempt); last == nil {
 			break
 		}
-		if !m.running() {
+		if !d.running(m) {
 			return fmt.Errorf("suspend vm %s: qemu exited: %w", id, last)
 		}
 		d.log.Info("suspend refused; will retry", "vm", id, "attempt", attempt, "err", last)
@@ -245,7 +249,7 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		return err
 	}
 	defer m.op.Unlock()
-	if m.running() {
+	if d.running(m) {
 		return fmt.Errorf("resume vm %s: %w", id, vm.ErrRunning)
 	}
 	statePath := filepath.Join(m.dir, memoryFile)
@@ -341,7 +345,7 @@ func (d *Driver) Power(ctx context.Context, id vm.ID) (vm.PowerState, error) {
 }
 
 func (d *Driver) power(ctx context.Context, m *machine) (vm.PowerState, error) {
-	if !m.running() {
+	if !d.running(m) {
 		if fileExists(filepath.Join(m.dir, memoryFile)) {
 			m.setObserved(vm.PowerSuspended)
 			return vm.PowerSuspended, nil
@@ -400,7 +404,7 @@ func (d *Driver) OpenConsole(ctx context.Context, id vm.ID) (vm.Console, error) 
 		return vm.Console{}, err
 	}
 	defer m.op.Unlock()
-	if !m.running() {
+	if !d.running(m) {
 		return vm.Console{}, fmt.Errorf("console of vm %s: %w", id, vm.ErrNotRunning)
 	}
 	if m.rt.VNCPort == 0 {
@@ -440,7 +444,7 @@ func (d *Driver) CloseConsole(ctx context.Context, id vm.ID) error {
 	open := d.consoles[id]
 	delete(d.consoles, id)
 	d.mu.Unlock()
-	if !open || !m.running() {
+	if !open || !d.running(m) {
 		return nil
 	}
 	m.rt.Console = false
