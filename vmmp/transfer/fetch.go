@@ -1,0 +1,775 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/errgroup"
+)
+
+// Fetch pulls the files of req from peer from into dstDir, where they replace the files of
+// the same names once every one of them has been verified; until then the files already in
+// dstDir are untouched and serve as the basis the source diffs against. An interrupted
+// Fetch leaves its verified blocks staged under dstDir/.vmmp-transfer and the next Fetch of
+// the same files resumes from them.
+func Fetch(ctx context.Context, h host.Host, from peer.ID, req Request, dstDir string, opts ...Option) (*Result, error) {
+	cfg := newConfig(opts)
+	if err := req.validate(); err != nil {
+		return nil, err
+	}
+	if !validBlockSize(cfg.blockSize) {
+		return nil, fmt.Errorf("fetch: block size %d: %w", cfg.blockSize, ErrBlockSize)
+	}
+	if cfg.method != MethodBlockDiff && cfg.method != MethodFull {
+		return nil, fmt.Errorf("fetch: unknown method %d", cfg.method)
+	}
+	start := time.Now()
+	book := filepath.Join(dstDir, bookkeepingDir)
+	if err := os.MkdirAll(book, 0o755); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	unlock, err := lockDir(ctx, book)
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	defer unlock()
+	if err := recoverDir(dstDir, !cfg.noSync); err != nil {
+		return nil, fmt.Errorf("fetch: finish an earlier commit: %w", err)
+	}
+
+	st, err := h.NewStream(ctx, from, ID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch from %s: %w", from, err)
+	}
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		_ = st.Reset()
+		return nil, fmt.Errorf("fetch from %s: %w", from, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	defer stop()
+
+	c := &client{cfg: &cfg, req: request{Request: req, method: cfg.method, blockSize: cfg.blockSize,
+		compress: cfg.compress && cfg.method == MethodBlockDiff}, dir: dstDir, start: start}
+	res, err := c.run(ctx, idleStream{st, cfg.idle})
+	if err != nil {
+		_ = st.Reset()
+		if ctx.Err() != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return nil, fmt.Errorf("fetch %s from %s: %w", req.VM, from, err)
+	}
+	_ = st.Close()
+	return res, nil
+}
+
+// client is one Fetch.
+type client struct {
+	cfg   *config
+	req   request
+	dir   string
+	start time.Time
+	fr    *frameReader
+	fw    *frameWriter
+	files []*dstFile
+
+	dec     *zstd.Decoder
+	decOnce sync.Once
+	decErr  error
+
+	done, total atomic.Int64
+	written     atomic.Int64
+	lastReport  time.Time
+}
+
+// dstFile is a file being received.
+type dstFile struct {
+	name   string
+	target string
+	stageP string
+	acc    acceptFile
+	g      geometry // of the new image
+
+	basis      *os.File // the version already held, or nil
+	basisSize  int64
+	basisCache *cachedSig // trusted cached signature of the basis, or nil
+	stage      *os.File
+	resumed    bool
+
+	vg        geometry   // of the basis as the source sees it: basis overlaid with staged blocks
+	dsig      *destSig   // our signature of vg, as sent
+	staged    []bool     // blocks with data in the stage file (len max(vg, g) blocks)
+	holes     []bool     // blocks the source said are zero
+	final     *signature // hashes of the new image, as verified
+	identical bool
+
+	jobs    sync.WaitGroup
+	errOnce sync.Once
+	failed  atomic.Bool
+	err     error // set once; read after jobs.Wait
+	res     FileResult
+}
+
+func (f *dstFile) fail(err error) {
+	f.errOnce.Do(func() {
+		f.err = err
+		f.failed.Store(true)
+	})
+}
+
+func (c *client) run(ctx context.Context, rw io.ReadWriter) (res *Result, err error) {
+	c.fr = newFrameReader(rw)
+	c.fw = newFrameWriter(rw)
+	defer func() {
+		for _, f := range c.files {
+			f.close()
+		}
+		if err != nil {
+			c.cleanup(err)
+		}
+	}()
+	if err := writePreamble(c.fw.w); err != nil {
+		return nil, err
+	}
+	if err := c.fw.write(frameRequest, c.req.marshal()); err != nil {
+		return nil, err
+	}
+	if err := c.fw.flush(); err != nil {
+		return nil, err
+	}
+	if err := readPreamble(c.fr.r); err != nil {
+		return nil, fmt.Errorf("read preamble: %w", err)
+	}
+	t, p, err := c.fr.read()
+	if err != nil {
+		return nil, fmt.Errorf("read answer: %w", err)
+	}
+	switch t {
+	case frameError:
+		e, err := decodeError(p)
+		if err != nil {
+			return nil, err
+		}
+		return nil, e.err()
+	case frameAccept:
+	default:
+		return nil, fmt.Errorf("%w: frame 0x%02x instead of accept", ErrProtocol, t)
+	}
+	acc, err := decodeAccept(p)
+	if err != nil {
+		return nil, err
+	}
+	if len(acc.files) != len(c.req.Files) {
+		return nil, fmt.Errorf("%w: accept lists %d files, asked for %d", ErrProtocol, len(acc.files), len(c.req.Files))
+	}
+	for i, name := range c.req.Files {
+		f, err := c.open(name, acc.files[i])
+		if err != nil {
+			return nil, err
+		}
+		c.files = append(c.files, f)
+		c.total.Add(f.g.size)
+	}
+
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return c.sendSignatures(gctx) })
+	eg.Go(func() error { return c.receive(gctx) })
+	if err := eg.Wait(); err != nil {
+		c.tell(err)
+		return nil, err
+	}
+	if err := c.commit(); err != nil {
+		c.tell(err)
+		return nil, err
+	}
+	c.tell(nil)
+	c.report("", true)
+	res = &Result{WireBytes: c.wire(), WrittenBytes: c.written.Load(), Elapsed: time.Since(c.start)}
+	for _, f := range c.files {
+		res.Files = append(res.Files, f.res)
+		res.ReusedBlocks += f.res.BlocksReused
+	}
+	return res, nil
+}
+
+func (c *client) wire() int64 { return c.fr.n.Load() + c.fw.n.Load() + 2*int64(len(preamble)) }
+
+// tell sends the verdict to the source, best effort: the source only logs it.
+func (c *client) tell(err error) {
+	e := remoteError{code: codeOK}
+	if err != nil {
+		e = remoteError{code: errCode(err), msg: err.Error()}
+		if errors.Is(err, errPeerFailed) {
+			return
+		}
+	}
+	if c.fw.write(frameDone, e.marshal()) == nil {
+		_ = c.fw.flush()
+	}
+}
+
+// open prepares to receive one file: the basis it holds, a stage left by an interrupted
+// transfer, and a signature cache that may make hashing the basis unnecessary.
+func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
+	f := &dstFile{
+		name: name, target: filepath.Join(c.dir, name),
+		stageP: filepath.Join(c.dir, bookkeepingDir, name+".stage"),
+		acc:    acc, g: newGeometry(acc.size, c.req.blockSize),
+	}
+	f.res = FileResult{Name: name, Path: f.target, Size: acc.size}
+	if c.req.method == MethodBlockDiff {
+		b, err := os.Open(f.target)
+		switch {
+		case err == nil:
+			fi, err := b.Stat()
+			if err != nil {
+				_ = b.Close()
+				return nil, err
+			}
+			if !fi.Mode().IsRegular() {
+				_ = b.Close()
+				return nil, fmt.Errorf("%s exists and is not a regular file", f.target)
+			}
+			f.basis, f.basisSize = b, fi.Size()
+			if cs := loadCachedSig(f.target, c.req.blockSize); cs != nil && cs.trusted(fileIdentity(fi)) &&
+				spotCheck(b, cs.sig) {
+				f.basisCache = cs
+			}
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			return nil, err
+		}
+	}
+	stage, err := os.OpenFile(f.stageP, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open stage for %s: %w", name, err)
+	}
+	f.stage = stage
+	fi, err := stage.Stat()
+	if err != nil {
+		return nil, err
+	}
+	stageSize := fi.Size()
+	if c.req.method == MethodFull && stageSize > 0 {
+		// A full transfer sends every byte anyway: start the stage afresh.
+		if err := stage.Truncate(0); err != nil {
+			return nil, fmt.Errorf("reset stage for %s: %w", name, err)
+		}
+		stageSize = 0
+	}
+	f.resumed = stageSize > 0
+	f.res.Resumed = f.resumed
+	f.vg = newGeometry(max(f.basisSize, stageSize), c.req.blockSize)
+	n := max(f.vg.nblocks, f.g.nblocks)
+	f.staged = make([]bool, n)
+	f.holes = make([]bool, n)
+	if f.resumed {
+		data, err := dataBlocks(stage, newGeometry(stageSize, c.req.blockSize))
+		if err != nil {
+			return nil, err
+		}
+		for i := range newGeometry(stageSize, c.req.blockSize).nblocks {
+			f.staged[i] = data.get(i)
+		}
+	}
+	f.identical = !f.resumed && f.basisCache != nil && !acc.hash.IsZero() &&
+		f.basisCache.image == acc.hash && f.basisSize == acc.size
+	f.final = newSignature(f.g)
+	return f, nil
+}
+
+func (f *dstFile) close() {
+	if f.basis != nil {
+		_ = f.basis.Close()
+	}
+	if f.stage != nil {
+		_ = f.stage.Close()
+	}
+}
+
+// sendSignatures sends, file by file, what the destination holds: the basis overlaid with
+// any staged blocks. Hashing, when there is no cached signature, is pipelined with sending.
+func (c *client) sendSignatures(ctx context.Context) error {
+	stride := c.req.blockSize / subBlockSize
+	chunk := sigChunk(stride)
+	for idx, f := range c.files {
+		if c.req.method == MethodFull {
+			f.dsig = newDestSig()
+			f.dsig.sig = newSignature(newGeometry(0, c.req.blockSize))
+			if err := c.fw.write(frameBasis, basis{file: idx}.marshal()); err != nil {
+				return err
+			}
+			continue
+		}
+		if f.identical {
+			f.dsig = newDestSig()
+			f.dsig.sig = f.basisCache.sig
+			f.dsig.advance(f.vg.nblocks)
+			if err := c.fw.write(frameBasis, basis{file: idx, size: f.basisSize, identical: true}.marshal()); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.fw.write(frameBasis, basis{file: idx, size: f.vg.size}.marshal()); err != nil {
+			return err
+		}
+		d := newDestSig()
+		f.dsig = d
+		send := func(first, n int) error {
+			for first < n {
+				k := min(chunk, n-first)
+				if err := c.writeSig(idx, d.sig, first, k); err != nil {
+					return err
+				}
+				first += k
+			}
+			d.advance(n)
+			return c.fw.flush()
+		}
+		if !f.resumed && f.basisCache != nil {
+			d.sig = f.basisCache.sig
+			if err := send(0, f.vg.nblocks); err != nil {
+				return err
+			}
+			continue
+		}
+		var old *signature
+		if cs := loadCachedSig(f.target, c.req.blockSize); cs != nil {
+			old = cs.sig
+		}
+		src, err := newOverlay(f)
+		if err != nil {
+			return err
+		}
+		sig := newSignature(f.vg)
+		d.sig = sig
+		var sent int
+		_, err = scanSignatureInto(ctx, sig, src, old, workerCount(c.cfg), func(first, n int) error {
+			// Batches arrive in order; send what is complete.
+			if err := send(sent, first+n); err != nil {
+				return err
+			}
+			sent = first + n
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("signature of %s: %w", f.name, err)
+		}
+		if err := send(sent, f.vg.nblocks); err != nil {
+			return err
+		}
+	}
+	return c.fw.flush()
+}
+
+func (c *client) writeSig(idx int, sig *signature, first, n int) error {
+	if n == 0 {
+		return nil
+	}
+	stride := sig.g.stride
+	b := appendSigHeader(make([]byte, 0, 16+n*(32+8*stride)), sigHeader{file: idx, first: first, count: n})
+	for i := first; i < first+n; i++ {
+		b = append(b, sig.strong[i][:]...)
+		for _, s := range sig.sub(i) {
+			b = append(b, byte(s), byte(s>>8), byte(s>>16), byte(s>>24), byte(s>>32), byte(s>>40), byte(s>>48), byte(s>>56))
+		}
+	}
+	return c.fw.write(frameSig, b)
+}
+
+// overlay is the destination's current content of a file as the source must see it: staged
+// blocks of an interrupted transfer over the basis, zeros beyond either.
+type overlay struct {
+	f     *dstFile
+	bdata bitset // basis blocks with data
+}
+
+func newOverlay(f *dstFile) (*overlay, error) {
+	o := &overlay{f: f, bdata: newBitset(f.vg.nblocks)}
+	if f.basis != nil {
+		data, err := dataBlocks(f.basis, newGeometry(f.basisSize, f.vg.bs))
+		if err != nil {
+			return nil, err
+		}
+		copy(o.bdata, data)
+	}
+	return o, nil
+}
+
+func (o *overlay) hasData(i int) bool { return o.f.staged[i] || o.bdata.get(i) }
+
+func (o *overlay) read(buf []byte, first, n int) error {
+	g := o.f.vg
+	for k := 0; k < n; {
+		i := first + k
+		fromStage := o.f.staged[i]
+		j := k
+		for j < n && o.f.staged[first+j] == fromStage {
+			j++
+		}
+		lo := int(g.off(i) - g.off(first))
+		hi := int(g.off(first+j-1)-g.off(first)) + g.blockLen(first+j-1)
+		file, size := o.f.basis, o.f.basisSize
+		if fromStage {
+			file, size = o.f.stage, int64(-1)
+		}
+		if err := readZeroPadded(file, size, buf[lo:hi], g.off(i)); err != nil {
+			return err
+		}
+		k = j
+	}
+	return nil
+}
+
+// readZeroPadded reads len(p) bytes at off, as zeros past the end of the file (or of size,
+// if not negative) or where there is no file.
+func readZeroPadded(f *os.File, size int64, p []byte, off int64) error {
+	n := 0
+	if f != nil && (size < 0 || off < size) {
+		want := len(p)
+		if size >= 0 {
+			want = int(min(int64(len(p)), size-off))
+		}
+		var err error
+		n, err = f.ReadAt(p[:want], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+	}
+	clear(p[n:])
+	return nil
+}
+
+// job is a received block for a worker to verify and stage.
+type job struct {
+	f         *dstFile
+	i         int
+	kind      byte
+	frame     blockFrame
+	buf       []byte // owns frame's bytes
+	fromStage bool   // the base of a patch is the staged block, not the basis
+}
+
+// receive reads the source's instructions and hands received blocks to workers that verify
+// and write them in parallel.
+func (c *client) receive(ctx context.Context) error {
+	workers := workerCount(c.cfg)
+	bs := c.req.blockSize
+	jobs := make(chan *job, 2*workers)
+	free := make(chan []byte, 4*workers)
+	for range cap(free) {
+		free <- make([]byte, 0, bs+bs/8+256)
+	}
+	eg, ctx := errgroup.WithContext(ctx)
+	for range workers {
+		eg.Go(func() error {
+			scratch := make([]byte, 2*bs)
+			z := newZeroes(bs)
+			for j := range jobs {
+				if err := c.apply(j, scratch, z); err != nil {
+					j.f.fail(err)
+				}
+				free <- j.buf[:0]
+				j.f.jobs.Done()
+			}
+			return nil
+		})
+	}
+	eg.Go(func() error {
+		defer close(jobs)
+		for idx, f := range c.files {
+			if err := c.receiveFile(ctx, idx, f, jobs, free); err != nil {
+				return fmt.Errorf("file %s: %w", f.name, err)
+			}
+		}
+		return nil
+	})
+	return eg.Wait()
+}
+
+func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan<- *job, free chan []byte) (err error) {
+	// Whatever happens, wait for this file's workers before returning, so nothing writes to
+	// the stage behind the caller's back.
+	defer func() {
+		f.jobs.Wait()
+		if err == nil {
+			err = f.err
+		}
+	}()
+	t, p, err := c.fr.read()
+	if err != nil {
+		return err
+	}
+	if err := c.peerError(t, p); err != nil {
+		return err
+	}
+	if t != frameFile {
+		return fmt.Errorf("%w: frame 0x%02x instead of file %d", ErrProtocol, t, idx)
+	}
+	if n, err := decodeUvarintFrame(p, "file", MaxFiles); err != nil || n != idx {
+		return fmt.Errorf("%w: file frame for %d, want %d", ErrProtocol, n, idx)
+	}
+	g := f.g
+	z := newZeroes(g.bs)
+	cursor := 0
+	zeroSubs := make([]uint64, g.stride)
+	for {
+		if f.failed.Load() {
+			return nil // the deferred Wait picks up f.err
+		}
+		t, p, err := c.fr.read()
+		if err != nil {
+			return err
+		}
+		if err := c.peerError(t, p); err != nil {
+			return err
+		}
+		switch t {
+		case frameReuse, frameHole:
+			n, err := decodeUvarintFrame(p, "run", uint64(g.nblocks))
+			if err != nil {
+				return err
+			}
+			if n == 0 || cursor+n > g.nblocks {
+				return fmt.Errorf("%w: run of %d blocks at %d of %d", ErrProtocol, n, cursor, g.nblocks)
+			}
+			for i := cursor; i < cursor+n; i++ {
+				l := g.blockLen(i)
+				if t == frameReuse {
+					if i >= f.vg.nblocks || f.vg.blockLen(i) != l {
+						return fmt.Errorf("%w: reuse of block %d the destination does not hold", ErrProtocol, i)
+					}
+					if err := f.dsig.waitFor(ctx, i+1); err != nil {
+						return err
+					}
+					f.final.strong[i] = f.dsig.sig.strong[i]
+					copy(f.final.sub(i), f.dsig.sig.sub(i))
+					f.res.BlocksReused++
+					continue
+				}
+				if f.staged[i] {
+					if err := punchHole(f.stage, g.off(i), int64(f.vg.bs)); err != nil {
+						return err
+					}
+					f.staged[i] = false
+				}
+				f.holes[i] = true
+				f.final.strong[i] = z.hash(l)
+				z.subs(l, zeroSubs)
+				copy(f.final.sub(i), zeroSubs)
+				f.res.BlocksHole++
+			}
+			c.done.Add(int64(g.off(cursor+n-1)-g.off(cursor)) + int64(g.blockLen(cursor+n-1)))
+			cursor += n
+		case frameData, framePatch:
+			if cursor >= g.nblocks {
+				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
+			}
+			i, l := cursor, g.blockLen(cursor)
+			var fr blockFrame
+			if t == frameData {
+				fr, err = decodeData(p)
+				if err == nil && len(fr.payload) > l {
+					err = fmt.Errorf("%w: block %d carries %d bytes, block is %d", ErrProtocol, i, len(fr.payload), l)
+				}
+				f.res.BlocksSent++
+			} else {
+				if i >= f.vg.nblocks || f.vg.blockLen(i) != l {
+					return fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
+				}
+				fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
+				if err == nil && len(fr.payload) > l {
+					err = fmt.Errorf("%w: patch of block %d carries %d bytes", ErrProtocol, i, len(fr.payload))
+				}
+				f.res.BlocksPatched++
+			}
+			if err != nil {
+				return err
+			}
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			buf = append(buf, fr.mask...)
+			buf = append(buf, fr.payload...)
+			fr.mask, fr.payload = buf[:len(fr.mask)], buf[len(fr.mask):]
+			j := &job{f: f, i: i, kind: t, frame: fr, buf: buf, fromStage: f.staged[i]}
+			f.staged[i] = true
+			f.holes[i] = false
+			f.jobs.Add(1)
+			select {
+			case jobs <- j:
+			case <-ctx.Done():
+				f.jobs.Done()
+				return ctx.Err()
+			}
+			cursor++
+		case frameEnd:
+			want, err := decodeEnd(p)
+			if err != nil {
+				return err
+			}
+			if cursor != g.nblocks {
+				return fmt.Errorf("%w: end after %d of %d blocks", ErrProtocol, cursor, g.nblocks)
+			}
+			f.jobs.Wait()
+			if f.err != nil {
+				return f.err
+			}
+			got := f.final.image()
+			if got != want {
+				return fmt.Errorf("%w: image hash %s, source says %s", ErrCorrupt, got, want)
+			}
+			if !f.acc.hash.IsZero() && got != f.acc.hash {
+				return fmt.Errorf("%w: image hash %s, source announced %s", ErrCorrupt, got, f.acc.hash)
+			}
+			f.res.Hash = got
+			c.report(f.name, false)
+			return nil
+		default:
+			return fmt.Errorf("%w: unexpected frame 0x%02x from the source", ErrProtocol, t)
+		}
+		c.report(f.name, false)
+	}
+}
+
+func (c *client) peerError(t byte, p []byte) error {
+	if t != frameError {
+		return nil
+	}
+	e, err := decodeError(p)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: source: %w", errPeerFailed, e.err())
+}
+
+// apply verifies one received block and writes it to the stage.
+func (c *client) apply(j *job, scratch []byte, z *zeroes) error {
+	f, i := j.f, j.i
+	g := f.g
+	l := g.blockLen(i)
+	data, err := c.decode(j.frame, scratch[g.bs:g.bs:2*g.bs])
+	if err != nil {
+		return fmt.Errorf("block %d: %w", i, err)
+	}
+	if j.kind == framePatch {
+		base := scratch[:l]
+		file, size := f.basis, f.basisSize
+		if j.fromStage {
+			file, size = f.stage, -1
+		}
+		if err := readZeroPadded(file, size, base, g.off(i)); err != nil {
+			return err
+		}
+		for k := 0; k*subBlockSize < l; k++ {
+			if j.frame.mask[k/8]&(1<<(k%8)) == 0 {
+				continue
+			}
+			piece := base[k*subBlockSize : min(l, (k+1)*subBlockSize)]
+			if len(data) < len(piece) {
+				return fmt.Errorf("%w: patch of block %d is short", ErrCorrupt, i)
+			}
+			copy(piece, data)
+			data = data[len(piece):]
+		}
+		if len(data) != 0 {
+			return fmt.Errorf("%w: patch of block %d is long", ErrCorrupt, i)
+		}
+		data = base
+	}
+	if len(data) != l {
+		return fmt.Errorf("%w: block %d is %d bytes, want %d", ErrCorrupt, i, len(data), l)
+	}
+	if hashBlock(data) != j.frame.hash {
+		return fmt.Errorf("%w: block %d does not match its hash", ErrCorrupt, i)
+	}
+	f.final.strong[i] = j.frame.hash
+	hashSubs(data, f.final.sub(i))
+	if err := c.writeStage(f, data, g.off(i)); err != nil {
+		return err
+	}
+	c.done.Add(int64(l))
+	return nil
+}
+
+func (c *client) decode(fr blockFrame, dst []byte) ([]byte, error) {
+	if fr.flags&flagZstd == 0 {
+		return fr.payload, nil
+	}
+	c.decOnce.Do(func() {
+		c.dec, c.decErr = zstd.NewReader(nil, zstd.WithDecoderConcurrency(workerCount(c.cfg)),
+			zstd.WithDecoderMaxMemory(uint64(2*c.req.blockSize)))
+	})
+	if c.decErr != nil {
+		return nil, c.decErr
+	}
+	out, err := c.dec.DecodeAll(fr.payload, dst)
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %w", ErrCorrupt, err)
+	}
+	return out, nil
+}
+
+// writeStage writes to the stage, starting writeback every so often so the fsync at commit
+// has little left to do.
+func (c *client) writeStage(f *dstFile, p []byte, off int64) error {
+	before := c.written.Add(int64(len(p))) - int64(len(p))
+	if c.cfg.writeLimit > 0 && before+int64(len(p)) > c.cfg.writeLimit {
+		return &os.PathError{Op: "write", Path: f.stageP, Err: syscall.ENOSPC}
+	}
+	if _, err := f.stage.WriteAt(p, off); err != nil {
+		return err
+	}
+	const window = 32 << 20
+	if !c.cfg.noSync && (before+int64(len(p)))/window != before/window {
+		startWriteback(f.stage, 0, 0)
+	}
+	return nil
+}
+
+// report calls the progress callback, at most ten times a second unless final.
+func (c *client) report(file string, final bool) {
+	if c.cfg.progress == nil {
+		return
+	}
+	now := time.Now()
+	if !final && now.Sub(c.lastReport) < c.cfg.reportEvery {
+		return
+	}
+	c.lastReport = now
+	p := Progress{File: file, Done: c.done.Load(), Total: c.total.Load(), WireBytes: c.wire()}
+	if el := now.Sub(c.start).Seconds(); el > 0 {
+		p.Rate = float64(p.Done) / el
+	}
+	if p.Rate > 0 && p.Done < p.Total {
+		p.ETA = time.Duration(float64(p.Total-p.Done) / p.Rate * float64(time.Second))
+	}
+	c.cfg.progress(p)
+}
+
+// cleanup decides what an unsuccessful Fetch leaves behind: verified staged blocks are
+// kept for a retry after a broken connection or a cancel, removed after anything that makes
+// a retry of the same stage pointless or harmful (corrupt or malformed data, a full disk).
+func (c *client) cleanup(err error) {
+	keep := !(errors.Is(err, ErrCorrupt) || errors.Is(err, ErrProtocol) || errors.Is(err, syscall.ENOSPC) ||
+		errors.Is(err, ErrRefused) || errors.Is(err, ErrBadRequest))
+	for _, f := range c.files {
+		fi, serr := os.Stat(f.stageP)
+		if !keep || serr != nil || fi.Size() == 0 {
+			_ = os.Remove(f.stageP)
+		}
+	}
+}

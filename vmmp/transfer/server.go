@@ -1,0 +1,709 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/errgroup"
+)
+
+// streamMemory is what one transfer stream reserves from the resource manager: roughly its
+// in-flight batch buffers.
+const streamMemory = 4 << 20
+
+// Server serves files to destinations that Fetch them, as the hook allows.
+type Server struct {
+	h         host.Host
+	authorize AuthorizeFunc
+	cfg       config
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewServer registers the transfer protocol on h. authorize decides every request; it is
+// required, since without it any peer could read any file.
+func NewServer(h host.Host, authorize AuthorizeFunc, opts ...Option) (*Server, error) {
+	if authorize == nil {
+		return nil, errors.New("transfer server: authorisation hook is required")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{h: h, authorize: authorize, cfg: newConfig(opts), ctx: ctx, cancel: cancel}
+	h.SetStreamHandler(ID, s.handle)
+	return s, nil
+}
+
+// Close removes the handler and stops the transfers in progress.
+func (s *Server) Close() error {
+	s.h.RemoveStreamHandler(ID)
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) handle(st network.Stream) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = st.Reset()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	from := st.Conn().RemotePeer()
+	log := s.cfg.log.With("peer", from)
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		log.Debug("transfer: attach stream to service", "err", err)
+		_ = st.Reset()
+		return
+	}
+	if err := st.Scope().ReserveMemory(streamMemory, network.ReservationPriorityAlways); err != nil {
+		log.Debug("transfer: reserve stream memory", "err", err)
+		_ = st.Reset()
+		return
+	}
+	defer st.Scope().ReleaseMemory(streamMemory)
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	defer stop()
+
+	sess := &session{cfg: &s.cfg, log: log, from: from, authorize: s.authorize}
+	err := sess.serve(ctx, idleStream{st, s.cfg.idle})
+	if err != nil {
+		log.Info("transfer: send failed", "vm", sess.req.VM, "err", err)
+		_ = st.Reset()
+		return
+	}
+	log.Debug("transfer: sent", "vm", sess.req.VM, "bytes", sess.fw.n.Load())
+	_ = st.Close()
+}
+
+// idleStream bounds how long any one read or write on the stream may stall.
+type idleStream struct {
+	st   network.Stream
+	idle time.Duration
+}
+
+func (s idleStream) Read(p []byte) (int, error) {
+	_ = s.st.SetReadDeadline(time.Now().Add(s.idle))
+	return s.st.Read(p)
+}
+
+func (s idleStream) Write(p []byte) (int, error) {
+	_ = s.st.SetWriteDeadline(time.Now().Add(s.idle))
+	return s.st.Write(p)
+}
+
+// session is one transfer on the source side.
+type session struct {
+	cfg       *config
+	log       *slog.Logger
+	from      peer.ID
+	authorize AuthorizeFunc
+	req       request
+	fr        *frameReader
+	fw        *frameWriter
+	files     []*srcFile
+	enc       *compressor
+}
+
+// srcFile is a file being sent.
+type srcFile struct {
+	path  string
+	f     *os.File
+	id    identity
+	g     geometry
+	start time.Time
+	known *signature // hashes trusted without reading (cache or change tracker)
+	stale *signature // an earlier version's hashes, to skip strong hashing of unchanged blocks
+	image Hash       // known image hash, else zero
+	dest  *destSig
+}
+
+func (ss *session) serve(ctx context.Context, rw io.ReadWriter) (err error) {
+	ss.fr = newFrameReader(rw)
+	ss.fw = newFrameWriter(rw)
+	defer func() {
+		for _, f := range ss.files {
+			_ = f.f.Close()
+		}
+	}()
+	// Any failure past this point is reported to the peer before the stream closes.
+	defer func() {
+		if err != nil && !errors.Is(err, errPeerFailed) {
+			_ = ss.fw.write(frameError, remoteError{code: errCode(err), msg: err.Error()}.marshal())
+			_ = ss.fw.flush()
+		}
+	}()
+	if err := readPreamble(ss.fr.r); err != nil {
+		return fmt.Errorf("read preamble: %w", err)
+	}
+	if err := writePreamble(ss.fw.w); err != nil {
+		return err
+	}
+	t, p, err := ss.fr.read()
+	if err != nil {
+		return fmt.Errorf("read request: %w", err)
+	}
+	if t != frameRequest {
+		return fmt.Errorf("%w: frame 0x%02x before the request", ErrProtocol, t)
+	}
+	if ss.req, err = decodeRequest(p); err != nil {
+		return err
+	}
+	paths, err := ss.authorize(ctx, ss.from, ss.req.Request)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if len(paths) != len(ss.req.Files) {
+		return fmt.Errorf("authorisation hook mapped %d files to %d paths", len(ss.req.Files), len(paths))
+	}
+	var acc accept
+	for i, path := range paths {
+		sf, err := ss.open(ctx, path)
+		if err != nil {
+			return fmt.Errorf("file %s: %w", ss.req.Files[i], err)
+		}
+		ss.files = append(ss.files, sf)
+		fi, _ := sf.f.Stat()
+		acc.files = append(acc.files, acceptFile{
+			size: sf.g.size, mode: uint32(fi.Mode().Perm()), mtime: sf.id.mtime, hash: sf.image,
+		})
+	}
+	if ss.req.compress {
+		if ss.enc, err = newCompressor(workerCount(ss.cfg)); err != nil {
+			return err
+		}
+		defer ss.enc.close()
+	}
+	if err := ss.fw.write(frameAccept, acc.marshal()); err != nil {
+		return err
+	}
+	if err := ss.fw.flush(); err != nil {
+		return err
+	}
+
+	for _, sf := range ss.files {
+		sf.dest = newDestSig()
+	}
+	eg, ctx := errgroup.WithContext(ctx)
+	done := make(chan struct{})
+	eg.Go(func() error { return ss.receive(ctx, done) })
+	eg.Go(func() error {
+		for i, sf := range ss.files {
+			if err := ss.send(ctx, i, sf); err != nil {
+				return fmt.Errorf("file %s: %w", ss.req.Files[i], err)
+			}
+		}
+		if err := ss.fw.flush(); err != nil {
+			return err
+		}
+		// Wait for the destination's verdict, so the log says whether it committed.
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return eg.Wait()
+}
+
+// open opens a source file and works out what is already known of its content.
+func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Size() > MaxFileSize {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, int64(MaxFileSize))
+	}
+	sf := &srcFile{path: path, f: f, id: fileIdentity(fi), start: time.Now()}
+	sf.g = newGeometry(fi.Size(), ss.req.blockSize)
+	c := loadCachedSig(path, ss.req.blockSize)
+	if c == nil || c.sig.g.size != sf.g.size && ss.cfg.tracker != nil {
+		if c != nil {
+			sf.stale = c.sig
+		}
+		return sf, nil
+	}
+	z := newZeroes(sf.g.bs)
+	switch {
+	case c.trusted(sf.id) && spotCheck(f, c.sig):
+		sf.known, sf.image = c.sig, c.image
+	case ss.cfg.tracker != nil && c.sig.g.size == sf.g.size:
+		ranges, ok, err := ss.cfg.tracker.Changed(ctx, path, c.image)
+		if err != nil || !ok {
+			sf.stale = c.sig
+			break
+		}
+		sig, err := rehash(f, c.sig, ranges, z)
+		if err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		if spotCheck(f, sig) {
+			sf.known, sf.image = sig, sig.image()
+		} else {
+			sf.stale = c.sig
+		}
+	default:
+		sf.stale = c.sig
+	}
+	return sf, nil
+}
+
+// rehash returns a copy of sig with the blocks overlapping ranges hashed afresh.
+func rehash(f *os.File, sig *signature, ranges []Extent, z *zeroes) (*signature, error) {
+	g := sig.g
+	out := &signature{g: g, strong: append([]Hash(nil), sig.strong...), subs: append([]uint64(nil), sig.subs...)}
+	dirty := newBitset(g.nblocks)
+	for _, r := range ranges {
+		dirty.setRange(g, max(0, r.Off), min(r.Len, g.size-max(0, r.Off)))
+	}
+	buf := make([]byte, g.bs)
+	for i := range g.nblocks {
+		if !dirty.get(i) {
+			continue
+		}
+		b := buf[:g.blockLen(i)]
+		if _, err := f.ReadAt(b, g.off(i)); err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+		hashInto(out, i, b, z, nil)
+	}
+	return out, nil
+}
+
+// destSig is the destination's signature of one file as it arrives. Workers wait for the
+// blocks they compare against; hashing their own blocks does not wait.
+type destSig struct {
+	opened    chan struct{} // closed once the BASIS frame arrived
+	sig       *signature
+	identical bool
+
+	mu     sync.Mutex
+	ready  atomic.Int64 // blocks received
+	notify chan struct{}
+}
+
+func newDestSig() *destSig {
+	return &destSig{opened: make(chan struct{}), notify: make(chan struct{})}
+}
+
+func (d *destSig) advance(n int) {
+	d.mu.Lock()
+	d.ready.Store(int64(n))
+	close(d.notify)
+	d.notify = make(chan struct{})
+	d.mu.Unlock()
+}
+
+func (d *destSig) waitFor(ctx context.Context, n int) error {
+	for {
+		if d.ready.Load() >= int64(n) {
+			return nil
+		}
+		d.mu.Lock()
+		ch := d.notify
+		ready := d.ready.Load()
+		d.mu.Unlock()
+		if ready >= int64(n) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+var errPeerFailed = errors.New("peer reported failure")
+
+// receive reads the destination's frames: the signature of each file in order, then the
+// verdict.
+func (ss *session) receive(ctx context.Context, done chan<- struct{}) error {
+	stride := ss.req.blockSize / subBlockSize
+	cur, next := -1, 0 // file whose SIG frames are arriving; blocks received of it
+	for {
+		t, p, err := ss.fr.read()
+		if err != nil {
+			return fmt.Errorf("read from destination: %w", err)
+		}
+		switch t {
+		case frameBasis:
+			b, err := decodeBasis(p)
+			if err != nil {
+				return err
+			}
+			if b.file != cur+1 || b.file >= len(ss.files) || (cur >= 0 && next != ss.files[cur].dest.sig.g.nblocks) {
+				return fmt.Errorf("%w: basis of file %d out of order", ErrProtocol, b.file)
+			}
+			if ss.req.method == MethodFull && b.size != 0 {
+				return fmt.Errorf("%w: basis sent for a full transfer", ErrProtocol)
+			}
+			cur, next = b.file, 0
+			d := ss.files[cur].dest
+			d.identical = b.identical
+			if b.identical {
+				d.sig = newSignature(newGeometry(0, ss.req.blockSize))
+			} else {
+				d.sig = newSignature(newGeometry(b.size, ss.req.blockSize))
+			}
+			close(d.opened)
+		case frameSig:
+			h, entries, err := decodeSig(p, stride)
+			if err != nil {
+				return err
+			}
+			if cur < 0 || h.file != cur || h.first != next || next+h.count > ss.files[cur].dest.sig.g.nblocks {
+				return fmt.Errorf("%w: signature chunk out of order", ErrProtocol)
+			}
+			d := ss.files[cur].dest
+			sig := d.sig
+			w := 32 + 8*stride
+			for k := range h.count {
+				e := entries[k*w : (k+1)*w]
+				i := h.first + k
+				copy(sig.strong[i][:], e[:32])
+				subs := sig.sub(i)
+				for j := range subs {
+					subs[j] = leUint64(e[32+8*j:])
+				}
+			}
+			next += h.count
+			d.advance(next)
+		case frameDone:
+			e, err := decodeError(p)
+			if err != nil {
+				return err
+			}
+			close(done)
+			if err := e.err(); err != nil {
+				return fmt.Errorf("%w: destination: %w", errPeerFailed, err)
+			}
+			return nil
+		case frameError:
+			e, err := decodeError(p)
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: destination: %w", errPeerFailed, e.err())
+		default:
+			return fmt.Errorf("%w: unexpected frame 0x%02x from the destination", ErrProtocol, t)
+		}
+	}
+}
+
+// op is one instruction for a block, or a run of blocks, of the file being sent.
+type op struct {
+	kind    byte // frameReuse, frameHole, frameData, framePatch
+	count   int  // blocks, for reuse and hole
+	flags   byte
+	hash    Hash
+	mask    []byte
+	payload []byte
+}
+
+// patchLimit: a changed block goes as its changed sub-blocks when they are at most this
+// fraction of it; beyond, the merge on the destination costs more than it saves.
+const patchLimitNum, patchLimitDen = 3, 4
+
+// send streams one file: it hashes blocks on a pool of workers (pipelined with the network
+// by runOrdered) and writes the instructions in order.
+func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
+	d := sf.dest
+	select {
+	case <-d.opened:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := ss.fw.write(frameFile, marshalUvarint(idx)); err != nil {
+		return err
+	}
+	g := sf.g
+	if d.identical {
+		// The destination holds the image the source announced; only confirm it.
+		if sf.image.IsZero() {
+			return fmt.Errorf("%w: identical basis claimed for an unannounced image", ErrProtocol)
+		}
+		if err := ss.checkUnchanged(sf); err != nil {
+			return err
+		}
+		if g.nblocks > 0 {
+			if err := ss.fw.write(frameReuse, marshalUvarint(g.nblocks)); err != nil {
+				return err
+			}
+		}
+		return ss.fw.write(frameEnd, sf.image[:])
+	}
+
+	full := ss.req.method == MethodFull
+	z := newZeroes(g.bs)
+	src, err := newFileSource(sf.f, g)
+	if err != nil {
+		return err
+	}
+	sig := sf.known
+	if sig == nil {
+		sig = newSignature(g)
+	}
+	dsig := d.sig
+	dHas := func(i int) bool {
+		return i < dsig.g.nblocks && dsig.g.blockLen(i) == g.blockLen(i)
+	}
+	need := func(i int) bool {
+		if !src.hasData(i) {
+			return false
+		}
+		if full || sf.known == nil {
+			return true
+		}
+		h := sf.known.strong[i]
+		if h == z.hash(g.blockLen(i)) {
+			return false
+		}
+		if dHas(i) {
+			if err := d.waitFor(ctx, i+1); err != nil {
+				return true
+			}
+			return dsig.strong[i] != h
+		}
+		return true
+	}
+	per := batchBlocks(g.bs)
+	work := func(ctx context.Context, b *batch) error {
+		blocks := make([][]byte, per)
+		if err := readNeeded(src, g, b, need, blocks); err != nil {
+			return err
+		}
+		if sf.known == nil {
+			for k := range b.n {
+				hashInto(sig, b.first+k, blocks[k], z, sf.stale)
+			}
+		}
+		if err := d.waitFor(ctx, min(b.first+b.n, dsig.g.nblocks)); err != nil {
+			return err
+		}
+		for k := range b.n {
+			i := b.first + k
+			n := g.blockLen(i)
+			h := sig.strong[i]
+			data := blocks[k]
+			switch {
+			case full:
+				if data == nil {
+					data = z.buf[:n]
+				}
+				b.ops = append(b.ops, op{kind: frameData, hash: h, payload: data})
+			case dHas(i) && dsig.strong[i] == h:
+				b.ops = append(b.ops, op{kind: frameReuse, count: 1})
+			case h == z.hash(n):
+				b.ops = append(b.ops, op{kind: frameHole, count: 1})
+			case data == nil:
+				return fmt.Errorf("block %d was not read", i) // cannot happen: need() read it
+			case dHas(i):
+				b.ops = append(b.ops, ss.changed(b, data, h, sig.sub(i), dsig.sub(i)))
+			default:
+				b.ops = append(b.ops, ss.whole(b, data, h))
+			}
+		}
+		return ctx.Err()
+	}
+	var run op // pending reuse or hole run, merged across batches
+	flushRun := func() error {
+		if run.count == 0 {
+			return nil
+		}
+		err := ss.fw.write(run.kind, marshalUvarint(run.count))
+		run.count = 0
+		return err
+	}
+	emit := func(b *batch) error {
+		for _, o := range b.ops {
+			switch o.kind {
+			case frameReuse, frameHole:
+				if run.count > 0 && run.kind != o.kind {
+					if err := flushRun(); err != nil {
+						return err
+					}
+				}
+				run.kind = o.kind
+				run.count += o.count
+				continue
+			}
+			if err := flushRun(); err != nil {
+				return err
+			}
+			hdr := [33]byte{o.flags}
+			copy(hdr[1:], o.hash[:])
+			var err error
+			if o.kind == framePatch {
+				err = ss.fw.write(framePatch, hdr[:], o.mask, o.payload)
+			} else {
+				err = ss.fw.write(frameData, hdr[:], o.payload)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := runOrdered(ctx, g, workerCount(ss.cfg), work, emit); err != nil {
+		return err
+	}
+	if err := flushRun(); err != nil {
+		return err
+	}
+	if err := ss.checkUnchanged(sf); err != nil {
+		return err
+	}
+	image := sig.image()
+	if err := ss.fw.write(frameEnd, image[:]); err != nil {
+		return err
+	}
+	if sf.known == nil || sf.image != image || sf.image.IsZero() {
+		c := &cachedSig{sig: sig, id: sf.id, verifiedAt: sf.start.UnixNano(), image: image}
+		if err := storeCachedSig(sf.path, c); err != nil {
+			ss.log.Debug("transfer: cache signature", "err", err)
+		} else if ss.cfg.tracker != nil {
+			if err := ss.cfg.tracker.Checkpoint(ctx, sf.path, image); err != nil {
+				ss.log.Debug("transfer: checkpoint", "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkUnchanged fails if the file changed since it was opened: what was sent may mix two
+// versions.
+func (ss *session) checkUnchanged(sf *srcFile) error {
+	fi, err := os.Stat(sf.path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSourceChanged, err)
+	}
+	if fileIdentity(fi) != sf.id {
+		return fmt.Errorf("%w: %s", ErrSourceChanged, sf.path)
+	}
+	return nil
+}
+
+// whole is the DATA instruction for a block, compressed if that pays.
+func (ss *session) whole(b *batch, data []byte, h Hash) op {
+	o := op{kind: frameData, hash: h, payload: data}
+	if c, ok := ss.enc.compress(b, data); ok {
+		o.flags, o.payload = flagZstd, c
+	}
+	return o
+}
+
+// changed is the instruction for a block the destination holds another version of: only
+// the sub-blocks that differ when they are few, else the whole block.
+func (ss *session) changed(b *batch, data []byte, h Hash, subs, dsubs []uint64) op {
+	nsub := (len(data) + subBlockSize - 1) / subBlockSize
+	diff := 0
+	for j := range nsub {
+		if subs[j] != dsubs[j] {
+			diff++
+		}
+	}
+	if diff == 0 || diff*subBlockSize*patchLimitDen > len(data)*patchLimitNum {
+		return ss.whole(b, data, h)
+	}
+	start := len(b.comp)
+	b.comp = append(b.comp, make([]byte, (nsub+7)/8)...)
+	for j := range nsub {
+		if subs[j] != dsubs[j] {
+			b.comp[start+j/8] |= 1 << (j % 8)
+			b.comp = append(b.comp, data[j*subBlockSize:min(len(data), (j+1)*subBlockSize)]...)
+		}
+	}
+	mask := b.comp[start : start+(nsub+7)/8 : start+(nsub+7)/8]
+	payload := b.comp[start+len(mask):]
+	o := op{kind: framePatch, hash: h, mask: mask, payload: payload[:len(payload):len(payload)]}
+	if c, ok := ss.enc.compress(b, o.payload); ok {
+		o.flags, o.payload = flagZstd, c
+	}
+	return o
+}
+
+// compressor applies zstd where it pays. Incompressible data (most of a random or encrypted
+// disk) backs it off exponentially, so it costs little CPU when it does not help.
+type compressor struct {
+	enc     *zstd.Encoder
+	skip    atomic.Int64
+	backoff atomic.Int64
+}
+
+func newCompressor(workers int) (*compressor, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(workers), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	return &compressor{enc: enc}, nil
+}
+
+func (c *compressor) close() { _ = c.enc.Close() }
+
+// compress returns data compressed into b's scratch, or false if it did not pay.
+func (c *compressor) compress(b *batch, data []byte) ([]byte, bool) {
+	if c == nil || len(data) < 512 {
+		return nil, false
+	}
+	if c.skip.Load() > 0 {
+		c.skip.Add(-1)
+		return nil, false
+	}
+	start := len(b.comp)
+	out := c.enc.EncodeAll(data, b.comp[start:start])
+	if len(out) <= len(data)-len(data)/8 {
+		c.backoff.Store(0)
+		if len(out) <= cap(b.comp)-start && &out[0] == &b.comp[start:cap(b.comp)][0] {
+			b.comp = b.comp[:start+len(out)]
+		}
+		return out[:len(out):len(out)], true
+	}
+	n := min(max(1, 2*c.backoff.Load()), 256)
+	c.backoff.Store(n)
+	c.skip.Store(n)
+	return nil, false
+}
+
+func leUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
