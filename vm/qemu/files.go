@@ -60,8 +60,21 @@ func readDefinition(dir string, id vm.ID) (definition, error) {
 		return definition{}, err
 	}
 	defer f.Close()
+	return decodeDefinition(f, id)
+}
+
+// decodeDefinition reads vm.json, which for an imported VM comes from another provider: the
+// size is capped and every file name must be a plain name inside the VM's directory.
+func decodeDefinition(r io.Reader, id vm.ID) (definition, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxDefBytes+1))
+	if err != nil {
+		return definition{}, err
+	}
+	if len(b) > maxDefBytes {
+		return definition{}, fmt.Errorf("%w: %s over %d bytes", vm.ErrInvalidConfig, defFile, maxDefBytes)
+	}
 	var def definition
-	if err := json.NewDecoder(io.LimitReader(f, maxDefBytes)).Decode(&def); err != nil {
+	if err := json.Unmarshal(b, &def); err != nil {
 		return definition{}, fmt.Errorf("%w: %s: %v", vm.ErrInvalidConfig, defFile, err)
 	}
 	if err := def.validate(id); err != nil {
@@ -184,8 +197,14 @@ func (d *Driver) makeDisk(ctx context.Context, cfg vm.Config, path string) error
 }
 
 type imageInfo struct {
-	Format      string `json:"format"`
-	VirtualSize int64  `json:"virtual-size"`
+	Format          string `json:"format"`
+	VirtualSize     int64  `json:"virtual-size"`
+	BackingFilename string `json:"backing-filename"`
+	FormatSpecific  struct {
+		Data struct {
+			DataFile string `json:"data-file"`
+		} `json:"data"`
+	} `json:"format-specific"`
 }
 
 func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) {
@@ -199,7 +218,12 @@ func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) 
 		return imageInfo{}, fmt.Errorf("%w: qemu-img info: %v", vm.ErrHypervisor, err)
 	}
 	if info.Format != "raw" && info.Format != "qcow2" {
-		return imageInfo{}, fmt.Errorf("%w: base image format %q (want raw or qcow2)", vm.ErrInvalidConfig, info.Format)
+		return imageInfo{}, fmt.Errorf("%w: image format %q (want raw or qcow2)", vm.ErrInvalidConfig, info.Format)
+	}
+	// A backing or external data file would let an image read files of this machine.
+	if info.BackingFilename != "" || info.FormatSpecific.Data.DataFile != "" {
+		return imageInfo{}, fmt.Errorf("%w: image refers to another file (backing %q, data %q)", vm.ErrInvalidConfig,
+			info.BackingFilename, info.FormatSpecific.Data.DataFile)
 	}
 	return info, nil
 }
@@ -340,18 +364,34 @@ func (d *Driver) Register(ctx context.Context, id vm.ID) error {
 	if err != nil {
 		return fmt.Errorf("register vm %s: %w", id, err)
 	}
+	if err := d.checkFiles(ctx, m.dir, def); err != nil {
+		return fmt.Errorf("register vm %s: %w", id, err)
+	}
+	return nil
+}
+
+// checkFiles verifies that the files def names are in dir, regular, and that the disk is an
+// image of the declared format that refers to no other file. Imported files come from
+// another provider and are checked before anything runs them.
+func (d *Driver) checkFiles(ctx context.Context, dir string, def definition) error {
 	for _, name := range []string{def.Disk, def.Kernel, def.Initrd} {
 		if name == "" {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(m.dir, name)); err != nil {
-			return fmt.Errorf("register vm %s: %w: %v", id, vm.ErrInvalidConfig, err)
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil {
+			return fmt.Errorf("%w: %v", vm.ErrInvalidConfig, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: %s is not a regular file", vm.ErrInvalidConfig, name)
 		}
 	}
-	if info, err := d.imageInfo(ctx, filepath.Join(m.dir, def.Disk)); err != nil {
-		return fmt.Errorf("register vm %s: %w", id, err)
-	} else if info.Format != def.DiskFormat {
-		return fmt.Errorf("register vm %s: %w: disk is %s, definition says %s", id, vm.ErrInvalidConfig, info.Format, def.DiskFormat)
+	info, err := d.imageInfo(ctx, filepath.Join(dir, def.Disk))
+	if err != nil {
+		return err
+	}
+	if info.Format != def.DiskFormat {
+		return fmt.Errorf("%w: disk is %s, definition says %s", vm.ErrInvalidConfig, info.Format, def.DiskFormat)
 	}
 	return nil
 }
@@ -427,10 +467,8 @@ func (d *Driver) Import(ctx context.Context, id vm.ID, dir string) (vm.Config, e
 	if err != nil {
 		return vm.Config{}, fmt.Errorf("import vm %s: %w", id, err)
 	}
-	for _, name := range []string{def.Disk, def.Kernel, def.Initrd} {
-		if name != "" && !fileExists(filepath.Join(dir, name)) {
-			return vm.Config{}, fmt.Errorf("import vm %s: %w: %s missing", id, vm.ErrInvalidConfig, name)
-		}
+	if err := d.checkFiles(ctx, dir, def); err != nil {
+		return vm.Config{}, fmt.Errorf("import vm %s: %w", id, err)
 	}
 	for _, name := range []string{stateFile, qmpSock} {
 		os.Remove(filepath.Join(dir, name)) // runtime state of the origin means nothing here

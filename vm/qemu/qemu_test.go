@@ -2,9 +2,11 @@ package qemu_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -392,5 +394,69 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestImportRefusesUnsafeFiles checks what a destination does with files from another
+// provider: images that would read files of this machine, or lie about their format, are
+// refused and nothing is adopted.
+func TestImportRefusesUnsafeFiles(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	d := qemutest.NewDriver(t, qemutest.DriverConfig(t, g))
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		format string
+		make   []string // qemu-img arguments creating disk.<format>; the path is appended
+		ok     bool
+	}{
+		{"qcow2", "qcow2", []string{"create", "-q", "-f", "qcow2"}, true},
+		{"raw", "raw", []string{"create", "-q", "-f", "raw"}, true},
+		{"backing file", "qcow2", []string{"create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw"}, false},
+		{"external data file", "qcow2", []string{"create", "-q", "-f", "qcow2", "-o", "data_file=" + filepath.Join(t.TempDir(), "data")}, false},
+		{"qcow2 declared raw", "raw", []string{"create", "-q", "-f", "qcow2"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := vm.NewID()
+			dir, err := d.StagingDir(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk := filepath.Join(dir, "disk."+tt.format)
+			if tt.name == "qcow2 declared raw" {
+				disk = filepath.Join(dir, "disk.raw")
+			}
+			args := append(append([]string{}, tt.make...), disk, "16M")
+			if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+			}
+			def := map[string]any{
+				"config":      vm.Config{ID: id, MemoryMB: 64, DiskMB: 16, MAC: vm.MACFor(id)},
+				"disk":        filepath.Base(disk),
+				"disk_format": tt.format,
+				"cpus":        1,
+			}
+			b, _ := json.Marshal(def)
+			if err := os.WriteFile(filepath.Join(dir, "vm.json"), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.Import(ctx, id, dir)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("import: %v", err)
+				}
+				if err := d.Register(ctx, id); err != nil {
+					t.Fatalf("register: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, vm.ErrInvalidConfig) {
+				t.Fatalf("import: err = %v, want ErrInvalidConfig", err)
+			}
+			if _, err := d.Power(ctx, id); !errors.Is(err, vm.ErrNotFound) {
+				t.Fatalf("refused import left a vm: %v", err)
+			}
+		})
 	}
 }

@@ -109,11 +109,13 @@ func (q *qmpConn) deadline(ctx context.Context) {
 	q.conn.SetDeadline(dl)
 }
 
-// read returns the next message, enforcing the size cap.
-func (q *qmpConn) read() (qmpMessage, error) {
+func (q *qmpConn) read() (qmpMessage, error) { return readQMP(q.r) }
+
+// readQMP returns the next message, enforcing the size cap.
+func readQMP(r *bufio.Reader) (qmpMessage, error) {
 	var line []byte
 	for {
-		chunk, isPrefix, err := q.r.ReadLine()
+		chunk, isPrefix, err := r.ReadLine()
 		if err != nil {
 			return qmpMessage{}, err
 		}
