@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/virtuoso-market/virtuoso/internal/nodetest"
 	"github.com/virtuoso-market/virtuoso/node"
 )
@@ -168,5 +169,45 @@ func TestTopicJoinedOnce(t *testing.T) {
 	b, err := n.Topic("/test/1", nil)
 	if err != nil || a != b {
 		t.Fatalf("second Topic call: %p, %v; want the same topic %p", b, err, a)
+	}
+}
+
+func TestProtocolLimitsAreEnforced(t *testing.T) {
+	const proto = "/virtuoso/test-limited/1.0.0"
+	nodes := nodetest.Cluster(t, 2, nodetest.Options{
+		Protocols: []node.ProtocolLimit{{Protocol: proto, Streams: 2, StreamsPerPeer: 2, Memory: 1 << 20}},
+	})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	nodes[0].Host().SetStreamHandler(proto, func(s network.Stream) {
+		<-release
+		s.Reset()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var opened int
+	var lastErr error
+	for range 4 {
+		s, err := nodes[1].Host().NewStream(ctx, nodes[0].ID(), proto)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		// The limit is checked when the protocol is set on the stream; a write forces the
+		// negotiation to finish so a refused stream shows here.
+		if _, err := s.Write([]byte{1}); err != nil {
+			lastErr = err
+			continue
+		}
+		s.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := s.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// An accepted stream blocks in the handler; a refused one is reset at once.
+			lastErr = err
+			continue
+		}
+		opened++
+	}
+	if opened > 2 || lastErr == nil {
+		t.Fatalf("opened %d streams of a protocol limited to 2 (last error %v)", opened, lastErr)
 	}
 }
