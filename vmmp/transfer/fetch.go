@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/sync/errgroup"
 )
@@ -59,11 +60,15 @@ func Fetch(ctx context.Context, h host.Host, from peer.ID, req Request, dstDir s
 	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
 	defer stop()
 
-	c := &client{cfg: &cfg, req: request{Request: req, method: cfg.method, blockSize: cfg.blockSize,
+	c := &client{st: st, cfg: &cfg, req: request{Request: req, method: cfg.method, blockSize: cfg.blockSize,
 		compress: cfg.compress && cfg.method == MethodBlockDiff}, dir: dstDir, start: start}
-	res, err := c.run(ctx, idleStream{st, cfg.idle})
+	res, err := c.run(ctx, &idleStream{st: st, idle: cfg.idle})
 	if err != nil {
-		_ = st.Reset()
+		if errors.Is(err, errPeerFailed) || ctx.Err() != nil {
+			_ = st.Reset()
+		} else {
+			_ = st.Close() // delivers the verdict
+		}
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
@@ -75,6 +80,7 @@ func Fetch(ctx context.Context, h host.Host, from peer.ID, req Request, dstDir s
 
 // client is one Fetch.
 type client struct {
+	st    network.Stream
 	cfg   *config
 	req   request
 	dir   string
@@ -127,7 +133,7 @@ func (f *dstFile) fail(err error) {
 	})
 }
 
-func (c *client) run(ctx context.Context, rw io.ReadWriter) (res *Result, err error) {
+func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err error) {
 	c.fr = newFrameReader(rw)
 	c.fw = newFrameWriter(rw)
 	defer func() {
@@ -182,12 +188,14 @@ func (c *client) run(ctx context.Context, rw io.ReadWriter) (res *Result, err er
 	}
 
 	eg, gctx := errgroup.WithContext(ctx)
+	stop := context.AfterFunc(gctx, rw.abort)
 	eg.Go(func() error { return c.sendSignatures(gctx) })
 	eg.Go(func() error { return c.receive(gctx) })
 	if err := eg.Wait(); err != nil {
 		c.tell(err)
 		return nil, err
 	}
+	stop()
 	if err := c.commit(); err != nil {
 		c.tell(err)
 		return nil, err
@@ -285,6 +293,7 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 	f.identical = !f.resumed && f.basisCache != nil && !acc.hash.IsZero() &&
 		f.basisCache.image == acc.hash && f.basisSize == acc.size
 	f.final = newSignature(f.g)
+	f.dsig = newDestSig() // filled in by sendSignatures
 	return f, nil
 }
 
@@ -303,18 +312,17 @@ func (c *client) sendSignatures(ctx context.Context) error {
 	stride := c.req.blockSize / subBlockSize
 	chunk := sigChunk(stride)
 	for idx, f := range c.files {
+		d := f.dsig
 		if c.req.method == MethodFull {
-			f.dsig = newDestSig()
-			f.dsig.sig = newSignature(newGeometry(0, c.req.blockSize))
+			d.sig = newSignature(newGeometry(0, c.req.blockSize))
 			if err := c.fw.write(frameBasis, basis{file: idx}.marshal()); err != nil {
 				return err
 			}
 			continue
 		}
 		if f.identical {
-			f.dsig = newDestSig()
-			f.dsig.sig = f.basisCache.sig
-			f.dsig.advance(f.vg.nblocks)
+			d.sig = f.basisCache.sig
+			d.advance(f.vg.nblocks)
 			if err := c.fw.write(frameBasis, basis{file: idx, size: f.basisSize, identical: true}.marshal()); err != nil {
 				return err
 			}
@@ -323,8 +331,6 @@ func (c *client) sendSignatures(ctx context.Context) error {
 		if err := c.fw.write(frameBasis, basis{file: idx, size: f.vg.size}.marshal()); err != nil {
 			return err
 		}
-		d := newDestSig()
-		f.dsig = d
 		send := func(first, n int) error {
 			for first < n {
 				k := min(chunk, n-first)
@@ -502,8 +508,8 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 	// the stage behind the caller's back.
 	defer func() {
 		f.jobs.Wait()
-		if err == nil {
-			err = f.err
+		if f.err != nil {
+			err = f.err // the root cause, rather than what it led to
 		}
 	}()
 	t, p, err := c.fr.read()
@@ -653,6 +659,7 @@ func (c *client) peerError(t byte, p []byte) error {
 	if err != nil {
 		return err
 	}
+	_ = c.st.Reset() // the source gave up: stop sending at once
 	return fmt.Errorf("%w: source: %w", errPeerFailed, e.err())
 }
 

@@ -85,10 +85,11 @@ func runOrdered(ctx context.Context, g geometry, workers int,
 	for range workers {
 		eg.Go(func() error {
 			for b := range todo {
-				b.err = work(ctx, b)
-				close(b.done)
-				if b.err != nil {
-					return b.err
+				err := work(ctx, b)
+				b.err = err
+				close(b.done) // b belongs to the emitter from here on
+				if err != nil {
+					return err
 				}
 			}
 			return nil

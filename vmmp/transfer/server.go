@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -89,10 +88,14 @@ func (s *Server) handle(st network.Stream) {
 	defer stop()
 
 	sess := &session{cfg: &s.cfg, log: log, from: from, authorize: s.authorize}
-	err := sess.serve(ctx, idleStream{st, s.cfg.idle})
+	err := sess.serve(ctx, &idleStream{st: st, idle: s.cfg.idle})
 	if err != nil {
 		log.Info("transfer: send failed", "vm", sess.req.VM, "err", err)
-		_ = st.Reset()
+		if errors.Is(err, errPeerFailed) || ctx.Err() != nil {
+			_ = st.Reset()
+		} else {
+			_ = st.Close() // delivers the ERROR frame
+		}
 		return
 	}
 	log.Debug("transfer: sent", "vm", sess.req.VM, "bytes", sess.fw.n.Load())
@@ -101,18 +104,32 @@ func (s *Server) handle(st network.Stream) {
 
 // idleStream bounds how long any one read or write on the stream may stall.
 type idleStream struct {
-	st   network.Stream
-	idle time.Duration
+	st      network.Stream
+	idle    time.Duration
+	closing atomic.Bool
 }
 
-func (s idleStream) Read(p []byte) (int, error) {
+// abortGrace is how long a failing side keeps writing, to get its ERROR frame out.
+const abortGrace = 5 * time.Second
+
+func (s *idleStream) Read(p []byte) (int, error) {
 	_ = s.st.SetReadDeadline(time.Now().Add(s.idle))
 	return s.st.Read(p)
 }
 
-func (s idleStream) Write(p []byte) (int, error) {
-	_ = s.st.SetWriteDeadline(time.Now().Add(s.idle))
+func (s *idleStream) Write(p []byte) (int, error) {
+	if !s.closing.Load() {
+		_ = s.st.SetWriteDeadline(time.Now().Add(s.idle))
+	}
 	return s.st.Write(p)
+}
+
+// abort unblocks a session that failed: its reader at once, its writer after a grace
+// period in which it may still report the failure.
+func (s *idleStream) abort() {
+	s.closing.Store(true)
+	_ = s.st.SetWriteDeadline(time.Now().Add(abortGrace))
+	_ = s.st.CloseRead()
 }
 
 // session is one transfer on the source side.
@@ -135,13 +152,14 @@ type srcFile struct {
 	id    identity
 	g     geometry
 	start time.Time
-	known *signature // hashes trusted without reading (cache or change tracker)
+	known  *signature // hashes trusted without reading (cache or change tracker)
+	cached bool       // known is the stored cache, valid as it is
 	stale *signature // an earlier version's hashes, to skip strong hashing of unchanged blocks
 	image Hash       // known image hash, else zero
 	dest  *destSig
 }
 
-func (ss *session) serve(ctx context.Context, rw io.ReadWriter) (err error) {
+func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
 	ss.fr = newFrameReader(rw)
 	ss.fw = newFrameWriter(rw)
 	defer func() {
@@ -156,11 +174,12 @@ func (ss *session) serve(ctx context.Context, rw io.ReadWriter) (err error) {
 			_ = ss.fw.flush()
 		}
 	}()
-	if err := readPreamble(ss.fr.r); err != nil {
-		return fmt.Errorf("read preamble: %w", err)
-	}
+	// The preamble goes first, so that even an ERROR about the peer's preamble is framed.
 	if err := writePreamble(ss.fw.w); err != nil {
 		return err
+	}
+	if err := readPreamble(ss.fr.r); err != nil {
+		return fmt.Errorf("read preamble: %w", err)
 	}
 	t, p, err := ss.fr.read()
 	if err != nil {
@@ -208,8 +227,16 @@ func (ss *session) serve(ctx context.Context, rw io.ReadWriter) (err error) {
 		sf.dest = newDestSig()
 	}
 	eg, ctx := errgroup.WithContext(ctx)
+	stop := context.AfterFunc(ctx, rw.abort)
+	defer stop()
 	done := make(chan struct{})
-	eg.Go(func() error { return ss.receive(ctx, done) })
+	eg.Go(func() error {
+		err := ss.receive(ctx, done)
+		if errors.Is(err, errPeerFailed) {
+			_ = rw.st.Reset() // the destination gave up: stop sending at once
+		}
+		return err
+	})
 	eg.Go(func() error {
 		for i, sf := range ss.files {
 			if err := ss.send(ctx, i, sf); err != nil {
@@ -252,16 +279,13 @@ func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
 	sf := &srcFile{path: path, f: f, id: fileIdentity(fi), start: time.Now()}
 	sf.g = newGeometry(fi.Size(), ss.req.blockSize)
 	c := loadCachedSig(path, ss.req.blockSize)
-	if c == nil || c.sig.g.size != sf.g.size && ss.cfg.tracker != nil {
-		if c != nil {
-			sf.stale = c.sig
-		}
+	if c == nil {
 		return sf, nil
 	}
 	z := newZeroes(sf.g.bs)
 	switch {
 	case c.trusted(sf.id) && spotCheck(f, c.sig):
-		sf.known, sf.image = c.sig, c.image
+		sf.known, sf.image, sf.cached = c.sig, c.image, true
 	case ss.cfg.tracker != nil && c.sig.g.size == sf.g.size:
 		ranges, ok, err := ss.cfg.tracker.Changed(ctx, path, c.image)
 		if err != nil || !ok {
@@ -594,7 +618,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 	if err := ss.fw.write(frameEnd, image[:]); err != nil {
 		return err
 	}
-	if sf.known == nil || sf.image != image || sf.image.IsZero() {
+	if !sf.cached {
 		c := &cachedSig{sig: sig, id: sf.id, verifiedAt: sf.start.UnixNano(), image: image}
 		if err := storeCachedSig(sf.path, c); err != nil {
 			ss.log.Debug("transfer: cache signature", "err", err)

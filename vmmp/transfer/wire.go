@@ -96,7 +96,7 @@ func codeErr(code byte) error {
 
 func errCode(err error) byte {
 	switch {
-	case errors.Is(err, ErrProtocol):
+	case errors.Is(err, ErrProtocol), errors.Is(err, ErrBadRequest), errors.Is(err, ErrBlockSize):
 		return codeProtocol
 	case errors.Is(err, ErrRefused):
 		return codeRefused

@@ -1,0 +1,532 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+func TestResumeAfterSourceKilled(t *testing.T) {
+	const size = 32 << 20
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, size, 21)
+	files := []string{"disk.img"}
+
+	var once sync.Once
+	_, err := p.fetch(t, files, withReportEvery(0), WithProgress(func(pr Progress) {
+		if pr.Done > pr.Total/3 {
+			once.Do(func() { _ = p.src.Close() }) // the source dies mid-transfer
+		}
+	}))
+	if err == nil {
+		t.Fatal("fetch succeeded although the source died")
+	}
+	if !exists(stagePath(p.dstDir, "disk.img")) {
+		t.Fatal("no stage kept to resume from")
+	}
+	if exists(filepath.Join(p.dstDir, "disk.img")) {
+		t.Fatal("a half-received file was committed")
+	}
+
+	// The source comes back (a new process: a new host) and the destination retries.
+	h2 := newHost(t)
+	p.serve(t, h2)
+	connect(t, p.dst, h2)
+	p.src = h2
+	res := p.mustFetch(t, files)
+	f := res.Files[0]
+	if !f.Resumed || f.BlocksReused < int64(size/DefaultBlockSize/4) {
+		t.Errorf("resumed %v, reused %d blocks: the retry started over", f.Resumed, f.BlocksReused)
+	}
+	if res.WireBytes > size*3/4 {
+		t.Errorf("retry moved %d of %d bytes", res.WireBytes, size)
+	}
+	if exists(stagePath(p.dstDir, "disk.img")) {
+		t.Error("stage left behind after the commit")
+	}
+}
+
+func TestResumeAfterDestinationCanceled(t *testing.T) {
+	const size = 32 << 20
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, size, 22)
+	// The destination holds an older version that must survive the interruption.
+	p.mustFetch(t, []string{"disk.img"})
+	old := fileSHA(t, filepath.Join(p.dstDir, "disk.img"))
+	var offs []int64
+	for off := int64(0); off < size; off += 4 * DefaultBlockSize {
+		offs = append(offs, off)
+	}
+	scribble(t, src, 23, DefaultBlockSize, offs...)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Fetch(ctx, p.dst, p.src.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
+		withReportEvery(0), WithProgress(func(pr Progress) {
+			if pr.Done > pr.Total/2 {
+				cancel()
+			}
+		}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("fetch: %v, want context.Canceled", err)
+	}
+	if fileSHA(t, filepath.Join(p.dstDir, "disk.img")) != old {
+		t.Fatal("the previous version was damaged by a canceled transfer")
+	}
+	res := p.mustFetch(t, []string{"disk.img"})
+	f := res.Files[0]
+	changed := int64(len(offs))
+	if !f.Resumed || f.BlocksSent >= changed {
+		t.Errorf("resumed %v, sent %d of %d changed blocks: the retry started over", f.Resumed, f.BlocksSent, changed)
+	}
+}
+
+// evilSource answers Fetches on h as a source of the file at path would, except that bad
+// writes the instructions for the file.
+func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWriter, data []byte, sig *signature)) {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := scanLocal(context.Background(), path, DefaultBlockSize, 2)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.SetStreamHandler(ID, func(st network.Stream) {
+		defer st.Close()
+		fr, fw := newFrameReader(st), newFrameWriter(st)
+		if readPreamble(fr.r) != nil {
+			_ = st.Reset()
+			return
+		}
+		if _, _, err := fr.read(); err != nil {
+			_ = st.Reset()
+			return
+		}
+		_ = writePreamble(fw.w)
+		acc := accept{files: []acceptFile{{size: int64(len(data)), mode: 0o644}}}
+		_ = fw.write(frameAccept, acc.marshal())
+		_ = fw.flush()
+		go func() { // drain the signature and the verdict
+			for {
+				if _, _, err := fr.read(); err != nil {
+					return
+				}
+			}
+		}()
+		bad(fw, data, c.sig)
+		_ = fw.flush()
+		_ = st.CloseWrite()
+		time.Sleep(100 * time.Millisecond)
+	})
+	tb.Cleanup(func() { h.RemoveStreamHandler(ID) })
+}
+
+// sendAll writes every block of data as DATA, letting mangle alter block i.
+func sendAll(fw *frameWriter, data []byte, sig *signature, mangle func(i int, hash *Hash, payload []byte) []byte) {
+	_ = fw.write(frameFile, marshalUvarint(0))
+	g := sig.g
+	for i := range g.nblocks {
+		payload := append([]byte(nil), data[g.off(i):g.off(i)+int64(g.blockLen(i))]...)
+		h := sig.strong[i]
+		if mangle != nil {
+			payload = mangle(i, &h, payload)
+		}
+		hdr := [33]byte{}
+		copy(hdr[1:], h[:])
+		_ = fw.write(frameData, hdr[:], payload)
+	}
+}
+
+func TestFetchFromMisbehavingSource(t *testing.T) {
+	cases := []struct {
+		name string
+		want error
+		bad  func(fw *frameWriter, data []byte, sig *signature)
+	}{
+		{"corrupted block", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			sendAll(fw, data, sig, func(i int, h *Hash, p []byte) []byte {
+				if i == 3 {
+					p[100] ^= 1
+				}
+				return p
+			})
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"truncated block", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			sendAll(fw, data, sig, func(i int, h *Hash, p []byte) []byte {
+				if i == 2 {
+					return p[:len(p)-100]
+				}
+				return p
+			})
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"lying block hash", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			sendAll(fw, data, sig, func(i int, h *Hash, p []byte) []byte {
+				if i == 5 {
+					h[0] ^= 1
+				}
+				return p
+			})
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"lying image hash", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			sendAll(fw, data, sig, nil)
+			h := sig.image()
+			h[31] ^= 1
+			_ = fw.write(frameEnd, h[:])
+		}},
+		{"false reuse", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks))
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"garbage zstd", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			hdr := [33]byte{flagZstd}
+			_ = fw.write(frameData, hdr[:], []byte("this is not a zstd frame at all"))
+		}},
+		{"oversized frame", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			_, _ = fw.w.Write([]byte{frameData, 0x7f, 0xff, 0xff, 0xff})
+		}},
+		{"unknown frame", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			_, _ = fw.w.Write([]byte{0x7e, 0, 0, 0, 0})
+		}},
+		{"run past the end", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks+1))
+		}},
+		{"block past the end", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			sendAll(fw, data, sig, nil)
+			hdr := [33]byte{}
+			_ = fw.write(frameData, hdr[:], []byte{1, 2, 3})
+		}},
+		{"early end", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			_ = fw.write(frameHole, marshalUvarint(1))
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"oversized block", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			hdr := [33]byte{}
+			_ = fw.write(frameData, hdr[:], make([]byte, DefaultBlockSize+1))
+		}},
+		{"wrong file", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(1))
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t)
+			src := filepath.Join(p.srcDir, "disk.img")
+			dst := filepath.Join(p.dstDir, "disk.img")
+			writeImage(t, src, 2*mib+5, 31)
+			p.mustFetch(t, []string{"disk.img"})
+			old := fileSHA(t, dst)
+			scribble(t, src, 32, 10*kib, 0, mib)
+
+			evil := newHost(t)
+			connect(t, p.dst, evil)
+			evilSource(t, evil, src, tc.bad)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := Fetch(ctx, p.dst, evil.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("fetch: %v, want %v", err, tc.want)
+			}
+			if fileSHA(t, dst) != old {
+				t.Fatal("the previous version was damaged")
+			}
+			if exists(stagePath(p.dstDir, "disk.img")) {
+				t.Fatal("a stage of bad data was left behind")
+			}
+			p.mustFetch(t, []string{"disk.img"}) // an honest source completes
+		})
+	}
+}
+
+func imageOf(sig *signature) []byte {
+	h := sig.image()
+	return h[:]
+}
+
+func TestFetchRefused(t *testing.T) {
+	p := newPair(t)
+	writeImage(t, filepath.Join(p.srcDir, "disk.img"), mib, 41)
+	p.refuse = errors.New("peer does not own vm-1")
+	_, err := p.fetch(t, []string{"disk.img"})
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("fetch: %v, want ErrRefused", err)
+	}
+	if exists(filepath.Join(p.dstDir, "disk.img")) || exists(stagePath(p.dstDir, "disk.img")) {
+		t.Fatal("a refused fetch left files behind")
+	}
+	p.refuse = nil
+	p.mustFetch(t, []string{"disk.img"})
+}
+
+func TestFetchBadRequest(t *testing.T) {
+	p := newPair(t)
+	cases := []struct {
+		name string
+		req  Request
+	}{
+		{"no files", Request{VM: "vm"}},
+		{"path", Request{VM: "vm", Files: []string{"../etc/passwd"}}},
+		{"bookkeeping", Request{VM: "vm", Files: []string{bookkeepingDir}}},
+		{"twice", Request{VM: "vm", Files: []string{"a", "a"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Fetch(t.Context(), p.dst, p.src.ID(), tc.req, p.dstDir)
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("fetch: %v, want ErrBadRequest", err)
+			}
+		})
+	}
+	if _, err := Fetch(t.Context(), p.dst, p.src.ID(), Request{Files: []string{"a"}}, p.dstDir, WithBlockSize(1000)); !errors.Is(err, ErrBlockSize) {
+		t.Fatalf("fetch with block size 1000: %v, want ErrBlockSize", err)
+	}
+	_, err := p.fetch(t, []string{"missing"})
+	if !errors.Is(err, ErrRemote) {
+		t.Fatalf("fetch of a missing file: %v, want ErrRemote", err)
+	}
+}
+
+func TestFetchDiskFull(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	dst := filepath.Join(p.dstDir, "disk.img")
+	writeImage(t, src, testSize, 51)
+	p.mustFetch(t, []string{"disk.img"})
+	old := fileSHA(t, dst)
+	var offs []int64
+	for off := int64(0); off < testSize; off += 2 * DefaultBlockSize {
+		offs = append(offs, off)
+	}
+	scribble(t, src, 52, DefaultBlockSize, offs...)
+
+	_, err := p.fetch(t, []string{"disk.img"}, withWriteLimit(mib))
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("fetch: %v, want ENOSPC", err)
+	}
+	if fileSHA(t, dst) != old {
+		t.Fatal("the previous version was damaged")
+	}
+	if exists(stagePath(p.dstDir, "disk.img")) {
+		t.Fatal("the stage was left behind on a full disk")
+	}
+	p.mustFetch(t, []string{"disk.img"})
+}
+
+func TestSourceChangedDuringTransfer(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, testSize, 61)
+	var once sync.Once
+	_, err := p.fetch(t, []string{"disk.img"}, withReportEvery(0), WithProgress(func(pr Progress) {
+		if pr.Done > 0 {
+			once.Do(func() { scribble(t, src, 62, 10, testSize-100) })
+		}
+	}))
+	if !errors.Is(err, ErrSourceChanged) {
+		t.Fatalf("fetch: %v, want ErrSourceChanged", err)
+	}
+	if exists(filepath.Join(p.dstDir, "disk.img")) {
+		t.Fatal("a torn image was committed")
+	}
+	p.mustFetch(t, []string{"disk.img"})
+}
+
+// TestServerRejectsMalformedInput speaks raw bytes to a Server: each bad input must end in
+// an ERROR frame or a closed stream, and the server must go on serving.
+func TestServerRejectsMalformedInput(t *testing.T) {
+	p := newPair(t)
+	writeImage(t, filepath.Join(p.srcDir, "disk.img"), mib, 71)
+	req := (&request{Request: Request{VM: "vm", Files: []string{"disk.img"}}, method: MethodBlockDiff, blockSize: DefaultBlockSize}).marshal()
+	frame := func(t byte, p []byte) []byte {
+		return append([]byte{t, byte(len(p) >> 24), byte(len(p) >> 16), byte(len(p) >> 8), byte(len(p))}, p...)
+	}
+	pre := preamble[:]
+	cases := []struct {
+		name  string
+		input [][]byte
+	}{
+		{"bad magic", [][]byte{[]byte("HTTP/1.1 GET /")}},
+		{"wrong version", [][]byte{{'V', 'M', 'T', 'X', 9}}},
+		{"oversized request", [][]byte{pre, {frameRequest, 0xff, 0xff, 0xff, 0xff}}},
+		{"frame before request", [][]byte{pre, frame(frameSig, []byte{0, 0, 1})}},
+		{"malformed request", [][]byte{pre, frame(frameRequest, []byte{1, 2, 3})}},
+		{"bad block size", [][]byte{pre, frame(frameRequest, (&request{Request: Request{VM: "vm", Files: []string{"disk.img"}}, method: MethodBlockDiff, blockSize: 3000}).marshal())}},
+		{"escaping name", [][]byte{pre, frame(frameRequest, (&request{Request: Request{VM: "vm", Files: []string{"../x"}}, method: MethodBlockDiff, blockSize: DefaultBlockSize}).marshal())}},
+		{"signature out of order", [][]byte{pre, frame(frameRequest, req), frame(frameBasis, basis{file: 0, size: mib}.marshal()), frame(frameSig, append(appendSigHeader(nil, sigHeader{file: 0, first: 3, count: 1}), make([]byte, 32+8*16)...))}},
+		{"signature past the basis", [][]byte{pre, frame(frameRequest, req), frame(frameBasis, basis{file: 0, size: 10}.marshal()), frame(frameSig, append(appendSigHeader(nil, sigHeader{file: 0, first: 0, count: 2}), make([]byte, 2*(32+8*16))...))}},
+		{"basis for a second file", [][]byte{pre, frame(frameRequest, req), frame(frameBasis, basis{file: 1}.marshal())}},
+		{"unknown frame", [][]byte{pre, frame(frameRequest, req), frame(0x66, nil)}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			st, err := p.dst.NewStream(ctx, p.src.ID(), ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Reset()
+			_ = st.SetDeadline(time.Now().Add(20 * time.Second))
+			for _, b := range tc.input {
+				if _, err := st.Write(b); err != nil {
+					break
+				}
+			}
+			_ = st.CloseWrite()
+			got, _ := io.ReadAll(st) // ends: the server closed or reset the stream
+			if len(got) > len(preamble) {
+				fr := newFrameReader(bytes.NewReader(got[len(preamble):]))
+				for {
+					typ, payload, err := fr.read()
+					if err != nil {
+						t.Fatalf("server answered without an ERROR frame: %v", err)
+					}
+					if typ == frameError {
+						e, err := decodeError(payload)
+						if err != nil || e.code == codeOK {
+							t.Fatalf("bad ERROR frame %x", payload)
+						}
+						break
+					}
+				}
+			}
+		})
+	}
+	p.mustFetch(t, []string{"disk.img"})
+}
+
+func TestChangeTracker(t *testing.T) {
+	tr := &memTracker{}
+	p := newPair(t, WithChangeTracker(tr))
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, testSize, 81)
+	first := p.mustFetch(t, []string{"disk.img"})
+	if tr.checkpoint != first.Files[0].Hash {
+		t.Fatalf("checkpoint %s, want the image hash %s", tr.checkpoint, first.Files[0].Hash)
+	}
+	scribble(t, src, 82, 5000, 3*mib+100)
+	tr.write(3*mib+100, 5000)
+	res := p.mustFetch(t, []string{"disk.img"})
+	if tr.changedCalls != 1 {
+		t.Errorf("tracker asked %d times, want once", tr.changedCalls)
+	}
+	if f := res.Files[0]; f.BlocksSent+f.BlocksPatched != 1 {
+		t.Errorf("sent %d blocks, want 1", f.BlocksSent+f.BlocksPatched)
+	}
+	if tr.checkpoint != res.Files[0].Hash {
+		t.Errorf("no checkpoint at the new image")
+	}
+}
+
+// memTracker records writes the test makes, as a hypervisor's dirty bitmap would.
+type memTracker struct {
+	mu           sync.Mutex
+	checkpoint   Hash
+	dirty        []Extent
+	changedCalls int
+}
+
+func (m *memTracker) write(off, n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dirty = append(m.dirty, Extent{Off: off, Len: n})
+}
+
+func (m *memTracker) Checkpoint(ctx context.Context, path string, h Hash) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checkpoint, m.dirty = h, nil
+	return nil
+}
+
+func (m *memTracker) Changed(ctx context.Context, path string, since Hash) ([]Extent, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.changedCalls++
+	if since != m.checkpoint {
+		return nil, false, nil
+	}
+	return append([]Extent(nil), m.dirty...), true, nil
+}
+
+var _ ChangeTracker = (*memTracker)(nil)
+
+func TestRecoverFinishesCommit(t *testing.T) {
+	dir := t.TempDir()
+	book := filepath.Join(dir, bookkeepingDir)
+	if err := os.MkdirAll(book, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "disk.img")
+	writeImage(t, target, 4*mib, 91)
+	want, err := os.ReadFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A crash left: staged blocks 1 and 5, a hole at block 9, the file shrunk by 1000 bytes.
+	stage, err := os.Create(filepath.Join(book, "disk.img.stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 5} {
+		blk := make([]byte, DefaultBlockSize)
+		for k := range blk {
+			blk[k] = byte(i + k)
+		}
+		copy(want[i*DefaultBlockSize:], blk)
+		if _, err := stage.WriteAt(blk, int64(i*DefaultBlockSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stage.Close()
+	clear(want[9*DefaultBlockSize : 10*DefaultBlockSize])
+	want = want[:len(want)-1000]
+	rec := &commitRecord{files: []commitFile{{name: "disk.img", mode: modeApply, bs: DefaultBlockSize,
+		size: int64(len(want)), perm: 0o640, mtime: time.Now().UnixNano(),
+		holes: []Extent{{Off: 9 * DefaultBlockSize, Len: DefaultBlockSize}}}}}
+	if err := writeRecord(book, rec, true); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := Recover(dir); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatal("recovered file differs from the committed image")
+		}
+	}
+	if exists(filepath.Join(book, recordName)) || exists(filepath.Join(book, "disk.img.stage")) {
+		t.Fatal("recovery left its record or stage")
+	}
+	fi, _ := os.Stat(target)
+	if fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
+	}
+}
