@@ -147,16 +147,16 @@ type session struct {
 
 // srcFile is a file being sent.
 type srcFile struct {
-	path  string
-	f     *os.File
-	id    identity
-	g     geometry
-	start time.Time
+	path   string
+	f      *os.File
+	id     identity
+	g      geometry
+	start  time.Time
 	known  *signature // hashes trusted without reading (cache or change tracker)
 	cached bool       // known is the stored cache, valid as it is
-	stale *signature // an earlier version's hashes, to skip strong hashing of unchanged blocks
-	image Hash       // known image hash, else zero
-	dest  *destSig
+	stale  *signature // an earlier version's hashes, to skip strong hashing of unchanged blocks
+	image  Hash       // known image hash, else zero
+	dest   *destSig
 }
 
 func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
