@@ -1,0 +1,193 @@
+package market
+
+import (
+	"encoding/json"
+	"errors"
+	"math/big"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/node"
+)
+
+// ConfigAverage is the market's average asked price for one configuration (report §6.1.9,
+// priceaverage): the mean over the providers that can host it of what it costs there, pro rata
+// per hour of running and per day of storage so that different periods compare.
+type ConfigAverage struct {
+	Config         string    `json:"config"`
+	RunningPerHour Money     `json:"running_per_hour"`
+	StoragePerDay  Money     `json:"storage_per_day"`
+	Providers      int       `json:"providers"` // machines averaged over in the last update
+	Updated        time.Time `json:"updated"`   // when the values were last computed from offers
+	// Stale is set when no provider could host the configuration at the last update: the
+	// values are the last ones computed (zero if never).
+	Stale bool `json:"stale,omitempty"`
+}
+
+// ResourceAverages are the average asked prices per resource over every live offer, for
+// providers deciding what to charge (report §5.2.5), in normalised units.
+type ResourceAverages struct {
+	SpeedPer1000BogomipsHour Money     `json:"speed_per_1000_bogomips_hour"`
+	MemoryPerGBHour          Money     `json:"memory_per_gb_hour"`
+	StoragePerGBDay          Money     `json:"storage_per_gb_day"`
+	Providers                int       `json:"providers"`
+	Updated                  time.Time `json:"updated"`
+}
+
+// Sample is one point of a configuration's price history.
+type Sample struct {
+	Time           time.Time `json:"time"`
+	RunningPerHour Money     `json:"running_per_hour"`
+	StoragePerDay  Money     `json:"storage_per_day"`
+	Providers      int       `json:"providers"`
+}
+
+// Averages is what /v1/market/averages answers.
+type Averages struct {
+	Configs   []ConfigAverage  `json:"configs"`
+	Resources ResourceAverages `json:"resources"`
+}
+
+// averageConfig computes a configuration's average over offers; prev is the last value, kept
+// (marked stale) when no offer can host the configuration.
+func averageConfig(c Configuration, offers []Offer, prev ConfigAverage, now time.Time) ConfigAverage {
+	var run, store []Money
+	for _, o := range offers {
+		if !Hosts(o, c, c.Processor) {
+			continue
+		}
+		q, err := o.Terms.Quote(c.Resources())
+		if err != nil {
+			continue
+		}
+		run = append(run, q.RunningPerHour())
+		store = append(store, q.StoragePerDay())
+	}
+	if len(run) == 0 {
+		prev.Config, prev.Stale, prev.Providers = c.Name, true, 0
+		return prev
+	}
+	return ConfigAverage{Config: c.Name, RunningPerHour: mean(run), StoragePerDay: mean(store), Providers: len(run), Updated: now}
+}
+
+// averageResources computes the per-resource averages over offers.
+func averageResources(offers []Offer, prev ResourceAverages, now time.Time) ResourceAverages {
+	var speed, mem, store []Money
+	for _, o := range offers {
+		t := o.Terms
+		// price per chunk per period → per normalised amount per normalised period
+		speed = append(speed, ratio(t.SpeedPrice, 1000*3600, t.SpeedUnit, t.RunningSecs))
+		mem = append(mem, ratio(t.MemoryPrice, 1024*3600, t.MemoryUnit, t.RunningSecs))
+		store = append(store, ratio(t.StoragePrice, 1024*86400, t.StorageUnit, t.StorageSecs))
+	}
+	if len(speed) == 0 {
+		prev.Providers = 0
+		return prev
+	}
+	return ResourceAverages{SpeedPer1000BogomipsHour: mean(speed), MemoryPerGBHour: mean(mem),
+		StoragePerGBDay: mean(store), Providers: len(speed), Updated: now}
+}
+
+// mean is the average of amounts, rounded to the nearest micro-unit (halves up), summed in
+// big integers so that many large prices cannot overflow.
+func mean(ms []Money) Money {
+	sum := new(big.Int)
+	for _, m := range ms {
+		sum.Add(sum, big.NewInt(int64(m)))
+	}
+	n := big.NewInt(int64(len(ms)))
+	sum.Mul(sum, big.NewInt(2)).Add(sum, n)
+	sum.Div(sum, n.Mul(n, big.NewInt(2)))
+	return Money(sum.Int64())
+}
+
+// averageLoop computes the market averages now and then every AverageInterval.
+func (s *Service) averageLoop() error {
+	t := time.NewTicker(s.opts.AverageInterval)
+	defer t.Stop()
+	for {
+		s.updateAverages()
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// updateAverages computes every catalog configuration's average and the per-resource ones,
+// and appends fresh values to the history.
+func (s *Service) updateAverages() {
+	now := s.now()
+	offers := s.book.Live(now)
+	own, err := s.ownConfigs()
+	if err != nil {
+		s.log.Warn("averages", "err", err)
+	}
+	cat := catalog(own, offers)
+	fresh := make(map[string]ConfigAverage, len(cat))
+	s.mu.Lock()
+	for _, c := range cat {
+		fresh[c.Name] = averageConfig(c, offers, s.avgs[c.Name], now)
+	}
+	s.avgs = fresh
+	s.resources = averageResources(offers, s.resources, now)
+	s.mu.Unlock()
+	for _, c := range cat {
+		a := fresh[c.Name]
+		if a.Stale {
+			continue
+		}
+		if err := s.appendSample(c.Name, Sample{Time: now, RunningPerHour: a.RunningPerHour, StoragePerDay: a.StoragePerDay, Providers: a.Providers}); err != nil {
+			s.log.Warn("averages history", "config", c.Name, "err", err)
+		}
+	}
+}
+
+func (s *Service) appendSample(name string, smp Sample) error {
+	return s.avgSpace.Update(func(tx *node.Txn) error {
+		hist, err := node.GetJSON[[]Sample](tx, name)
+		if err != nil && !errors.Is(err, node.ErrNotFound) {
+			hist = nil // a corrupt history restarts
+		}
+		hist = append(hist, smp)
+		if len(hist) > s.opts.History {
+			hist = hist[len(hist)-s.opts.History:]
+		}
+		return node.PutJSON(tx, name, hist)
+	})
+}
+
+// loadAverages starts from the last values of the persisted history, marked stale until the
+// first update.
+func (s *Service) loadAverages() {
+	s.avgSpace.List(func(key string, val []byte) error {
+		var hist []Sample
+		if json.Unmarshal(val, &hist) == nil && len(hist) > 0 {
+			last := hist[len(hist)-1]
+			s.avgs[key] = ConfigAverage{Config: key, RunningPerHour: last.RunningPerHour, StoragePerDay: last.StoragePerDay,
+				Updated: last.Time, Stale: true}
+		}
+		return nil
+	})
+}
+
+// Averages returns the current market averages.
+func (s *Service) Averages() (Averages, error) {
+	own, err := s.ownConfigs()
+	if err != nil {
+		return Averages{}, err
+	}
+	cat := catalog(own, s.book.Live(s.now()))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Averages{Configs: sortConfigs(cat, s.avgs), Resources: s.resources}, nil
+}
+
+// History returns a configuration's price history, oldest first.
+func (s *Service) History(config string) ([]Sample, error) {
+	hist, err := node.GetJSON[[]Sample](s.avgSpace, config)
+	if errors.Is(err, node.ErrNotFound) {
+		return []Sample{}, nil
+	}
+	return hist, err
+}

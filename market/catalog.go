@@ -1,0 +1,282 @@
+package market
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
+)
+
+// Configuration is a VM configuration a buyer can store (report §6.1.6, tables config and
+// preconfig): a bare machine, or a preconfigured one whose disk starts as an OS image named by
+// its content hash. A buyer edits one before storing it.
+type Configuration struct {
+	Name          string `json:"name"`
+	Processor     string `json:"processor"`
+	OS            string `json:"os,omitempty"`
+	SpeedBogomips int64  `json:"speed_bogomips"`
+	MemoryMB      int64  `json:"memory_mb"`
+	DiskMB        int64  `json:"disk_mb"`
+	// Image is the content hash ("blake3:<64 hex>") of the OS image of a preconfigured
+	// configuration; empty for a bare one.
+	Image string `json:"image,omitempty"`
+}
+
+// Preconfigured reports whether the configuration comes with an OS image.
+func (c Configuration) Preconfigured() bool { return c.Image != "" }
+
+// Resources are what the configuration takes of a machine.
+func (c Configuration) Resources() Resources {
+	return Resources{SpeedBogomips: c.SpeedBogomips, MemoryMB: c.MemoryMB, StorageMB: c.DiskMB}
+}
+
+// Validate checks a configuration.
+func (c Configuration) Validate() error {
+	var bad []string
+	if err := checkText("name", c.Name, true); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if err := checkText("processor", c.Processor, false); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if err := checkText("os", c.OS, false); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if c.SpeedBogomips < 0 || c.SpeedBogomips > MaxResource {
+		bad = append(bad, fmt.Sprintf("speed_bogomips %d out of range 0..%d", c.SpeedBogomips, int64(MaxResource)))
+	}
+	if c.MemoryMB < 1 || c.MemoryMB > vm.MaxMemoryMB {
+		bad = append(bad, fmt.Sprintf("memory_mb %d out of range 1..%d", c.MemoryMB, vm.MaxMemoryMB))
+	}
+	if c.DiskMB < 1 || c.DiskMB > vm.MaxDiskMB {
+		bad = append(bad, fmt.Sprintf("disk_mb %d out of range 1..%d", c.DiskMB, vm.MaxDiskMB))
+	}
+	if c.Image != "" && !validImageHash(c.Image) {
+		bad = append(bad, fmt.Sprintf("image %q is not blake3:<64 hex digits>", truncate(c.Image)))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: configuration: %s", ErrInvalid, strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// ConfigEdit changes fields of a configuration; zero fields stay as they are.
+type ConfigEdit struct {
+	Name          string `json:"name,omitempty"`
+	Processor     string `json:"processor,omitempty"`
+	OS            string `json:"os,omitempty"`
+	SpeedBogomips int64  `json:"speed_bogomips,omitempty"`
+	MemoryMB      int64  `json:"memory_mb,omitempty"`
+	DiskMB        int64  `json:"disk_mb,omitempty"`
+}
+
+// Apply returns c edited.
+func (e ConfigEdit) Apply(c Configuration) Configuration {
+	if e.Name != "" {
+		c.Name = e.Name
+	}
+	if e.Processor != "" {
+		c.Processor = e.Processor
+	}
+	if e.OS != "" {
+		c.OS = e.OS
+	}
+	if e.SpeedBogomips != 0 {
+		c.SpeedBogomips = e.SpeedBogomips
+	}
+	if e.MemoryMB != 0 {
+		c.MemoryMB = e.MemoryMB
+	}
+	if e.DiskMB != 0 {
+		c.DiskMB = e.DiskMB
+	}
+	return c
+}
+
+// StandardConfigs are the bare configurations every node's catalog starts with (table config).
+func StandardConfigs() []Configuration {
+	return []Configuration{
+		{Name: "tiny", Processor: defaultProcessor, SpeedBogomips: 1000, MemoryMB: 256, DiskMB: 1024},
+		{Name: "small", Processor: defaultProcessor, SpeedBogomips: 2000, MemoryMB: 1024, DiskMB: 10240},
+		{Name: "medium", Processor: defaultProcessor, SpeedBogomips: 4000, MemoryMB: 4096, DiskMB: 40960},
+		{Name: "large", Processor: defaultProcessor, SpeedBogomips: 8000, MemoryMB: 16384, DiskMB: 102400},
+	}
+}
+
+// ImageInfo describes an OS image a provider holds, as its offers advertise it. Every node
+// turns the images it sees in offers into preconfigured configurations (table preconfig).
+type ImageInfo struct {
+	Hash     string `json:"hash"` // blake3:<64 hex> of the image's bytes
+	Name     string `json:"name"`
+	OS       string `json:"os"`
+	SizeMB   int64  `json:"size_mb"`   // the image's size; a VM's disk is at least this
+	MemoryMB int64  `json:"memory_mb"` // memory the OS wants
+}
+
+func (i ImageInfo) validate() error {
+	if !validImageHash(i.Hash) {
+		return fmt.Errorf("image hash %q is not blake3:<64 hex digits>", truncate(i.Hash))
+	}
+	if err := checkText("image name", i.Name, true); err != nil {
+		return err
+	}
+	if err := checkText("image os", i.OS, false); err != nil {
+		return err
+	}
+	if i.SizeMB < 1 || i.SizeMB > vm.MaxDiskMB || i.MemoryMB < 1 || i.MemoryMB > vm.MaxMemoryMB {
+		return fmt.Errorf("image %s: sizes out of range", i.Name)
+	}
+	return nil
+}
+
+// configuration is the preconfigured configuration of the image.
+func (i ImageInfo) configuration() Configuration {
+	return Configuration{Name: i.Name, Processor: defaultProcessor, OS: i.OS, SpeedBogomips: 1000,
+		MemoryMB: i.MemoryMB, DiskMB: i.SizeMB, Image: i.Hash}
+}
+
+func validImageHash(h string) bool {
+	hexPart, ok := strings.CutPrefix(h, "blake3:")
+	if !ok || len(hexPart) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(hexPart)
+	return err == nil && strings.ToLower(hexPart) == hexPart
+}
+
+// Image is an OS image a provider holds: preconfigured VMs start from a copy of Disk.
+type Image struct {
+	Name     string         `json:"name"`
+	OS       string         `json:"os"`
+	Disk     string         `json:"disk"` // path of the raw or qcow2 image on this provider
+	MemoryMB int64          `json:"memory_mb"`
+	Boot     *vm.KernelBoot `json:"boot,omitempty"` // when the image boots a kernel directly
+	// Hash is filled in by the service when it starts (from the disk's bytes).
+	Hash   string `json:"hash,omitempty"`
+	sizeMB int64
+}
+
+// ScanImages reads the images of a directory: each <name>.json there describes one image
+// (an Image, its paths relative to dir). A missing directory holds no images.
+func ScanImages(dir string) ([]Image, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	var out []Image
+	for _, e := range entries {
+		if e.IsDir() || filepath.Ext(e.Name()) != ".json" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("images: %w", err)
+		}
+		var img Image
+		if err := json.Unmarshal(b, &img); err != nil {
+			return nil, fmt.Errorf("image %s: %w", e.Name(), err)
+		}
+		abs := func(p string) string {
+			if p == "" || filepath.IsAbs(p) {
+				return p
+			}
+			return filepath.Join(dir, p)
+		}
+		img.Disk = abs(img.Disk)
+		if img.Boot != nil {
+			img.Boot.Kernel, img.Boot.Initrd = abs(img.Boot.Kernel), abs(img.Boot.Initrd)
+		}
+		if img.Name == "" {
+			img.Name = strings.TrimSuffix(e.Name(), ".json")
+		}
+		out = append(out, img)
+	}
+	return out, nil
+}
+
+// hashRecord caches an image's hash by path, size and modification time, so that a restart
+// does not read every image again.
+type hashRecord struct {
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"mod_time"`
+	Hash    string    `json:"hash"`
+}
+
+// hashImage returns the content hash of the file at path, from the cache when unchanged.
+func hashImage(ctx context.Context, cache *node.Space, path string) (string, int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("image %s: %w", path, err)
+	}
+	if rec, err := node.GetJSON[hashRecord](cache, path); err == nil && rec.Size == fi.Size() && rec.ModTime.Equal(fi.ModTime()) {
+		return rec.Hash, fi.Size(), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("image %s: %w", path, err)
+	}
+	defer f.Close()
+	h := blake3.New()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", 0, err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", 0, fmt.Errorf("image %s: %w", path, err)
+		}
+	}
+	sum := "blake3:" + hex.EncodeToString(h.Sum(nil))
+	node.PutJSON(cache, path, hashRecord{Size: fi.Size(), ModTime: fi.ModTime(), Hash: sum})
+	return sum, fi.Size(), nil
+}
+
+// catalog is the buyer's list of configurations: the standard ones, the preconfigured ones of
+// the images seen in offers, and the buyer's own edited ones (persisted), by name.
+func catalog(own []Configuration, offers []Offer) []Configuration {
+	out := StandardConfigs()
+	seen := map[string]bool{}
+	for _, c := range out {
+		seen[c.Name] = true
+	}
+	var pre []Configuration
+	for _, o := range offers {
+		for _, img := range o.Images {
+			c := img.configuration()
+			if !seen[c.Name] {
+				seen[c.Name] = true
+				pre = append(pre, c)
+			}
+		}
+	}
+	slices.SortFunc(pre, func(a, b Configuration) int { return strings.Compare(a.Name, b.Name) })
+	out = append(out, pre...)
+	for _, c := range own {
+		if i := slices.IndexFunc(out, func(x Configuration) bool { return x.Name == c.Name }); i >= 0 {
+			out[i] = c
+		} else {
+			out = append(out, c)
+		}
+	}
+	return out
+}

@@ -1,0 +1,273 @@
+package market
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// validate is the gossipsub validator of the offers topic: forged, malformed and out-of-range
+// offers are rejected (which counts against the peer that sent them); expired, replayed and
+// future-dated ones are ignored (not forwarded, not penalised: they may be honest but late).
+// The rest of the service only ever sees offers that passed it.
+func (s *Service) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	so, err := DecodeOffer(msg.GetData())
+	if err == nil && so.Provider != msg.GetFrom() {
+		err = fmt.Errorf("%w: offer of %s published by %s", ErrForged, so.Provider, msg.GetFrom())
+	}
+	if err != nil {
+		s.log.Debug("offer rejected", "from", from, "err", err)
+		if !msg.Local {
+			s.penalise(from)
+		}
+		return pubsub.ValidationReject
+	}
+	if v := s.book.Check(so.Offer, s.now()); v != Newer {
+		return pubsub.ValidationIgnore
+	}
+	msg.ValidatorData = so
+	return pubsub.ValidationAccept
+}
+
+// penalise counts an invalid offer against the peer it came from; past the limit the gossip
+// router blacklists the peer.
+func (s *Service) penalise(p peer.ID) {
+	s.mu.Lock()
+	s.rejects[p]++
+	n := s.rejects[p]
+	s.mu.Unlock()
+	if n == s.opts.RejectLimit {
+		s.log.Warn("peer sent too many invalid offers; blacklisted", "from", p, "invalid", n)
+		s.n.PubSub().BlacklistPeer(p)
+	}
+}
+
+// Rejected is how many invalid offers peer p has sent this node.
+func (s *Service) Rejected(p peer.ID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejects[p]
+}
+
+// readOffers takes validated offers from the subscription into the book.
+func (s *Service) readOffers() error {
+	for {
+		msg, err := s.sub.Next(s.ctx)
+		if err != nil {
+			return nil // cancelled: the service is closing
+		}
+		if so, ok := msg.ValidatorData.(SignedOffer); ok {
+			s.accept(so)
+		}
+	}
+}
+
+// accept puts a verified offer into the book and persists it.
+func (s *Service) accept(so SignedOffer) bool {
+	if !s.book.Put(so, s.now()) {
+		return false
+	}
+	if err := s.bookSpace.Put(bookKey(so.Offer), so.Raw); err != nil {
+		s.log.Warn("persist offer", "err", err)
+	}
+	if s.opts.OnOffer != nil {
+		s.opts.OnOffer(so.Offer)
+	}
+	return true
+}
+
+func bookKey(o Offer) string { return o.Provider.String() + "/" + o.Machine.String() }
+
+// loadBook reads the persisted book, dropping what expired or no longer verifies.
+func (s *Service) loadBook() error {
+	now := s.now()
+	var drop []string
+	err := s.bookSpace.List(func(key string, val []byte) error {
+		so, err := DecodeOffer(val)
+		if err != nil || !now.Before(so.Expires) {
+			drop = append(drop, key)
+			return nil
+		}
+		s.book.Put(so, now)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("market: load offer book: %w", err)
+	}
+	for _, k := range drop {
+		s.bookSpace.Delete(k)
+	}
+	return nil
+}
+
+// prune drops expired offers from the book and the store.
+func (s *Service) prune() {
+	for _, o := range s.book.Prune(s.now()) {
+		s.bookSpace.Delete(bookKey(o))
+	}
+}
+
+// handleQuery answers an offers query: the node's own offers first, then the rest of its book,
+// newest first, each as a frame holding the offer envelope, then an empty frame.
+func (s *Service) handleQuery(_ context.Context, st network.Stream, r *bufio.Reader) error {
+	b, err := readFrame(r, 1024)
+	if err != nil {
+		return err
+	}
+	req, err := decodeQueryRequest(b)
+	if err != nil {
+		return err
+	}
+	limit := maxQueryOffers
+	if req.Max > 0 {
+		limit = min(req.Max, limit)
+	}
+	offers := s.book.Signed(s.now(), maxQueryOffers)
+	self := s.n.ID()
+	slices.SortStableFunc(offers, func(a, b SignedOffer) int {
+		switch {
+		case a.Provider == self && b.Provider != self:
+			return -1
+		case b.Provider == self && a.Provider != self:
+			return 1
+		}
+		return 0
+	})
+	w := bufio.NewWriter(st)
+	for _, so := range offers[:min(limit, len(offers))] {
+		if err := writeFrame(w, so.Raw); err != nil {
+			return err
+		}
+	}
+	if err := writeFrame(w, nil); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// QueryOffers asks peer p for the offers it holds and takes the valid new ones into the book.
+// It returns how many were new. Invalid offers count against p.
+func (s *Service) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := s.open(ctx, peerAddr{id: p}, OffersQueryID)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Reset() // a no-op after Close
+	st.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := writeJSON(st, queryRequest{Max: maxQueryOffers}); err != nil {
+		return 0, fmt.Errorf("%w: query %s: %v", ErrUnavailable, p.ShortString(), err)
+	}
+	st.CloseWrite()
+	r := bufio.NewReader(st)
+	added := 0
+	for i := 0; ; i++ {
+		raw, err := readFrame(r, MaxOfferBytes)
+		if err != nil {
+			if errors.Is(err, ErrMalformed) {
+				s.penalise(p)
+			}
+			return added, fmt.Errorf("query %s: %w", p.ShortString(), err)
+		}
+		if len(raw) == 0 {
+			break
+		}
+		if i >= maxQueryOffers {
+			s.penalise(p)
+			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, p.ShortString(), maxQueryOffers)
+		}
+		so, err := DecodeOffer(raw)
+		if err != nil {
+			s.penalise(p)
+			continue
+		}
+		if s.book.Check(so.Offer, s.now()) == Newer && s.accept(so) {
+			added++
+		}
+	}
+	st.Close()
+	return added, nil
+}
+
+// startQueries queries every peer that speaks the query protocol once it is identified, and
+// the peers already connected, so that a joining node does not wait for the next republish.
+func (s *Service) startQueries() error {
+	h := s.n.Host()
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
+	if err != nil {
+		return fmt.Errorf("market: identify events: %w", err)
+	}
+	sem := make(chan struct{}, 4)
+	query := func(p peer.ID) {
+		s.mu.Lock()
+		last, seen := s.queried[p]
+		if seen && time.Since(last) < time.Minute {
+			s.mu.Unlock()
+			return
+		}
+		s.queried[p] = time.Now()
+		s.mu.Unlock()
+		s.group.Go(func() error {
+			select {
+			case sem <- struct{}{}:
+			case <-s.ctx.Done():
+				return nil
+			}
+			defer func() { <-sem }()
+			if n, err := s.QueryOffers(s.ctx, p); err != nil {
+				s.log.Debug("offers query", "to", p, "err", err)
+			} else if n > 0 {
+				s.log.Debug("offers query", "to", p, "new", n)
+			}
+			return nil
+		})
+	}
+	for _, p := range h.Network().Peers() {
+		if ok, _ := h.Peerstore().SupportsProtocols(p, OffersQueryID); len(ok) > 0 {
+			query(p)
+		}
+	}
+	s.group.Go(func() error {
+		defer sub.Close()
+		for {
+			select {
+			case <-s.ctx.Done():
+				return nil
+			case e, ok := <-sub.Out():
+				if !ok {
+					return nil
+				}
+				ev := e.(event.EvtPeerIdentificationCompleted)
+				if slices.Contains(ev.Protocols, OffersQueryID) {
+					query(ev.Peer)
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// housekeeping prunes the book, closes idle console tunnels and retries pending leases.
+func (s *Service) housekeeping() error {
+	t := time.NewTicker(s.opts.Housekeeping)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		s.prune()
+		s.closeIdleTunnels()
+		s.retryPending(s.ctx)
+	}
+}

@@ -1,0 +1,290 @@
+package market
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// MachineID identifies a provider's physical machine (the report's pmseller machineid). It is
+// chosen by the provider when the machine is added.
+type MachineID [16]byte
+
+// LeaseID identifies a lease, chosen by the buyer when it proposes one.
+type LeaseID [16]byte
+
+func newID16() [16]byte {
+	var b [16]byte
+	rand.Read(b[:]) // crypto/rand.Read never fails
+	return b
+}
+
+// NewMachineID returns a random machine ID.
+func NewMachineID() MachineID { return MachineID(newID16()) }
+
+// NewLeaseID returns a random lease ID.
+func NewLeaseID() LeaseID { return LeaseID(newID16()) }
+
+// String is 32 lower-case hex digits.
+func (id MachineID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports the zero ID, which no machine has.
+func (id MachineID) IsZero() bool { return id == MachineID{} }
+
+// MarshalText writes the hex form.
+func (id MachineID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText parses 32 hex digits.
+func (id *MachineID) UnmarshalText(b []byte) error {
+	return parseID16("machine", (*[16]byte)(id), string(b))
+}
+
+// ParseMachineID parses 32 hex digits.
+func ParseMachineID(s string) (MachineID, error) {
+	var id MachineID
+	err := id.UnmarshalText([]byte(s))
+	return id, err
+}
+
+// String is 32 lower-case hex digits.
+func (id LeaseID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports the zero ID, which no lease has.
+func (id LeaseID) IsZero() bool { return id == LeaseID{} }
+
+// MarshalText writes the hex form.
+func (id LeaseID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText parses 32 hex digits.
+func (id *LeaseID) UnmarshalText(b []byte) error {
+	return parseID16("lease", (*[16]byte)(id), string(b))
+}
+
+func parseID16(what string, dst *[16]byte, s string) error {
+	if len(s) != 32 {
+		return fmt.Errorf("%w: %s id %q: want 32 hex digits", ErrMalformed, what, truncate(s))
+	}
+	if _, err := hex.Decode(dst[:], []byte(s)); err != nil {
+		return fmt.Errorf("%w: %s id %q: %v", ErrMalformed, what, truncate(s), err)
+	}
+	return nil
+}
+
+// Resources are amounts of the three resources the marketplace sells.
+type Resources struct {
+	SpeedBogomips int64 `json:"speed_bogomips"` // processor speed (Linux bogomips)
+	MemoryMB      int64 `json:"memory_mb"`
+	StorageMB     int64 `json:"storage_mb"`
+}
+
+// Fits reports whether r fits in free.
+func (r Resources) Fits(free Resources) bool {
+	return r.SpeedBogomips <= free.SpeedBogomips && r.MemoryMB <= free.MemoryMB && r.StorageMB <= free.StorageMB
+}
+
+// Add returns r + o.
+func (r Resources) Add(o Resources) Resources {
+	return Resources{r.SpeedBogomips + o.SpeedBogomips, r.MemoryMB + o.MemoryMB, r.StorageMB + o.StorageMB}
+}
+
+// Sub returns r - o, never below zero.
+func (r Resources) Sub(o Resources) Resources {
+	return Resources{max(0, r.SpeedBogomips-o.SpeedBogomips), max(0, r.MemoryMB-o.MemoryMB), max(0, r.StorageMB-o.StorageMB)}
+}
+
+func (r Resources) String() string {
+	return fmt.Sprintf("%d bogomips, %d MB memory, %d MB storage", r.SpeedBogomips, r.MemoryMB, r.StorageMB)
+}
+
+// Limits on what offers, machines and configurations may say. They keep arithmetic on values
+// from the network far from overflow and messages small.
+const (
+	MaxResource      = 1 << 40 // any one resource amount
+	MinPeriod        = 1       // seconds
+	MaxPeriod        = 366 * 24 * 3600
+	maxName          = 64
+	maxMethods       = 8
+	maxMethodLen     = 32
+	maxImages        = 32
+	maxAddrs         = 8
+	maxAddrLen       = 128
+	maxNetworkMbps   = 10_000_000 // 10 Pbit/s
+	defaultStorageS  = 24 * 3600
+	defaultRunningS  = 3600
+	defaultProcessor = "x86_64"
+)
+
+// Terms are how a machine's resources are sold (report pmseller): the chunk sizes, a price per
+// chunk and the billing periods. Speed and memory are charged per running period while the VM
+// runs, storage per storage period while it is stored. A provider may edit its terms at any
+// time; a lease freezes the terms it was made under.
+type Terms struct {
+	SpeedUnit    int64 `json:"speed_unit"`     // bogomips per speed chunk
+	MemoryUnit   int64 `json:"memory_unit"`    // MB per memory chunk
+	StorageUnit  int64 `json:"storage_unit"`   // MB per storage chunk
+	SpeedPrice   Money `json:"speed_price"`    // per speed chunk per running period
+	MemoryPrice  Money `json:"memory_price"`   // per memory chunk per running period
+	StoragePrice Money `json:"storage_price"`  // per storage chunk per storage period
+	RunningSecs  int64 `json:"running_period"` // running period, seconds
+	StorageSecs  int64 `json:"storage_period"` // storage period, seconds
+}
+
+// Validate checks that the terms are in range.
+func (t Terms) Validate() error {
+	var bad []string
+	for _, u := range []struct {
+		name string
+		v    int64
+	}{{"speed_unit", t.SpeedUnit}, {"memory_unit", t.MemoryUnit}, {"storage_unit", t.StorageUnit}} {
+		if u.v < 1 || u.v > MaxResource {
+			bad = append(bad, fmt.Sprintf("%s %d out of range 1..%d", u.name, u.v, int64(MaxResource)))
+		}
+	}
+	for _, p := range []struct {
+		name string
+		v    Money
+	}{{"speed_price", t.SpeedPrice}, {"memory_price", t.MemoryPrice}, {"storage_price", t.StoragePrice}} {
+		if p.v < 0 || p.v > MaxPrice {
+			bad = append(bad, fmt.Sprintf("%s %s out of range 0..%s", p.name, p.v, MaxPrice))
+		}
+	}
+	for _, p := range []struct {
+		name string
+		v    int64
+	}{{"running_period", t.RunningSecs}, {"storage_period", t.StorageSecs}} {
+		if p.v < MinPeriod || p.v > MaxPeriod {
+			bad = append(bad, fmt.Sprintf("%s %ds out of range %d..%d seconds", p.name, p.v, MinPeriod, MaxPeriod))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: terms: %s", ErrInvalid, strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// Machine is a physical machine a provider sells (report §5.2.2, table pmseller). Capacity and
+// processor are locked once the machine is added; terms, name, network speed and migration
+// methods may be edited.
+type Machine struct {
+	ID          MachineID `json:"id"`
+	Name        string    `json:"name"`
+	Processor   string    `json:"processor"`
+	Capacity    Resources `json:"capacity"`
+	Terms       Terms     `json:"terms"`
+	NetworkMbps int64     `json:"network_mbps"` // the report's connectspeed
+	Methods     []string  `json:"methods"`      // migration methods it accepts: "blockdiff", "full"
+	Added       time.Time `json:"added"`
+	Updated     time.Time `json:"updated"`
+}
+
+// Validate checks a machine description.
+func (m Machine) Validate() error {
+	var bad []string
+	if m.ID.IsZero() {
+		bad = append(bad, "id is zero")
+	}
+	if err := checkText("name", m.Name, true); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if err := checkText("processor", m.Processor, true); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if err := checkCapacity(m.Capacity); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if m.NetworkMbps < 0 || m.NetworkMbps > maxNetworkMbps {
+		bad = append(bad, fmt.Sprintf("network_mbps %d out of range 0..%d", m.NetworkMbps, maxNetworkMbps))
+	}
+	if err := checkMethods(m.Methods); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if err := m.Terms.Validate(); err != nil {
+		bad = append(bad, err.Error())
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: machine: %s", ErrInvalid, strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+func checkCapacity(c Resources) error {
+	for _, r := range []struct {
+		name string
+		v    int64
+	}{{"speed_bogomips", c.SpeedBogomips}, {"memory_mb", c.MemoryMB}, {"storage_mb", c.StorageMB}} {
+		if r.v < 1 || r.v > MaxResource {
+			return fmt.Errorf("capacity %s %d out of range 1..%d", r.name, r.v, int64(MaxResource))
+		}
+	}
+	return nil
+}
+
+func checkMethods(ms []string) error {
+	if len(ms) > maxMethods {
+		return fmt.Errorf("%d migration methods, at most %d", len(ms), maxMethods)
+	}
+	for _, m := range ms {
+		if m == "" || len(m) > maxMethodLen || strings.ContainsFunc(m, notNameRune) {
+			return fmt.Errorf("migration method %q: want a short lower-case name like blockdiff", truncate(m))
+		}
+	}
+	return nil
+}
+
+func notNameRune(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+}
+
+// checkText checks a human-readable field from the network: bounded, printable, one line.
+func checkText(name, v string, required bool) error {
+	if required && strings.TrimSpace(v) == "" {
+		return fmt.Errorf("%s is empty", name)
+	}
+	if len(v) > maxName {
+		return fmt.Errorf("%s longer than %d bytes", name, maxName)
+	}
+	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0xfffd }) {
+		return fmt.Errorf("%s has control characters", name)
+	}
+	return nil
+}
+
+// MachineEdit changes the editable fields of a machine; nil fields stay as they are.
+type MachineEdit struct {
+	Name        *string   `json:"name,omitempty"`
+	Terms       *Terms    `json:"terms,omitempty"`
+	NetworkMbps *int64    `json:"network_mbps,omitempty"`
+	Methods     *[]string `json:"methods,omitempty"`
+	// Capacity and Processor are locked (report §5.2.3); setting them is an error that says so.
+	Capacity  *Resources `json:"capacity,omitempty"`
+	Processor *string    `json:"processor,omitempty"`
+}
+
+// apply returns m with the edit applied.
+func (e MachineEdit) apply(m Machine) (Machine, error) {
+	if e.Capacity != nil && *e.Capacity != m.Capacity {
+		return m, fmt.Errorf("%w: the capacity of a machine is locked once added; add a new machine (copy from this one) instead", ErrLocked)
+	}
+	if e.Processor != nil && *e.Processor != m.Processor {
+		return m, fmt.Errorf("%w: the processor of a machine is locked once added", ErrLocked)
+	}
+	if e.Name != nil {
+		m.Name = *e.Name
+	}
+	if e.Terms != nil {
+		m.Terms = *e.Terms
+	}
+	if e.NetworkMbps != nil {
+		m.NetworkMbps = *e.NetworkMbps
+	}
+	if e.Methods != nil {
+		m.Methods = slices.Clone(*e.Methods)
+	}
+	return m, m.Validate()
+}
+
+// DefaultMethods are the migration methods a machine accepts unless told otherwise.
+func DefaultMethods() []string { return []string{"blockdiff", "full"} }

@@ -1,0 +1,150 @@
+package market
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Envelope magics: two letters and the format version.
+var (
+	offerMagic = [3]byte{'V', 'O', 1}
+	leaseMagic = [3]byte{'V', 'L', 1}
+)
+
+// Signature domains: what a signature is over is the domain followed by the body, so that a
+// signature made for one kind of message can never pass for another.
+const (
+	offerDomain = "virtuoso/offer/1\n"
+	leaseDomain = "virtuoso/lease/1\n"
+)
+
+// Size caps of what is read from the network.
+const (
+	MaxOfferBytes = 16 << 10 // one encoded offer envelope
+	MaxLeaseBytes = 16 << 10 // one encoded lease envelope
+	maxBodyBytes  = 12 << 10 // the JSON body inside an envelope
+	maxSigBytes   = 128      // one signature (ed25519: 64)
+	maxFrameBytes = 64 << 10 // one stream frame (requests, responses)
+)
+
+// encodeEnvelope writes magic, then each field as uvarint length and bytes.
+func encodeEnvelope(magic [3]byte, fields ...[]byte) []byte {
+	n := len(magic)
+	for _, f := range fields {
+		n += binary.MaxVarintLen64 + len(f)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, magic[:]...)
+	for _, f := range fields {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
+
+// decodeEnvelope splits an envelope into its fields, each capped; nothing may follow them.
+func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byte, error) {
+	if len(b) > maxTotal {
+		return nil, fmt.Errorf("%w: %d bytes, over the %d-byte cap", ErrMalformed, len(b), maxTotal)
+	}
+	if len(b) < len(magic) || !bytes.Equal(b[:len(magic)], magic[:]) {
+		return nil, fmt.Errorf("%w: not a %c%c version %d envelope", ErrMalformed, magic[0], magic[1], magic[2])
+	}
+	b = b[len(magic):]
+	out := make([][]byte, len(caps))
+	for i, limit := range caps {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || k != len(binary.AppendUvarint(nil, n)) {
+			return nil, fmt.Errorf("%w: field %d: bad length", ErrMalformed, i)
+		}
+		if n > uint64(limit) || n > uint64(len(b)-k) {
+			return nil, fmt.Errorf("%w: field %d: length %d over its cap or the data", ErrMalformed, i, n)
+		}
+		out[i] = b[k : k+int(n)]
+		b = b[k+int(n):]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b))
+	}
+	return out, nil
+}
+
+// decodeStrict decodes one JSON value, refusing unknown fields and trailing data.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON value", ErrMalformed)
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: trailing data after the JSON value", ErrMalformed)
+	}
+	return nil
+}
+
+// writeFrame writes one frame: uvarint length, then the bytes.
+func writeFrame(w io.Writer, b []byte) error {
+	if len(b) > maxFrameBytes {
+		return fmt.Errorf("frame of %d bytes over the %d-byte cap", len(b), maxFrameBytes)
+	}
+	buf := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+len(b)), uint64(len(b)))
+	_, err := w.Write(append(buf, b...))
+	return err
+}
+
+// readFrame reads one frame of at most limit bytes. A frame over the cap or a bad length is
+// ErrMalformed; a stream that ends or breaks is the reader's error (io.EOF before any byte).
+func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
+	var n uint64
+	for i := 0; ; i++ {
+		c, err := r.ReadByte()
+		if err != nil {
+			if i > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		if i == binary.MaxVarintLen64-1 && c > 1 {
+			return nil, fmt.Errorf("%w: frame length overflows", ErrMalformed)
+		}
+		n |= uint64(c&0x7f) << (7 * i)
+		if c < 0x80 {
+			break
+		}
+	}
+	if n > uint64(limit) {
+		return nil, fmt.Errorf("%w: frame of %d bytes over the %d-byte cap", ErrMalformed, n, limit)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// writeJSON writes v as one JSON frame.
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFrame(w, b)
+}
+
+// readJSON reads one JSON frame into v.
+func readJSON(r *bufio.Reader, v any) error {
+	b, err := readFrame(r, maxFrameBytes)
+	if err != nil {
+		return err
+	}
+	return decodeStrict(b, v)
+}
