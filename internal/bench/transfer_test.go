@@ -1,0 +1,88 @@
+package bench
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestTransferTiny runs the whole benchmark on a small image, so it keeps working.
+func TestTransferTiny(t *testing.T) {
+	var out bytes.Buffer
+	opts := TransferOptions{Dir: t.TempDir(), Size: 16 << 20, Changed: 0.02, WriteSize: 4 << 10, Zero: 0.5}
+	if err := Transfer(t.Context(), opts, &out); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "unchanged", "goals:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "n/a") {
+		t.Errorf("a method did not run:\n%s", out.String())
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	cases := []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{in: "4GiB", want: 4 << 30},
+		{in: "64KiB", want: 64 << 10},
+		{in: "4KiB", want: 4 << 10},
+		{in: "16MiB", want: 16 << 20},
+		{in: "4G", want: 4 << 30},
+		{in: "1.5GB", want: 1500000000},
+		{in: "4096", want: 4096},
+		{in: " 2 MiB ", want: 2 << 20},
+		{in: "0.5KiB", want: 512},
+		{in: "4 parsecs", err: true},
+		{in: "-1GiB", err: true},
+		{in: "", err: true},
+		{in: "GiB", err: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseSize(tc.in)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("ParseSize(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestParsePercent(t *testing.T) {
+	cases := []struct {
+		in   string
+		want float64
+		err  bool
+	}{
+		{in: "1%", want: 0.01},
+		{in: "0%", want: 0},
+		{in: "50%", want: 0.5},
+		{in: "0.5%", want: 0.005},
+		{in: "0.25", want: 0.25},
+		{in: "101%", err: true},
+		{in: "-1%", err: true},
+		{in: "lots", err: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParsePercent(tc.in)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("ParsePercent(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	for in, want := range map[int64]string{4 << 30: "4GiB", 64 << 10: "64KiB", 1536: "1.50KiB", 100: "100B"} {
+		if got := FormatSize(in); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", in, got, want)
+		}
+	}
+}
