@@ -41,11 +41,12 @@ var ErrInvalidConfig = errors.New("invalid configuration")
 
 // Config is the node's configuration, kept in config.toml in the home directory.
 type Config struct {
-	Profile Profile       `toml:"profile"`
-	Network NetworkConfig `toml:"network"`
-	API     APIConfig     `toml:"api"`
-	Roles   RolesConfig   `toml:"roles"`
-	Log     LogConfig     `toml:"log"`
+	Profile  Profile        `toml:"profile"`
+	Network  NetworkConfig  `toml:"network"`
+	API      APIConfig      `toml:"api"`
+	Roles    RolesConfig    `toml:"roles"`
+	Provider ProviderConfig `toml:"provider"`
+	Log      LogConfig      `toml:"log"`
 }
 
 // NetworkConfig is the peer-to-peer part of the configuration.
@@ -72,6 +73,14 @@ type RolesConfig struct {
 	Coordinator bool `toml:"coordinator"`
 }
 
+// ProviderConfig is the hypervisor side of a provider node.
+type ProviderConfig struct {
+	Accel       string   `toml:"accel"`
+	VNCPorts    [2]int   `toml:"vnc_ports"`
+	MaxConsoles int      `toml:"max_consoles"`
+	ImageDirs   []string `toml:"image_dirs"`
+}
+
 // LogConfig sets logging.
 type LogConfig struct {
 	Level  string `toml:"level"`
@@ -90,6 +99,9 @@ func DefaultConfig(p Profile) Config {
 			MaxConnections:    256,
 		},
 		API: APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
+		Provider: ProviderConfig{
+			Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
+		},
 		Log: LogConfig{Level: "info", Format: "text"},
 	}
 	if p == ProfilePublic {
@@ -153,6 +165,17 @@ func (c Config) Validate() error {
 	}
 	if c.API.MaxBodyBytes < 1<<10 || c.API.MaxBodyBytes > 64<<20 {
 		bad("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.API.MaxBodyBytes)
+	}
+	switch c.Provider.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		bad("provider.accel %q is unknown: use \"auto\" (KVM when it works, else TCG), \"kvm\" or \"tcg\"", c.Provider.Accel)
+	}
+	if p := c.Provider.VNCPorts; p[0] < 5900 || p[1] < p[0] || p[1] > 65535 {
+		bad("provider.vnc_ports %v is not a range of VNC ports: use [first, last] with 5900 <= first <= last <= 65535", p)
+	}
+	if c.Provider.MaxConsoles < 1 || c.Provider.MaxConsoles > 1000 {
+		bad("provider.max_consoles %d is out of range: use between 1 and 1000", c.Provider.MaxConsoles)
 	}
 	if _, err := ParseLevel(c.Log.Level); err != nil {
 		bad("log.level: %v", err)
@@ -278,6 +301,16 @@ max_body_bytes = {{.API.MaxBodyBytes}}
 provider = {{.Roles.Provider}}
 # Take part in settling the ledger.
 coordinator = {{.Roles.Coordinator}}
+
+[provider]
+# Virtualisation: "auto" uses KVM when it works and falls back to TCG; "kvm" or "tcg" force one.
+accel = "{{.Provider.Accel}}"
+# VNC console ports [first, last], on 127.0.0.1 only: one per running VM.
+vnc_ports = [{{index .Provider.VNCPorts 0}}, {{index .Provider.VNCPorts 1}}]
+# Most console sessions open at once.
+max_consoles = {{.Provider.MaxConsoles}}
+# Directories whose disk images and kernels VMs may start from, besides the home's images/.
+image_dirs = {{list .Provider.ImageDirs}}
 
 [log]
 # debug, info, warn or error.

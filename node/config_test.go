@@ -49,6 +49,9 @@ func TestValidateSaysWhatIsWrong(t *testing.T) {
 		{"api off loopback", func(c *Config) { c.API.Listen = "0.0.0.0:80" }, "api.listen"},
 		{"api not host:port", func(c *Config) { c.API.Listen = "localhost" }, "not host:port"},
 		{"tiny body cap", func(c *Config) { c.API.MaxBodyBytes = 1 }, "max_body_bytes"},
+		{"bad accel", func(c *Config) { c.Provider.Accel = "warp" }, `provider.accel "warp"`},
+		{"inverted vnc ports", func(c *Config) { c.Provider.VNCPorts = [2]int{5999, 5910} }, "provider.vnc_ports"},
+		{"no consoles", func(c *Config) { c.Provider.MaxConsoles = 0 }, "provider.max_consoles"},
 		{"bad level", func(c *Config) { c.Log.Level = "loud" }, `level "loud" is unknown`},
 		{"bad format", func(c *Config) { c.Log.Format = "xml" }, `log.format "xml"`},
 	} {

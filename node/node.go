@@ -150,6 +150,11 @@ func (n *Node) PubSub() *pubsub.PubSub { return n.ps }
 // API is the node's local HTTP API; services add their routes to it in Start.
 func (n *Node) API() *API { return n.api }
 
+// Attach adds a service after New and before Start; it starts after those given in Options.
+func (n *Node) Attach(s Service) {
+	n.opts.Services = append(n.opts.Services, s)
+}
+
 // Start brings the node up: host, DHT, gossipsub, the API, peer discovery, then services.
 func (n *Node) Start(ctx context.Context) (err error) {
 	if n.host != nil {

@@ -36,6 +36,7 @@ func commands() []command {
 		{"node", "[--home DIR] [--bootstrap ADDR]… [--api ADDR] [--provider] [--coordinator]", "run the node until Ctrl-C", runNode},
 		{"id", "[--home DIR] [--json]", "print the node's peer ID and listen addresses", runID},
 		{"peers", "[--home DIR] [--json]", "list connected peers with addresses and latency", runPeers},
+		{"vm", "create|ls|start|stop|suspend|resume|console|rm [ID] [flags]", "act on this provider's VMs", runVM},
 		{"demo", "[--dir DIR]", "run a whole local marketplace on loopback until Ctrl-C", runDemo},
 		{"version", "", "print the version", runVersion},
 	}
@@ -99,25 +100,41 @@ func newFlags(env Env, name string) *flags {
 	return f
 }
 
-// parse parses args. --help prints the usage to stdout; a mistake is one line on stderr,
-// returned as errUsage.
+// parse parses args of a command that takes no positional arguments.
 func (f *flags) parse(args []string, summary string) error {
+	_, err := f.parseArgs(args, summary)
+	return err
+}
+
+// parseArgs parses flags and returns the positional arguments named in the usage line, which may
+// stand before or after the flags. --help prints the usage to stdout; a mistake is one line on
+// stderr, returned as errUsage.
+func (f *flags) parseArgs(args []string, summary string, names ...string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		pos, args = append(pos, args[0]), args[1:]
+	}
 	f.SetOutput(io.Discard) // errors are reported below, in one line
 	err := f.Parse(args)
+	pos = append(pos, f.Args()...)
+	usageLine := strings.TrimSpace(f.name + " " + strings.Join(names, " "))
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		f.SetOutput(f.env.Stdout)
-		fmt.Fprintf(f.env.Stdout, "Usage: virtuoso %s [flags]\n\n%s\n\nFlags:\n", f.name, summary)
+		fmt.Fprintf(f.env.Stdout, "Usage: virtuoso %s [flags]\n\n%s\n\nFlags:\n", usageLine, summary)
 		f.PrintDefaults()
-		return err
+		return nil, err
 	case err != nil:
 		fmt.Fprintf(f.env.Stderr, "virtuoso %s: %v; run `virtuoso %s --help` for the flags\n", f.name, err, f.name)
-		return errUsage
-	case f.NArg() > 0:
-		fmt.Fprintf(f.env.Stderr, "virtuoso %s: unexpected argument %q; run `virtuoso %s --help` for the flags\n", f.name, f.Arg(0), f.name)
-		return errUsage
+		return nil, errUsage
+	case len(pos) > len(names):
+		fmt.Fprintf(f.env.Stderr, "virtuoso %s: unexpected argument %q; usage: virtuoso %s [flags]\n", f.name, pos[len(names)], usageLine)
+		return nil, errUsage
+	case len(pos) < len(names):
+		fmt.Fprintf(f.env.Stderr, "virtuoso %s: missing %s; usage: virtuoso %s [flags]\n", f.name, names[len(pos)], usageLine)
+		return nil, errUsage
 	}
-	return nil
+	return pos, nil
 }
 
 func (f *flags) homeDir() node.Home { return node.Home{Dir: f.home} }

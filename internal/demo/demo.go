@@ -4,6 +4,7 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,7 +37,7 @@ var Roles = []Role{
 // Marketplace is a running demo.
 type Marketplace struct {
 	Dir   string
-	Nodes []*node.Node
+	Nodes []*daemon.Node
 }
 
 // Start starts the demo's nodes with homes under dir (created if missing; homes already
@@ -51,11 +52,20 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 			m.Close()
 		}
 	}()
+	guest, guestErr := FindGuest()
+	if guestErr != nil {
+		log.Warn("no test guest: providers start without a bootable image", "err", guestErr)
+	}
 	for i, r := range Roles {
 		home := node.Home{Dir: filepath.Join(dir, r.Name)}
 		cfg := node.DefaultConfig(node.ProfileLocal)
 		cfg.Roles.Provider, cfg.Roles.Coordinator = r.Provider, r.Coordinator
 		cfg.Network.DiscoveryInterval = 2 * time.Second
+		// Providers share the machine: each gets its own console ports.
+		cfg.Provider.VNCPorts = [2]int{5910 + 20*i, 5929 + 20*i}
+		if guestErr == nil {
+			cfg.Provider.ImageDirs = []string{guest.Dir}
+		}
 		if _, err := os.Stat(home.KeyPath()); errors.Is(err, os.ErrNotExist) {
 			if err := home.Init(cfg, false); err != nil {
 				return nil, err
@@ -98,15 +108,58 @@ func (m *Marketplace) Print(w io.Writer) {
 	}
 	tw.Flush()
 	buyer := m.Nodes[len(m.Nodes)-1].Home().Dir
-	fmt.Fprintf(w, "\nTry, in another terminal:\n  virtuoso peers --home %s\n  virtuoso id --home %s\n\nCtrl-C stops the marketplace.\n", buyer, buyer)
+	fmt.Fprintf(w, "\nTry, in another terminal:\n  virtuoso peers --home %s\n  virtuoso id --home %s\n", buyer, buyer)
+	if g, err := FindGuest(); err == nil {
+		prov := m.Nodes[1].Home().Dir
+		fmt.Fprintf(w, "  virtuoso vm create --home %s --memory 128 --disk 64 --image %s --kernel %s --initrd %s --cmdline '%s'\n  virtuoso vm start --home %s ID\n",
+			prov, g.Disk, g.Kernel, g.Initrd, g.Cmdline, prov)
+	}
+	fmt.Fprintf(w, "\nCtrl-C stops the marketplace.\n")
 }
 
-// Close stops every node, last started first.
+// Close stops the providers' VMs and every node, last started first.
 func (m *Marketplace) Close() error {
 	var errs []error
 	for _, n := range slices.Backward(m.Nodes) {
+		if n.Provider != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			errs = append(errs, n.Provider.StopAll(ctx))
+			cancel()
+		}
 		errs = append(errs, n.Close())
 	}
 	m.Nodes = nil
 	return errors.Join(errs...)
+}
+
+// Guest is the tiny Linux guest that scripts/guest/build.sh caches (make guest).
+type Guest struct {
+	Dir     string `json:"-"`
+	Kernel  string `json:"kernel"`
+	Initrd  string `json:"initrd"`
+	Disk    string `json:"disk"`
+	Cmdline string `json:"cmdline"`
+}
+
+// FindGuest reads the cached guest's manifest from $VIRTUOSO_GUEST_CACHE, or
+// ${XDG_CACHE_HOME:-~/.cache}/virtuoso/guest.
+func FindGuest() (Guest, error) {
+	dir := os.Getenv("VIRTUOSO_GUEST_CACHE")
+	if dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			return Guest{}, err
+		}
+		dir = filepath.Join(cache, "virtuoso", "guest")
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "guest.json"))
+	if err != nil {
+		return Guest{}, fmt.Errorf("no guest in %s (run make guest): %w", dir, err)
+	}
+	var g Guest
+	if err := json.Unmarshal(raw, &g); err != nil {
+		return Guest{}, fmt.Errorf("guest manifest %s: %w", dir, err)
+	}
+	g.Dir = dir
+	return g, nil
 }

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/vm"
+)
+
+const vmSummary = `Act on the VMs of this provider node's hypervisor, to try it before selling anything.
+
+  virtuoso vm create [--memory MB] [--disk MB] [--speed BOGOMIPS] [--image PATH] [--kernel PATH --initrd PATH --cmdline ARGS]
+  virtuoso vm ls
+  virtuoso vm start|stop|suspend|resume|rm ID
+  virtuoso vm console ID     # VNC address and one-time password`
+
+func runVM(ctx context.Context, env Env, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		f := newFlags(env, "vm")
+		if err := f.parse(args, vmSummary); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stderr, "virtuoso vm: say what to do; run `virtuoso vm --help`\n")
+		return errUsage
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "create":
+		return vmCreate(ctx, env, args)
+	case "ls", "list":
+		return vmList(ctx, env, args)
+	case "rm":
+		return vmAct(ctx, env, "rm", "delete", args)
+	case "start", "stop", "suspend", "resume", "console":
+		return vmAct(ctx, env, sub, sub, args)
+	}
+	fmt.Fprintf(env.Stderr, "virtuoso vm: unknown action %q; use create, ls, start, stop, suspend, resume, console or rm\n", sub)
+	return errUsage
+}
+
+func vmCreate(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "vm create")
+	var req daemon.CreateVM
+	f.StringVar(&req.Name, "name", "", "a name for the VM")
+	f.Int64Var(&req.MemoryMB, "memory", 256, "memory in MB")
+	f.Int64Var(&req.DiskMB, "disk", 1024, "disk size in MB")
+	f.Int64Var(&req.SpeedBogomips, "speed", 1000, "processor speed in bogomips")
+	f.StringVar(&req.OS, "os", "", "operating system of the image")
+	f.StringVar(&req.Image, "image", "", "base disk image (raw or qcow2) the disk starts as; under the provider's image dirs")
+	f.StringVar(&req.Kernel, "kernel", "", "boot this Linux kernel directly")
+	f.StringVar(&req.Initrd, "initrd", "", "initramfs for --kernel")
+	f.StringVar(&req.Cmdline, "cmdline", "", "kernel command line for --kernel")
+	if err := f.parse(args, "Create a VM on this provider's hypervisor; it starts in status stored."); err != nil {
+		return err
+	}
+	for _, p := range []*string{&req.Image, &req.Kernel, &req.Initrd} {
+		if *p != "" {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return err
+			}
+			*p = abs
+		}
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var rec vm.Record
+	if err := c.Post(ctx, "/v1/vms", req, &rec); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", rec.ID, rec.State.Status, rec.State.Version)
+	return nil
+}
+
+func vmList(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "vm ls")
+	asJSON := f.Bool("json", false, "print JSON")
+	if err := f.parse(args, "List the VMs of this provider."); err != nil {
+		return err
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	var recs []vm.Record
+	if err := c.Get(ctx, "/v1/vms", &recs); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(env, recs)
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tVERSION\tMEMORY\tDISK\tNAME\tACTIONS")
+	for _, r := range recs {
+		var acts []string
+		for _, a := range vm.Actions(r.State.Status) {
+			acts = append(acts, a.String())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMB\t%dMB\t%s\t%s\n", r.ID, r.State.Status, r.State.Version,
+			r.Config.MemoryMB, r.Config.DiskMB, r.Config.Name, strings.Join(acts, ","))
+	}
+	return tw.Flush()
+}
+
+func vmAct(ctx context.Context, env Env, name, action string, args []string) error {
+	f := newFlags(env, "vm "+name)
+	pos, err := f.parseArgs(args, fmt.Sprintf("%s the VM; the provider refuses what its status does not allow.", name), "ID")
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	if action == "console" {
+		var ans daemon.ConsoleAnswer
+		if err := c.Post(ctx, "/v1/vms/"+id+"/view", nil, &ans); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "VNC %s password %s\n", ans.Console.Addr, ans.Console.Password)
+		return nil
+	}
+	var rec vm.Record
+	if err := c.Post(ctx, "/v1/vms/"+id+"/"+action, nil, &rec); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", rec.ID, rec.State.Status, rec.State.Version)
+	return nil
+}

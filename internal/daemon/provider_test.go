@@ -1,0 +1,107 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/internal/nodetest"
+	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+)
+
+// TestProviderAPI drives a real QEMU guest through a provider node's local API, the way
+// `virtuoso vm …` does, and checks the API's answers to bad requests.
+func TestProviderAPI(t *testing.T) {
+	guest := qemutest.BuildGuest(t)
+	prov := &daemon.Provider{}
+	n := nodetest.Cluster(t, 1, nodetest.Options{
+		Configure: func(_ int, cfg *node.Config) {
+			cfg.Roles.Provider = true
+			cfg.Provider.Accel = "tcg"
+			cfg.Provider.ImageDirs = []string{guest.Dir}
+		},
+		Services: func(int) []node.Service { return []node.Service{prov} },
+	})[0]
+	// Provider VMs outlive their node on purpose: stop what a failed test left running.
+	t.Cleanup(func() { prov.StopAll(context.Background()) })
+	c, err := node.Dial(n.Home())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var rec vm.Record
+	err = c.Post(ctx, "/v1/vms", daemon.CreateVM{Name: "try", MemoryMB: 128, DiskMB: 64, SpeedBogomips: 1000,
+		Image: guest.Disk, Kernel: guest.Kernel, Initrd: guest.Initrd, Cmdline: guest.Cmdline}, &rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State.Status != vm.StatusStored {
+		t.Fatalf("created VM is %s, want stored", rec.State.Status)
+	}
+	id := rec.ID.String()
+
+	step := func(action string, want vm.Status) {
+		t.Helper()
+		var got vm.Record
+		if err := c.Post(ctx, "/v1/vms/"+id+"/"+action, nil, &got); err != nil {
+			t.Fatalf("%s: %v", action, err)
+		}
+		if got.State.Status != want || got.State.Version <= rec.State.Version {
+			t.Fatalf("%s: %s v%d; want %s with a version above %d", action, got.State.Status, got.State.Version, want, rec.State.Version)
+		}
+		rec = got
+	}
+	step("start", vm.StatusStarted)
+
+	var con daemon.ConsoleAnswer
+	if err := c.Post(ctx, "/v1/vms/"+id+"/view", nil, &con); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qemutest.VNCSession(ctx, con.Console.Addr, con.Console.Password); err != nil {
+		t.Fatalf("VNC session with the console the API gave: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name, method, path string
+		status             int
+		says               string
+	}{
+		{"unknown action", "POST", "/v1/vms/" + id + "/explode", 400, "unknown action"},
+		{"illegal for status", "POST", "/v1/vms/" + id + "/resume", 409, "started"},
+		{"malformed id", "POST", "/v1/vms/not-an-id/start", 400, "id"},
+		{"unknown vm", "GET", "/v1/vms/" + vm.NewID().String(), 404, "not found"},
+		{"delete while running", "POST", "/v1/vms/" + id + "/delete", 409, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := c.Do(ctx, tc.method, tc.path, nil, nil)
+			he, ok := errors.AsType[*node.HTTPError](err)
+			if !ok || he.Status != tc.status || !strings.Contains(strings.ToLower(err.Error()), tc.says) {
+				t.Fatalf("%s %s: %v; want status %d saying %q", tc.method, tc.path, err, tc.status, tc.says)
+			}
+		})
+	}
+	err = c.Post(ctx, "/v1/vms", map[string]any{"memory_mb": 1 << 40, "disk_mb": 64}, nil)
+	if he, ok := errors.AsType[*node.HTTPError](err); !ok || he.Status != http.StatusBadRequest {
+		t.Fatalf("a VM larger than the machine: %v; want 400", err)
+	}
+
+	step("suspend", vm.StatusSuspended)
+	step("resume", vm.StatusStarted)
+	step("stop", vm.StatusStopped)
+	step("delete", vm.StatusDeleted)
+	var list []vm.Record
+	if err := c.Get(ctx, "/v1/vms", &list); err != nil || len(list) != 0 {
+		t.Fatalf("after delete: %d VMs listed, %v", len(list), err)
+	}
+	if err := c.Get(ctx, "/v1/vms/"+id, nil); err == nil {
+		t.Fatal("deleted VM still answers")
+	}
+}
