@@ -22,6 +22,9 @@ type Env struct {
 	Version        string
 }
 
+// defaultLog is the logging of commands that run no node: warnings and errors only.
+var defaultLog = node.LogConfig{Level: "warn", Format: "text"}
+
 // errUsage marks a command-line mistake; the usage text has been printed already.
 var errUsage = errors.New("usage")
 
@@ -38,6 +41,7 @@ func commands() []command {
 		{"peers", "[--home DIR] [--json]", "list connected peers with addresses and latency", runPeers},
 		{"vm", "create|ls|start|stop|suspend|resume|console|rm [ID] [flags]", "act on this provider's VMs", runVM},
 		{"demo", "[--dir DIR]", "run a whole local marketplace on loopback until Ctrl-C", runDemo},
+		{"bench", "transfer [flags]", "measure against the tools a user would otherwise use", runBench},
 		{"version", "", "print the version", runVersion},
 	}
 }

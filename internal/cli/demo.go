@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/virtuoso-market/virtuoso/internal/demo"
-	"github.com/virtuoso-market/virtuoso/node"
 )
 
 func runDemo(ctx context.Context, env Env, args []string) error {
@@ -18,7 +17,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "Run a whole marketplace on this machine, loopback only: one coordinator, two providers and a buyer, each with its own home under --dir. Runs until Ctrl-C."); err != nil {
 		return err
 	}
-	log, err := f.logger(node.LogConfig{Level: "warn", Format: "text"})
+	log, err := f.logger(defaultLog)
 	if err != nil {
 		return err
 	}

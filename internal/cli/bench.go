@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/virtuoso-market/virtuoso/internal/bench"
+)
+
+const benchSummary = `Measure Virtuoso side by side with the tools a user would otherwise use, in one run.
+
+  virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]`
+
+func runBench(ctx context.Context, env Env, args []string) error {
+	if len(args) == 0 || args[0] != "transfer" {
+		f := newFlags(env, "bench")
+		if _, err := f.parseArgs(args, benchSummary, "transfer"); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; run `virtuoso bench --help`\n", args[0])
+		return errUsage
+	}
+	f := newFlags(env, "bench transfer")
+	size := f.String("size", "4GiB", "image size")
+	changed := f.String("changed", "1%", "share of the image rewritten between transfers")
+	writeSize := f.String("write-size", "64KiB", "size of each rewrite (64KiB: whole blocks; 4KiB: scattered small writes)")
+	zero := f.String("zero", "0%", "share of the image that is zeros (half holes, half written zeros)")
+	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
+	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs twice --size free")
+	if err := f.parse(args[1:], "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff, full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table."); err != nil {
+		return err
+	}
+	opts := bench.TransferOptions{Dir: *dir}
+	var err error
+	if opts.Size, err = bench.ParseSize(*size); err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	if opts.Changed, err = bench.ParsePercent(*changed); err != nil {
+		return fmt.Errorf("--changed: %w", err)
+	}
+	if opts.WriteSize, err = bench.ParseSize(*writeSize); err != nil {
+		return fmt.Errorf("--write-size: %w", err)
+	}
+	if opts.Zero, err = bench.ParsePercent(*zero); err != nil {
+		return fmt.Errorf("--zero: %w", err)
+	}
+	bs, err := bench.ParseSize(*blockSize)
+	if err != nil {
+		return fmt.Errorf("--block-size: %w", err)
+	}
+	opts.BlockSize = int(bs)
+	if opts.Log, err = f.logger(defaultLog); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	return bench.Transfer(ctx, opts, env.Stdout)
+}
