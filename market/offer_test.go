@@ -227,3 +227,5 @@ func TestBookVerdicts(t *testing.T) {
 		t.Fatalf("prune dropped %d, %d left", len(got), b.Len())
 	}
 }
+
+func jsonMarshalOffer(o Offer) ([]byte, error) { return json.Marshal(o) }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -113,6 +114,21 @@ type notice struct {
 	Reason string  `json:"reason"`
 }
 
+// errorReply is the answer to a request that could not be read: it decodes as any of the
+// response types above, all of which carry the error under "error".
+type errorReply struct {
+	Error *WireError `json:"error"`
+}
+
+// replyMalformed answers a malformed request with an error and lets the stream close; other
+// read errors (the peer went away) are returned, and the stream is reset.
+func replyMalformed(w io.Writer, err error) error {
+	if errors.Is(err, ErrMalformed) {
+		return writeJSON(w, errorReply{Error: toWire(err)})
+	}
+	return err
+}
+
 // Decoders of each message, used by the handlers and the fuzz targets.
 
 func decodeQueryRequest(b []byte) (queryRequest, error) {
@@ -204,11 +220,15 @@ func (s *Service) serve(id protocol.ID, memory int, timeout time.Duration, handl
 			return
 		}
 		defer st.Scope().ReleaseMemory(memory)
-		ctx, cancel := context.WithTimeout(s.ctx, timeout)
-		defer cancel()
+		ctx, cancel := context.WithCancel(s.ctx)
 		if timeout > 0 {
+			ctx, cancel = context.WithTimeout(s.ctx, timeout)
 			st.SetDeadline(time.Now().Add(timeout))
+		} else {
+			// a tunnel: only the handshake has a deadline; pipe clears it
+			st.SetDeadline(time.Now().Add(30 * time.Second))
 		}
+		defer cancel()
 		if err := handle(ctx, st, bufio.NewReader(st)); err != nil {
 			s.log.Debug("stream failed", "protocol", id, "peer", st.Conn().RemotePeer(), "err", err)
 			st.Reset()

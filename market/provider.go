@@ -496,7 +496,7 @@ func (s *Service) image(hash string) (Image, bool) {
 func (s *Service) handleStore(ctx context.Context, st network.Stream, r *bufio.Reader) error {
 	b, err := readFrame(r, maxFrameBytes)
 	if err != nil {
-		return err
+		return replyMalformed(st, err)
 	}
 	resp := storeResponse{}
 	sl, err := decodeStoreRequest(b)
@@ -686,7 +686,7 @@ func (s *Service) ownedLease(id vm.ID, from peer.ID) (providerLease, error) {
 func (s *Service) handleControl(ctx context.Context, st network.Stream, r *bufio.Reader) error {
 	b, err := readFrame(r, maxFrameBytes)
 	if err != nil {
-		return err
+		return replyMalformed(st, err)
 	}
 	var resp controlResponse
 	req, err := decodeControlRequest(b)
@@ -759,7 +759,7 @@ func (s *Service) dropConsole(id vm.ID) {
 func (s *Service) handleConsole(ctx context.Context, st network.Stream, r *bufio.Reader) error {
 	b, err := readFrame(r, 4096)
 	if err != nil {
-		return err
+		return replyMalformed(st, err)
 	}
 	req, err := decodeConsoleRequest(b)
 	var conn net.Conn
