@@ -358,6 +358,10 @@ func (d *Driver) power(ctx context.Context, m *machine) (vm.PowerState, error) {
 	}
 	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
 	if err != nil {
+		if !d.running(m) {
+			// It exited between the check and the dial (stopped by another driver instance).
+			return d.power(ctx, m)
+		}
 		return vm.PowerUnknown, err
 	}
 	defer q.Close()
