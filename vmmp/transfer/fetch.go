@@ -196,10 +196,13 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 		return nil, err
 	}
 	stop()
+	received := time.Since(c.start)
 	if err := c.commit(); err != nil {
 		c.tell(err)
 		return nil, err
 	}
+	c.cfg.log.Debug("transfer: fetched", "vm", c.req.VM, "received", received, "committed", time.Since(c.start),
+		"wire", c.wire(), "written", c.written.Load())
 	c.tell(nil)
 	c.report("", true)
 	res = &Result{WireBytes: c.wire(), WrittenBytes: c.written.Load(), Elapsed: time.Since(c.start)}
@@ -414,25 +417,16 @@ func newOverlay(f *dstFile) (*overlay, error) {
 
 func (o *overlay) hasData(i int) bool { return o.f.staged[i] || o.bdata.get(i) }
 
-func (o *overlay) read(buf []byte, first, n int) error {
-	g := o.f.vg
-	for k := 0; k < n; {
-		i := first + k
-		fromStage := o.f.staged[i]
-		j := k
-		for j < n && o.f.staged[first+j] == fromStage {
-			j++
-		}
-		lo := int(g.off(i) - g.off(first))
-		hi := int(g.off(first+j-1)-g.off(first)) + g.blockLen(first+j-1)
+func (o *overlay) read(bufs [][]byte, first int) error {
+	for j, buf := range bufs {
+		i := first + j
 		file, size := o.f.basis, o.f.basisSize
-		if fromStage {
-			file, size = o.f.stage, int64(-1)
+		if o.f.staged[i] {
+			file, size = o.f.stage, -1
 		}
-		if err := readZeroPadded(file, size, buf[lo:hi], g.off(i)); err != nil {
+		if err := readZeroPadded(file, size, buf, o.f.vg.off(i)); err != nil {
 			return err
 		}
-		k = j
 	}
 	return nil
 }
@@ -474,7 +468,7 @@ func (c *client) receive(ctx context.Context) error {
 	jobs := make(chan *job, 2*workers)
 	free := make(chan []byte, 4*workers)
 	for range cap(free) {
-		free <- make([]byte, 0, bs+bs/8+256)
+		free <- make([]byte, 0, dataHeaderLen+bs/subBlockSize/8+1+bs)
 	}
 	eg, ctx := errgroup.WithContext(ctx)
 	for range workers {
@@ -533,9 +527,37 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 		if f.failed.Load() {
 			return nil // the deferred Wait picks up f.err
 		}
-		t, p, err := c.fr.read()
+		t, n, err := c.fr.next()
 		if err != nil {
 			return err
+		}
+		var p []byte
+		if t == frameData || t == framePatch {
+			// Blocks are read straight into the buffer the worker will own.
+			if cursor >= g.nblocks {
+				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
+			}
+			l := g.blockLen(cursor)
+			if n > dataHeaderLen-frameHeaderLen+(l+subBlockSize-1)/subBlockSize/8+1+l {
+				return fmt.Errorf("%w: frame of %d bytes for block %d of %d bytes", ErrProtocol, n, cursor, l)
+			}
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if p, err = c.fr.payload(buf[:n]); err != nil {
+				free <- buf
+				return err
+			}
+		} else {
+			if cap(c.fr.buf) < n {
+				c.fr.buf = make([]byte, n)
+			}
+			if p, err = c.fr.payload(c.fr.buf[:n]); err != nil {
+				return err
+			}
 		}
 		if err := c.peerError(t, p); err != nil {
 			return err
@@ -578,9 +600,6 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 			c.done.Add(int64(g.off(cursor+n-1)-g.off(cursor)) + int64(g.blockLen(cursor+n-1)))
 			cursor += n
 		case frameData, framePatch:
-			if cursor >= g.nblocks {
-				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
-			}
 			i, l := cursor, g.blockLen(cursor)
 			var fr blockFrame
 			if t == frameData {
@@ -591,27 +610,20 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 				f.res.BlocksSent++
 			} else {
 				if i >= f.vg.nblocks || f.vg.blockLen(i) != l {
-					return fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
+					err = fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
+				} else {
+					fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
 				}
-				fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
 				if err == nil && len(fr.payload) > l {
 					err = fmt.Errorf("%w: patch of block %d carries %d bytes", ErrProtocol, i, len(fr.payload))
 				}
 				f.res.BlocksPatched++
 			}
 			if err != nil {
+				free <- p[:0]
 				return err
 			}
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			buf = append(buf, fr.mask...)
-			buf = append(buf, fr.payload...)
-			fr.mask, fr.payload = buf[:len(fr.mask)], buf[len(fr.mask):]
-			j := &job{f: f, i: i, kind: t, frame: fr, buf: buf, fromStage: f.staged[i]}
+			j := &job{f: f, i: i, kind: t, frame: fr, buf: p, fromStage: f.staged[i]}
 			f.staged[i] = true
 			f.holes[i] = false
 			f.jobs.Add(1)

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
 )
 
 // newHost starts a libp2p host listening on loopback only.
@@ -22,6 +23,7 @@ func newHost(tb testing.TB) host.Host {
 	tb.Helper()
 	h, err := libp2p.New(
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.Security(noise.ID, noise.New), // as the node does
 		libp2p.DisableRelay(),
 	)
 	if err != nil {

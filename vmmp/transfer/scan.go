@@ -16,14 +16,17 @@ import (
 // channel hand-offs, small enough to keep every core busy and memory bounded.
 const batchBytes = 1 << 20
 
-// batch is a run of consecutive blocks that one worker reads and hashes.
+// batch is a run of consecutive blocks that one worker reads and hashes. Its buffer holds
+// each block behind room for a DATA frame's header, so that a batch of blocks sent whole is
+// already a run of frames, written to the stream without another copy.
 type batch struct {
-	seq   int
-	first int // first block
-	n     int // blocks
-	buf   []byte
-	done  chan struct{}
-	err   error
+	seq    int
+	first  int // first block
+	n      int // blocks
+	buf    []byte
+	blocks [][]byte // block k's bytes, nil if not read
+	done   chan struct{}
+	err    error
 
 	// used by the sender
 	ops  []op
@@ -31,6 +34,17 @@ type batch struct {
 }
 
 func batchBlocks(bs int) int { return max(1, batchBytes/bs) }
+
+// dataHeaderLen is the frame header, flags and hash in front of a DATA frame's block.
+const dataHeaderLen = frameHeaderLen + 1 + len(Hash{})
+
+func slotLen(bs int) int { return dataHeaderLen + bs }
+
+// slot returns the frame area of block k of the batch: header room, then the block.
+func (b *batch) slot(g geometry, k int) []byte {
+	lo := k * slotLen(g.bs)
+	return b.buf[lo : lo+dataHeaderLen+g.blockLen(b.first+k)]
+}
 
 func workerCount(c *config) int {
 	if c.workers > 0 {
@@ -55,7 +69,7 @@ func runOrdered(ctx context.Context, g geometry, workers int,
 	eg, ctx := errgroup.WithContext(ctx)
 	free := make(chan *batch, depth)
 	for range depth {
-		free <- &batch{buf: make([]byte, per*g.bs)}
+		free <- &batch{buf: make([]byte, per*slotLen(g.bs)), blocks: make([][]byte, per)}
 	}
 	todo := make(chan *batch)
 	ordered := make(chan *batch, depth)
@@ -73,6 +87,7 @@ func runOrdered(ctx context.Context, g geometry, workers int,
 			b.n = min(per, g.nblocks-b.first)
 			b.done, b.err = make(chan struct{}), nil
 			b.ops, b.comp = b.ops[:0], b.comp[:0]
+			clear(b.blocks)
 			ordered <- b // never blocks: at most depth batches exist
 			select {
 			case todo <- b:
@@ -119,8 +134,8 @@ func runOrdered(ctx context.Context, g geometry, workers int,
 type blockSource interface {
 	// hasData is false for a block known to be all zeros without reading it (a hole).
 	hasData(i int) bool
-	// read fills buf with blocks [first, first+n), which together are len(buf) bytes.
-	read(buf []byte, first, n int) error
+	// read fills bufs[j] with block first+j; each is exactly the block's length.
+	read(bufs [][]byte, first int) error
 }
 
 // fileSource reads blocks of a file, skipping holes.
@@ -140,8 +155,8 @@ func newFileSource(f *os.File, g geometry) (*fileSource, error) {
 
 func (s *fileSource) hasData(i int) bool { return s.data.get(i) }
 
-func (s *fileSource) read(buf []byte, first, n int) error {
-	if _, err := s.f.ReadAt(buf, s.g.off(first)); err != nil {
+func (s *fileSource) read(bufs [][]byte, first int) error {
+	if err := preadv(s.f, bufs, s.g.off(first)); err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w: %s is shorter than %d bytes", ErrSourceChanged, s.f.Name(), s.g.size)
 		}
@@ -150,29 +165,21 @@ func (s *fileSource) read(buf []byte, first, n int) error {
 	return nil
 }
 
-// readNeeded reads the blocks of b for which need is true into b.buf, one read per run of
-// consecutive blocks, and returns the slice of each block (nil if not read).
-func readNeeded(src blockSource, g geometry, b *batch, need func(i int) bool, blocks [][]byte) error {
+// readNeeded reads the blocks of b for which need is true into their slots (b.blocks[k];
+// nil for a block not read), one read per run of consecutive blocks.
+func readNeeded(src blockSource, g geometry, b *batch, need func(i int) bool) error {
 	for k := 0; k < b.n; {
 		if !need(b.first + k) {
-			blocks[k] = nil
+			b.blocks[k] = nil
 			k++
 			continue
 		}
 		start := k
-		for k < b.n && need(b.first+k) {
-			k++
+		for ; k < b.n && need(b.first+k); k++ {
+			b.blocks[k] = b.slot(g, k)[dataHeaderLen:]
 		}
-		lo := start * g.bs
-		hi := lo
-		for j := start; j < k; j++ {
-			hi += g.blockLen(b.first + j)
-		}
-		if err := src.read(b.buf[lo:hi], b.first+start, k-start); err != nil {
+		if err := src.read(b.blocks[start:k], b.first+start); err != nil {
 			return err
-		}
-		for j := start; j < k; j++ {
-			blocks[j] = b.buf[j*g.bs : j*g.bs+g.blockLen(b.first+j)]
 		}
 	}
 	return nil
@@ -213,14 +220,12 @@ func scanSignatureInto(ctx context.Context, sig *signature, src blockSource, old
 	emit func(first, n int) error) (*signature, error) {
 	g := sig.g
 	z := newZeroes(g.bs)
-	per := batchBlocks(g.bs)
 	work := func(ctx context.Context, b *batch) error {
-		blocks := make([][]byte, per)
-		if err := readNeeded(src, g, b, src.hasData, blocks); err != nil {
+		if err := readNeeded(src, g, b, src.hasData); err != nil {
 			return err
 		}
 		for k := range b.n {
-			hashInto(sig, b.first+k, blocks[k], z, old)
+			hashInto(sig, b.first+k, b.blocks[k], z, old)
 		}
 		return ctx.Err()
 	}

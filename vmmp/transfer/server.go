@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -459,6 +460,25 @@ type op struct {
 	hash    Hash
 	mask    []byte
 	payload []byte
+	frame   []byte // the whole DATA frame, built in the batch buffer around the block
+}
+
+// inPlace turns an uncompressed DATA op for block k, whose bytes sit in their slot, into a
+// complete frame in that slot.
+func (b *batch) inPlace(g geometry, k int, o op) op {
+	if o.kind != frameData || o.flags != 0 || b.blocks[k] == nil || len(o.payload) == 0 {
+		return o
+	}
+	s := b.slot(g, k)
+	if &s[dataHeaderLen] != &o.payload[0] {
+		return o
+	}
+	s[0] = frameData
+	binary.BigEndian.PutUint32(s[1:frameHeaderLen], uint32(1+len(o.hash)+len(o.payload)))
+	s[frameHeaderLen] = o.flags
+	copy(s[frameHeaderLen+1:], o.hash[:])
+	o.frame = s
+	return o
 }
 
 // patchLimit: a changed block goes as its changed sub-blocks when they are at most this
@@ -527,15 +547,13 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 		}
 		return true
 	}
-	per := batchBlocks(g.bs)
 	work := func(ctx context.Context, b *batch) error {
-		blocks := make([][]byte, per)
-		if err := readNeeded(src, g, b, need, blocks); err != nil {
+		if err := readNeeded(src, g, b, need); err != nil {
 			return err
 		}
 		if sf.known == nil {
 			for k := range b.n {
-				hashInto(sig, b.first+k, blocks[k], z, sf.stale)
+				hashInto(sig, b.first+k, b.blocks[k], z, sf.stale)
 			}
 		}
 		if err := d.waitFor(ctx, min(b.first+b.n, dsig.g.nblocks)); err != nil {
@@ -545,13 +563,13 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 			i := b.first + k
 			n := g.blockLen(i)
 			h := sig.strong[i]
-			data := blocks[k]
+			data := b.blocks[k]
 			switch {
 			case full:
 				if data == nil {
 					data = z.buf[:n]
 				}
-				b.ops = append(b.ops, op{kind: frameData, hash: h, payload: data})
+				b.ops = append(b.ops, b.inPlace(g, k, op{kind: frameData, hash: h, payload: data}))
 			case dHas(i) && dsig.strong[i] == h:
 				b.ops = append(b.ops, op{kind: frameReuse, count: 1})
 			case h == z.hash(n):
@@ -559,9 +577,9 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 			case data == nil:
 				return fmt.Errorf("block %d was not read", i) // cannot happen: need() read it
 			case dHas(i):
-				b.ops = append(b.ops, ss.changed(b, data, h, sig.sub(i), dsig.sub(i)))
+				b.ops = append(b.ops, b.inPlace(g, k, ss.changed(b, data, h, sig.sub(i), dsig.sub(i))))
 			default:
-				b.ops = append(b.ops, ss.whole(b, data, h))
+				b.ops = append(b.ops, b.inPlace(g, k, ss.whole(b, data, h)))
 			}
 		}
 		return ctx.Err()
@@ -576,7 +594,33 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 		return err
 	}
 	emit := func(b *batch) error {
+		var span []byte // adjacent in-place DATA frames, written in one go
+		flushSpan := func() error {
+			if len(span) == 0 {
+				return nil
+			}
+			err := ss.fw.writeFrames(span)
+			span = nil
+			return err
+		}
 		for _, o := range b.ops {
+			if o.frame != nil {
+				if err := flushRun(); err != nil {
+					return err
+				}
+				if len(span) > 0 && len(span) < cap(span) && &span[:cap(span)][len(span)] == &o.frame[0] {
+					span = span[:len(span)+len(o.frame)]
+				} else {
+					if err := flushSpan(); err != nil {
+						return err
+					}
+					span = o.frame
+				}
+				continue
+			}
+			if err := flushSpan(); err != nil {
+				return err
+			}
 			switch o.kind {
 			case frameReuse, frameHole:
 				if run.count > 0 && run.kind != o.kind {
@@ -603,7 +647,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 				return err
 			}
 		}
-		return nil
+		return flushSpan()
 	}
 	if err := runOrdered(ctx, g, workerCount(ss.cfg), work, emit); err != nil {
 		return err

@@ -94,3 +94,32 @@ func copyRange(dst, src *os.File, off, n int64) error {
 func startWriteback(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// preadv fills bufs from consecutive bytes of f starting at off, in as few system calls as
+// the kernel allows.
+func preadv(f *os.File, bufs [][]byte, off int64) error {
+	bufs = append([][]byte(nil), bufs...) // trimmed below on short reads
+	for len(bufs) > 0 {
+		n, err := unix.Preadv(int(f.Fd()), bufs[:min(len(bufs), 1024)], off)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			return io.EOF
+		}
+		off += int64(n)
+		for n > 0 && len(bufs) > 0 {
+			if n < len(bufs[0]) {
+				bufs[0] = bufs[0][n:]
+				n = 0
+				break
+			}
+			n -= len(bufs[0])
+			bufs = bufs[1:]
+		}
+	}
+	return nil
+}

@@ -143,6 +143,20 @@ func (fw *frameWriter) write(t byte, parts ...[]byte) error {
 
 func (fw *frameWriter) flush() error { return fw.w.Flush() }
 
+// writeFrames writes already encoded frames; large runs bypass the buffer.
+func (fw *frameWriter) writeFrames(p []byte) error {
+	if len(p) > fw.w.Available() && fw.w.Buffered() > 0 {
+		if err := fw.w.Flush(); err != nil {
+			return err
+		}
+	}
+	_, err := fw.w.Write(p) // bufio writes straight through when p does not fit
+	if err == nil {
+		fw.n.Add(int64(len(p)))
+	}
+	return err
+}
+
 // frameReader reads size-capped frames; the payload it returns is valid until the next read.
 type frameReader struct {
 	r   *bufio.Reader
@@ -155,31 +169,47 @@ func newFrameReader(r io.Reader) *frameReader {
 }
 
 func (fr *frameReader) read() (byte, []byte, error) {
+	t, n, err := fr.next()
+	if err != nil {
+		return 0, nil, err
+	}
+	if cap(fr.buf) < n {
+		fr.buf = make([]byte, n, max(n, 64<<10))
+	}
+	p, err := fr.payload(fr.buf[:n])
+	return t, p, err
+}
+
+// next reads a frame header and checks the length against the type's cap; the payload
+// must be read next, with payload.
+func (fr *frameReader) next() (byte, int, error) {
 	var hdr [frameHeaderLen]byte
 	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
-		return 0, nil, err
+		return 0, 0, err
 	}
 	t := hdr[0]
 	n := binary.BigEndian.Uint32(hdr[1:])
 	limit := frameCap(t)
 	if limit == 0 {
-		return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, t)
+		return 0, 0, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, t)
 	}
 	if int64(n) > int64(limit) {
-		return 0, nil, fmt.Errorf("%w: frame 0x%02x of %d bytes over its cap %d", ErrProtocol, t, n, limit)
+		return 0, 0, fmt.Errorf("%w: frame 0x%02x of %d bytes over its cap %d", ErrProtocol, t, n, limit)
 	}
-	if cap(fr.buf) < int(n) {
-		fr.buf = make([]byte, n, max(int(n), 64<<10))
-	}
-	p := fr.buf[:n]
+	fr.n.Add(frameHeaderLen)
+	return t, int(n), nil
+}
+
+// payload reads the payload announced by next into p, which has exactly its length.
+func (fr *frameReader) payload(p []byte) ([]byte, error) {
 	if _, err := io.ReadFull(fr.r, p); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return 0, nil, err
+		return nil, err
 	}
-	fr.n.Add(int64(frameHeaderLen) + int64(n))
-	return t, p, nil
+	fr.n.Add(int64(len(p)))
+	return p, nil
 }
 
 func writePreamble(w io.Writer) error {
