@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+)
+
+// TestVMCommands tries a provider's hypervisor the way its owner does: `virtuoso vm …` against
+// a running provider node, with a real QEMU guest.
+func TestVMCommands(t *testing.T) {
+	guest := qemutest.BuildGuest(t)
+	home := filepath.Join(t.TempDir(), "provider")
+	mustRun(t, "init", "--home", home, "--provider")
+	// Let this provider use the test guest's files and force TCG (KVM here is not usable).
+	cfg := filepath.Join(home, "config.toml")
+	raw, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(raw), "image_dirs = []", `image_dirs = ["`+guest.Dir+`"]`, 1)
+	edited = strings.Replace(edited, `accel = "auto"`, `accel = "tcg"`, 1)
+	if err := os.WriteFile(cfg, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startNode(t, home)
+
+	out := mustRun(t, "vm", "create", "--home", home, "--name", "try", "--memory", "128", "--disk", "64",
+		"--image", guest.Disk, "--kernel", guest.Kernel, "--initrd", guest.Initrd, "--cmdline", guest.Cmdline)
+	id, rest, _ := strings.Cut(strings.TrimSpace(out), " ")
+	if !strings.HasPrefix(rest, "stored (version 1)") {
+		t.Fatalf("vm create printed %q", out)
+	}
+	t.Cleanup(func() { run(t, "vm", "stop", "--home", home, id) })
+
+	for _, step := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "start", id, "--home", home}, "started (version 2)"},
+		{[]string{"vm", "ls", "--home", home}, "stopmachine,viewmachine,suspendmachine"},
+		{[]string{"vm", "console", "--home", home, id}, "VNC 127.0.0.1:"},
+		{[]string{"vm", "suspend", "--home", home, id}, "suspended (version 3)"},
+		{[]string{"vm", "resume", "--home", home, id}, "started (version 4)"},
+		{[]string{"vm", "stop", "--home", home, id}, "stopped (version 5)"},
+		{[]string{"vm", "rm", "--home", home, id}, "deleted (version 6)"},
+	} {
+		if out := mustRun(t, step.args...); !strings.Contains(out, step.want) {
+			t.Fatalf("virtuoso %s printed %q; want %q", strings.Join(step.args, " "), out, step.want)
+		}
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no id", []string{"vm", "start", "--home", home}, 2, "missing id"},
+		{"unknown action", []string{"vm", "explode", "--home", home}, 2, "unknown action"},
+		{"deleted vm", []string{"vm", "start", "--home", home, id}, 1, "not found"},
+		{"illegal for status", nil, 1, "is not allowed while the vm is stored"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if args == nil {
+				out := mustRun(t, "vm", "create", "--home", home, "--memory", "64", "--disk", "64")
+				args = []string{"vm", "resume", "--home", home, strings.Fields(out)[0]}
+			}
+			code, _, stderr := run(t, args...)
+			if code != tc.code || !strings.Contains(strings.ToLower(stderr), tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("virtuoso %s: exit %d, stderr %q; want exit %d, one line saying %q", strings.Join(args, " "), code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+}
