@@ -107,6 +107,11 @@ type StoreRequest struct {
 	// the terms of the provider's offer in this node's book. If the provider's current terms
 	// differ, it refuses with ErrStale.
 	Terms *Terms `json:"terms,omitempty"`
+	// ExpectRunning and ExpectStorage, when set, are the prices per period the buyer saw (in
+	// a search); if the quote under the terms differs, the store fails with ErrStale before
+	// anything is sent.
+	ExpectRunning *Money `json:"expect_running,omitempty"`
+	ExpectStorage *Money `json:"expect_storage,omitempty"`
 }
 
 // resolve returns the request's configuration.
@@ -184,6 +189,9 @@ func (s *Service) Store(ctx context.Context, req StoreRequest) (VM, error) {
 	q, err := terms.Quote(cfg.Resources())
 	if err != nil {
 		return VM{}, err
+	}
+	if req.ExpectRunning != nil && *req.ExpectRunning != q.RunningPrice || req.ExpectStorage != nil && *req.ExpectStorage != q.StoragePrice {
+		return VM{}, fmt.Errorf("%w: machine %q now asks %s per running period and %s per storage period; search again", ErrStale, offer.Name, q.RunningPrice, q.StoragePrice)
 	}
 	sl, err := ProposeLease(Lease{ID: NewLeaseID(), VM: vm.NewID(), Buyer: s.n.ID(), Provider: offer.Provider,
 		Machine: offer.Machine, Config: cfg, Terms: terms, Quote: q, Created: s.now().Truncate(time.Millisecond)}, s.n.PrivKey())
