@@ -1,6 +1,7 @@
 package market
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 	"sync"
@@ -15,11 +16,11 @@ import (
 // replay of an older offer is recognised; Prune removes them.
 type Book struct {
 	mu     sync.RWMutex
-	offers map[offerKey]SignedOffer
+	offers map[offerKey]*SignedOffer
 }
 
 // NewBook returns an empty book.
-func NewBook() *Book { return &Book{offers: make(map[offerKey]SignedOffer)} }
+func NewBook() *Book { return &Book{offers: make(map[offerKey]*SignedOffer)} }
 
 // Verdict is what the book thinks of an offer.
 type Verdict int
@@ -60,7 +61,7 @@ func (b *Book) Put(so SignedOffer, now time.Time) bool {
 	if old, ok := b.offers[so.key()]; ok && so.Seq <= old.Seq {
 		return false
 	}
-	b.offers[so.key()] = so
+	b.offers[so.key()] = &so // never modified after: readers may keep pointers
 	return true
 }
 
@@ -72,21 +73,46 @@ func (b *Book) Get(provider peer.ID, machine MachineID, now time.Time) (SignedOf
 	if !ok || !so.Live(now) {
 		return SignedOffer{}, false
 	}
-	return so, true
+	return *so, true
 }
 
-// Live returns every live offer, newest first.
-func (b *Book) Live(now time.Time) []Offer {
+// Snapshot returns every live offer, in no particular order.
+func (b *Book) Snapshot(now time.Time) []Offer {
 	b.mu.RLock()
+	defer b.mu.RUnlock()
 	out := make([]Offer, 0, len(b.offers))
 	for _, so := range b.offers {
 		if so.Live(now) {
 			out = append(out, so.Offer)
 		}
 	}
+	return out
+}
+
+// Search runs Search over the book's live offers without copying them.
+func (b *Book) Search(now time.Time, req SearchRequest) ([]Match, error) {
+	b.mu.RLock()
+	live := make([]*Offer, 0, len(b.offers))
+	for _, so := range b.offers {
+		if so.Live(now) {
+			live = append(live, &so.Offer)
+		}
+	}
 	b.mu.RUnlock()
+	return search(live, req)
+}
+
+// Live returns every live offer, newest first.
+func (b *Book) Live(now time.Time) []Offer {
+	out := b.Snapshot(now)
 	slices.SortFunc(out, func(x, y Offer) int {
-		return cmp.Or(y.Issued.Compare(x.Issued), cmp.Compare(x.Provider, y.Provider), cmp.Compare(x.Machine.String(), y.Machine.String()))
+		if c := y.Issued.Compare(x.Issued); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.Provider, y.Provider); c != 0 {
+			return c
+		}
+		return bytes.Compare(x.Machine[:], y.Machine[:])
 	})
 	return out
 }
@@ -97,7 +123,7 @@ func (b *Book) Signed(now time.Time, max int) []SignedOffer {
 	out := make([]SignedOffer, 0, min(max, len(b.offers)))
 	for _, so := range b.offers {
 		if so.Live(now) {
-			out = append(out, so)
+			out = append(out, *so)
 		}
 	}
 	b.mu.RUnlock()

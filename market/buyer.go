@@ -706,7 +706,7 @@ func (s *Service) Search(q SearchQuery) ([]Match, error) {
 		return nil, err
 	}
 	req.Config = cfg
-	out, err := Search(s.book.Live(s.now()), req)
+	out, err := s.book.Search(s.now(), req)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // validate is the gossipsub validator of the offers topic: forged, malformed and out-of-range
@@ -72,16 +74,39 @@ func (s *Service) readOffers() error {
 
 // accept puts a verified offer into the book and persists it.
 func (s *Service) accept(so SignedOffer) bool {
-	if !s.book.Put(so, s.now()) {
-		return false
+	return s.acceptAll([]SignedOffer{so}) == 1
+}
+
+// acceptAll puts verified offers into the book and persists the new ones in one
+// transaction; it returns how many were new.
+func (s *Service) acceptAll(offers []SignedOffer) int {
+	now := s.now()
+	var taken []SignedOffer
+	for _, so := range offers {
+		if s.book.Put(so, now) {
+			taken = append(taken, so)
+		}
 	}
-	if err := s.bookSpace.Put(bookKey(so.Offer), so.Raw); err != nil {
-		s.log.Warn("persist offer", "err", err)
+	if len(taken) == 0 {
+		return 0
+	}
+	err := s.bookSpace.Update(func(tx *node.Txn) error {
+		for _, so := range taken {
+			if err := tx.Put(bookKey(so.Offer), so.Raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("persist offers", "err", err)
 	}
 	if s.opts.OnOffer != nil {
-		s.opts.OnOffer(so.Offer)
+		for _, so := range taken {
+			s.opts.OnOffer(so.Offer)
+		}
 	}
-	return true
+	return len(taken)
 }
 
 func bookKey(o Offer) string { return o.Provider.String() + "/" + o.Machine.String() }
@@ -126,11 +151,11 @@ func (s *Service) handleQuery(_ context.Context, st network.Stream, r *bufio.Rea
 	if err != nil {
 		return err
 	}
-	limit := maxQueryOffers
+	limit := MaxQueryOffers
 	if req.Max > 0 {
 		limit = min(req.Max, limit)
 	}
-	offers := s.book.Signed(s.now(), maxQueryOffers)
+	offers := s.book.Signed(s.now(), MaxQueryOffers)
 	self := s.n.ID()
 	slices.SortStableFunc(offers, func(a, b SignedOffer) int {
 		switch {
@@ -164,12 +189,19 @@ func (s *Service) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 	}
 	defer st.Reset() // a no-op after Close
 	st.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := writeJSON(st, queryRequest{Max: maxQueryOffers}); err != nil {
+	if err := writeJSON(st, queryRequest{Max: MaxQueryOffers}); err != nil {
 		return 0, fmt.Errorf("%w: query %s: %v", ErrUnavailable, p.ShortString(), err)
 	}
 	st.CloseWrite()
 	r := bufio.NewReader(st)
+	// Offers are taken in batches: one store transaction per batch, not per offer.
+	var batch []SignedOffer
 	added := 0
+	flush := func() {
+		added += s.acceptAll(batch)
+		batch = batch[:0]
+	}
+	defer flush()
 	for i := 0; ; i++ {
 		raw, err := readFrame(r, MaxOfferBytes)
 		if err != nil {
@@ -181,20 +213,23 @@ func (s *Service) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 		if len(raw) == 0 {
 			break
 		}
-		if i >= maxQueryOffers {
+		if i >= MaxQueryOffers {
 			s.penalise(p)
-			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, p.ShortString(), maxQueryOffers)
+			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, p.ShortString(), MaxQueryOffers)
 		}
 		so, err := DecodeOffer(raw)
 		if err != nil {
 			s.penalise(p)
 			continue
 		}
-		if s.book.Check(so.Offer, s.now()) == Newer && s.accept(so) {
-			added++
+		if s.book.Check(so.Offer, s.now()) == Newer {
+			if batch = append(batch, so); len(batch) == 256 {
+				flush()
+			}
 		}
 	}
 	st.Close()
+	flush()
 	return added, nil
 }
 

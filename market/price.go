@@ -26,6 +26,11 @@ func (t Terms) Quote(r Resources) (Quote, error) {
 	if err := t.Validate(); err != nil {
 		return Quote{}, err
 	}
+	return t.quote(r)
+}
+
+// quote is Quote for terms already validated (those of decoded offers).
+func (t Terms) quote(r Resources) (Quote, error) {
 	q := Quote{
 		SpeedChunks:   ceilDiv(r.SpeedBogomips, t.SpeedUnit),
 		MemoryChunks:  ceilDiv(r.MemoryMB, t.MemoryUnit),

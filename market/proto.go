@@ -51,8 +51,8 @@ type queryRequest struct {
 	Max int `json:"max"`
 }
 
-// maxQueryOffers caps the offers of one query answer.
-const maxQueryOffers = 4096
+// MaxQueryOffers caps the offers of one query answer.
+const MaxQueryOffers = 4096
 
 // storeRequest carries the buyer-signed lease proposal.
 type storeRequest struct {

@@ -1,6 +1,7 @@
 package market
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"slices"
@@ -85,50 +86,85 @@ func Hosts(o Offer, c Configuration, processor string) bool {
 
 // Search returns the offers that can host the request's configuration and pass its filters,
 // priced exactly under each offer's terms and sorted by the requested cost, cheapest first
-// (ties: faster network, then provider and machine IDs, so the order is stable).
+// (ties: lower total, faster network, then provider and machine IDs, so the order is stable).
 func Search(offers []Offer, req SearchRequest) ([]Match, error) {
+	ptrs := make([]*Offer, len(offers))
+	for i := range offers {
+		ptrs[i] = &offers[i]
+	}
+	return search(ptrs, req)
+}
+
+func search(offers []*Offer, req SearchRequest) ([]Match, error) {
 	if err := req.normalise(); err != nil {
 		return nil, err
 	}
 	need := req.Config.Resources()
-	var out []Match
+	type cand struct {
+		o    *Offer
+		q    Quote
+		c    Cost
+		rank Money
+	}
+	var cands []cand
 	for _, o := range offers {
-		if !Hosts(o, req.Config, req.Processor) || o.NetworkMbps < req.MinNetworkMbps {
+		if !Hosts(*o, req.Config, req.Processor) || o.NetworkMbps < req.MinNetworkMbps ||
+			slices.ContainsFunc(req.Methods, func(m string) bool { return !slices.Contains(o.Methods, m) }) {
 			continue
 		}
-		if !slices.ContainsFunc(req.Methods, func(m string) bool { return !slices.Contains(o.Methods, m) }) {
-			q, err := o.Terms.Quote(need)
-			if err != nil {
-				continue // prices that overflow are no match
-			}
-			c, err := q.Cost(req.Usage)
-			if err != nil {
-				continue
-			}
-			if req.MaxTotal > 0 && c.Total > req.MaxTotal || req.MaxStorage > 0 && c.Storage > req.MaxStorage ||
-				req.MaxRunning > 0 && c.Running > req.MaxRunning {
-				continue
-			}
-			out = append(out, Match{Provider: o.Provider, Machine: o.Machine, Name: o.Name, Processor: o.Processor,
-				NetworkMbps: o.NetworkMbps, Methods: o.Methods, Free: o.Free, Seq: o.Seq, Terms: o.Terms, Quote: q, Cost: c})
+		q, err := o.Terms.quote(need)
+		if err != nil {
+			continue // prices that overflow are no match
 		}
-	}
-	key := func(m Match) Money {
+		c, err := q.Cost(req.Usage)
+		if err != nil {
+			continue
+		}
+		if req.MaxTotal > 0 && c.Total > req.MaxTotal || req.MaxStorage > 0 && c.Storage > req.MaxStorage ||
+			req.MaxRunning > 0 && c.Running > req.MaxRunning {
+			continue
+		}
+		rank := c.Total
 		switch req.Sort {
 		case SortStorage:
-			return m.Cost.Storage
+			rank = c.Storage
 		case SortRunning:
-			return m.Cost.Running
+			rank = c.Running
 		}
-		return m.Cost.Total
+		cands = append(cands, cand{o, q, c, rank})
 	}
-	slices.SortFunc(out, func(a, b Match) int {
-		return cmp.Or(cmp.Compare(key(a), key(b)), cmp.Compare(a.Cost.Total, b.Cost.Total),
-			cmp.Compare(b.NetworkMbps, a.NetworkMbps), cmp.Compare(a.Provider, b.Provider),
-			cmp.Compare(a.Machine.String(), b.Machine.String()))
+	// Sort indices, not the candidates: swaps stay cheap with thousands of matches.
+	idx := make([]int32, len(cands))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(i, j int32) int {
+		a, b := &cands[i], &cands[j]
+		// Early returns, not cmp.Or: its arguments, string comparisons included, would all
+		// be evaluated for every pair.
+		if c := cmp.Compare(a.rank, b.rank); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.c.Total, b.c.Total); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.o.NetworkMbps, a.o.NetworkMbps); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.o.Provider, b.o.Provider); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.o.Machine[:], b.o.Machine[:])
 	})
-	if req.Limit > 0 && len(out) > req.Limit {
-		out = out[:req.Limit]
+	if req.Limit > 0 && len(idx) > req.Limit {
+		idx = idx[:req.Limit]
+	}
+	out := make([]Match, len(idx))
+	for k, i := range idx {
+		c := &cands[i]
+		o := c.o
+		out[k] = Match{Provider: o.Provider, Machine: o.Machine, Name: o.Name, Processor: o.Processor,
+			NetworkMbps: o.NetworkMbps, Methods: o.Methods, Free: o.Free, Seq: o.Seq, Terms: o.Terms, Quote: c.q, Cost: c.c}
 	}
 	return out, nil
 }

@@ -1,0 +1,417 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/market"
+	"github.com/virtuoso-market/virtuoso/node"
+)
+
+// MarketOptions configure the market benchmark. Zero values take the defaults of
+// `virtuoso bench market`.
+type MarketOptions struct {
+	Dir      string // where the nodes' homes are made (default: the system temp dir)
+	Nodes    int    // nodes on loopback for offer propagation (default 30)
+	Rounds   int    // offers published, one after the other (default 20)
+	Offers   int    // offers in the book searched (default 10000)
+	Searches int    // searches timed (default 300)
+	Log      *slog.Logger
+}
+
+func (o *MarketOptions) defaults() error {
+	if o.Nodes == 0 {
+		o.Nodes = 30
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 20
+	}
+	if o.Offers == 0 {
+		o.Offers = 10_000
+	}
+	if o.Searches == 0 {
+		o.Searches = 300
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.Nodes < 2 || o.Nodes > 200:
+		return fmt.Errorf("bench market: %d nodes: want 2 to 200", o.Nodes)
+	case o.Rounds < 1 || o.Offers < 1 || o.Searches < 1:
+		return errors.New("bench market: rounds, offers and searches must be positive")
+	}
+	return nil
+}
+
+// MarketResult holds the figures the market benchmark prints.
+type MarketResult struct {
+	Propagation     []time.Duration // publish → in another node's book, one per node and round
+	Catchup         time.Duration   // connect → a joining node holds the provider's book (its offers query)
+	CatchupOffers   int
+	Search          []time.Duration // one search over the book
+	SearchMatches   int             // matches of the last search
+	Verify          time.Duration   // decoding and verifying one offer, average
+	StartupDuration time.Duration   // starting the nodes
+}
+
+// Market measures the marketplace: how long an offer takes to reach every offer book of
+// opts.Nodes nodes on loopback (gossipsub), how long a joining node's catch-up query for the
+// whole book takes, and how long a search over opts.Offers offers takes. It prints one table.
+func Market(ctx context.Context, opts MarketOptions, out io.Writer) error {
+	if err := opts.defaults(); err != nil {
+		return err
+	}
+	res, err := RunMarket(ctx, opts)
+	if err != nil {
+		return err
+	}
+	res.Print(out, opts)
+	return nil
+}
+
+// RunMarket runs the market benchmark and returns its figures.
+func RunMarket(ctx context.Context, opts MarketOptions) (MarketResult, error) {
+	var res MarketResult
+	if err := opts.defaults(); err != nil {
+		return res, err
+	}
+	dir, err := os.MkdirTemp(opts.Dir, "virtuoso-bench-market-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+
+	offers, err := syntheticOffers(opts.Offers)
+	if err != nil {
+		return res, err
+	}
+	res.Verify = verifyTime(offers)
+	res.Search, res.SearchMatches, err = searchTimes(offers, opts.Searches)
+	if err != nil {
+		return res, err
+	}
+	if err := propagation(ctx, dir, opts, offers, &res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// arrivals records when each node took each offer of the provider's machine into its book.
+type arrivals struct {
+	mu   sync.Mutex
+	seen map[uint64]map[int]time.Time // seq → node → time
+	ch   chan struct{}
+}
+
+func (a *arrivals) add(i int, o market.Offer) {
+	a.mu.Lock()
+	if a.seen[o.Seq] == nil {
+		a.seen[o.Seq] = map[int]time.Time{}
+	}
+	a.seen[o.Seq][i] = time.Now()
+	a.mu.Unlock()
+	select {
+	case a.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (a *arrivals) count(seq uint64) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.seen[seq])
+}
+
+func propagation(ctx context.Context, dir string, opts MarketOptions, offers []market.SignedOffer, res *MarketResult) error {
+	arr := &arrivals{seen: map[uint64]map[int]time.Time{}, ch: make(chan struct{}, 1)}
+	var provider *market.Service
+	var nodes []*node.Node
+	defer func() {
+		for _, n := range slices.Backward(nodes) {
+			n.Close()
+		}
+	}()
+	start := time.Now()
+	for i := range opts.Nodes {
+		svc := market.New(market.Options{
+			Logger: opts.Log, Provider: i == 0,
+			// Periodic republishing would blur the figures: every offer here is published once.
+			Republish: time.Hour, OfferTTL: time.Hour,
+			OnOffer: func(o market.Offer) { arr.add(i, o) },
+		})
+		if i == 0 {
+			provider = svc
+		}
+		n, err := startBenchNode(ctx, filepath.Join(dir, fmt.Sprintf("node-%02d", i)), nodes, svc, opts.Log)
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+	res.StartupDuration = time.Since(start)
+
+	m, err := provider.AddMachine(ctx, market.MachineSpec{Name: "bench", Capacity: market.Resources{SpeedBogomips: 64000, MemoryMB: 262144, StorageMB: 1 << 30}})
+	if err != nil {
+		return err
+	}
+	// Warm-up: wait until the mesh carries the first offer to everyone (queries help here).
+	if err := waitAll(ctx, provider, arr, opts.Nodes, 2*time.Minute); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	terms := m.Terms
+	for r := range opts.Rounds {
+		before := latestSeq(provider, nodes[0].ID(), m.ID)
+		terms.StoragePrice++
+		t0 := time.Now()
+		if _, err := provider.EditMachine(ctx, m.ID, market.MachineEdit{Terms: &terms}); err != nil {
+			return err
+		}
+		seq, err := waitNewSeq(ctx, provider, nodes[0].ID(), m.ID, before)
+		if err != nil {
+			return err
+		}
+		if err := waitSeq(ctx, arr, seq, opts.Nodes, time.Minute); err != nil {
+			return fmt.Errorf("round %d: %w", r, err)
+		}
+		arr.mu.Lock()
+		for i, at := range arr.seen[seq] {
+			if i != 0 {
+				res.Propagation = append(res.Propagation, at.Sub(t0))
+			}
+		}
+		arr.mu.Unlock()
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Catch-up: the provider's book gets the synthetic offers; a new node asks for them.
+	now := time.Now()
+	for _, so := range offers {
+		provider.Book().Put(so, now)
+	}
+	joiner := market.New(market.Options{Logger: opts.Log, Republish: time.Hour})
+	// Join without a bootstrap peer so that nothing arrives before the timed catch-up: the
+	// joiner queries the provider as soon as the connection is identified.
+	jn, err := startBenchNode(ctx, filepath.Join(dir, "joiner"), nil, joiner, opts.Log)
+	if err != nil {
+		return err
+	}
+	nodes = append(nodes, jn)
+	want := min(provider.Book().Len(), market.MaxQueryOffers)
+	t0 := time.Now()
+	if err := jn.Host().Connect(ctx, peer.AddrInfo{ID: nodes[0].ID(), Addrs: nodes[0].Host().Addrs()}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for joiner.Book().Len() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("catch-up: the joining node has %d of %d offers after 2m", joiner.Book().Len(), want)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	res.Catchup = time.Since(t0)
+	res.CatchupOffers = joiner.Book().Len()
+	return nil
+}
+
+func latestSeq(s *market.Service, p peer.ID, m market.MachineID) uint64 {
+	if so, ok := s.Book().Get(p, m, time.Now()); ok {
+		return so.Seq
+	}
+	return 0
+}
+
+// waitNewSeq waits for the provider's own book to hold a newer offer of m than before.
+func waitNewSeq(ctx context.Context, s *market.Service, p peer.ID, m market.MachineID, before uint64) (uint64, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if seq := latestSeq(s, p, m); seq > before {
+			return seq, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return 0, errors.New("the provider never published the edited offer")
+}
+
+func waitAll(ctx context.Context, provider *market.Service, arr *arrivals, n int, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		arr.mu.Lock()
+		got := map[int]bool{}
+		for _, byNode := range arr.seen {
+			for i := range byNode {
+				got[i] = true
+			}
+		}
+		arr.mu.Unlock()
+		if len(got) == n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("after %v the offer had not reached all %d nodes", within, n)
+}
+
+func waitSeq(ctx context.Context, arr *arrivals, seq uint64, n int, within time.Duration) error {
+	t := time.NewTimer(within)
+	defer t.Stop()
+	for arr.count(seq) < n {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return fmt.Errorf("offer %d reached %d of %d nodes in %v", seq, arr.count(seq), n, within)
+		case <-arr.ch:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// startBenchNode starts a node on loopback with fast discovery, bootstrapped from the first
+// of peers.
+func startBenchNode(ctx context.Context, dir string, peers []*node.Node, svc *market.Service, log *slog.Logger) (*node.Node, error) {
+	home := node.Home{Dir: dir}
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
+	if len(peers) > 0 {
+		for _, a := range peers[0].Host().Addrs() {
+			cfg.Network.Bootstrap = append(cfg.Network.Bootstrap, fmt.Sprintf("%s/p2p/%s", a, peers[0].ID()))
+		}
+	}
+	if err := home.Init(cfg, false); err != nil {
+		return nil, err
+	}
+	n, err := node.New(home, cfg, node.Options{Logger: log, Services: []node.Service{svc}, Protocols: market.Protocols(), Fast: true, Version: "bench"})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Start(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// syntheticOffers signs n offers of n providers with varied terms and free capacity.
+func syntheticOffers(n int) ([]market.SignedOffer, error) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	out := make([]market.SignedOffer, 0, n)
+	for i := range n {
+		priv, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			return nil, err
+		}
+		id, err := peer.IDFromPrivateKey(priv)
+		if err != nil {
+			return nil, err
+		}
+		capacity := market.Resources{SpeedBogomips: 4000 + rng.Int64N(60000), MemoryMB: 4096 + rng.Int64N(262144), StorageMB: 100_000 + rng.Int64N(10_000_000)}
+		free := market.Resources{SpeedBogomips: rng.Int64N(capacity.SpeedBogomips + 1), MemoryMB: rng.Int64N(capacity.MemoryMB + 1), StorageMB: rng.Int64N(capacity.StorageMB + 1)}
+		t := market.DefaultTerms()
+		t.SpeedPrice = market.Money(100 + rng.Int64N(10_000))
+		t.MemoryPrice = market.Money(100 + rng.Int64N(10_000))
+		t.StoragePrice = market.Money(100 + rng.Int64N(50_000))
+		t.RunningSecs = []int64{600, 3600, 7200}[rng.IntN(3)]
+		t.StorageSecs = []int64{86400, 7 * 86400, 30 * 86400}[rng.IntN(3)]
+		var mid market.MachineID
+		mid[0], mid[1], mid[2], mid[15] = byte(i>>16), byte(i>>8), byte(i), 1
+		so, err := market.SignOffer(market.Offer{
+			Provider: id, Machine: mid, Seq: 1, Issued: now, Expires: now.Add(market.MaxOfferTTL),
+			Name: fmt.Sprintf("m%05d", i), Processor: "x86_64", NetworkMbps: []int64{100, 1000, 10000}[rng.IntN(3)],
+			Methods: market.DefaultMethods(), Capacity: capacity, Free: free, Terms: t,
+		}, priv)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, so)
+	}
+	return out, nil
+}
+
+// verifyTime is the average time to decode and verify one offer from its bytes.
+func verifyTime(offers []market.SignedOffer) time.Duration {
+	k := min(len(offers), 2000)
+	t0 := time.Now()
+	for _, so := range offers[:k] {
+		market.DecodeOffer(so.Raw)
+	}
+	return time.Since(t0) / time.Duration(k)
+}
+
+// searchTimes times searches as a node runs them: a snapshot of the live book, then the
+// search, for several configurations and orders.
+func searchTimes(offers []market.SignedOffer, n int) ([]time.Duration, int, error) {
+	book := market.NewBook()
+	now := time.Now()
+	for _, so := range offers {
+		book.Put(so, now)
+	}
+	cfgs := market.StandardConfigs()
+	sorts := []string{market.SortTotal, market.SortStorage, market.SortRunning}
+	out := make([]time.Duration, 0, n)
+	matches := 0
+	for i := range n {
+		req := market.SearchRequest{Config: cfgs[i%len(cfgs)], Sort: sorts[i%len(sorts)], Limit: 20}
+		t0 := time.Now()
+		ms, err := book.Search(time.Now(), req)
+		out = append(out, time.Since(t0))
+		if err != nil {
+			return nil, 0, err
+		}
+		matches = len(ms)
+	}
+	return out, matches, nil
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(p*float64(len(s)) + 0.5)
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+// Print writes the result table.
+func (r MarketResult) Print(out io.Writer, opts MarketOptions) {
+	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+	fmt.Fprintf(tw, "what\tsamples\tp50\tp99\tmax\n")
+	fmt.Fprintf(tw, "offer propagation, gossipsub, %d nodes on loopback\t%d\t%s\t%s\t%s\n", opts.Nodes, len(r.Propagation),
+		ms(percentile(r.Propagation, 0.5)), ms(percentile(r.Propagation, 0.99)), ms(percentile(r.Propagation, 1)))
+	fmt.Fprintf(tw, "search over %d offers (book snapshot + rank)\t%d\t%s\t%s\t%s\n", opts.Offers, len(r.Search),
+		ms(percentile(r.Search, 0.5)), ms(percentile(r.Search, 0.99)), ms(percentile(r.Search, 1)))
+	fmt.Fprintf(tw, "catch-up query of a joining node (%d offers)\t1\t%s\t\t\n", r.CatchupOffers, ms(r.Catchup))
+	fmt.Fprintf(tw, "decode and verify one offer\t%d\t%s\t\t\n", min(opts.Offers, 2000), ms(r.Verify))
+	tw.Flush()
+	fmt.Fprintf(out, "\n%d nodes started in %v; the last search matched %d offers.\n", opts.Nodes, r.StartupDuration.Round(time.Millisecond), r.SearchMatches)
+}
