@@ -33,7 +33,7 @@ func wantStatus(t *testing.T, err error, status int) {
 // hypervisor and a buyer: machines, catalog, offers, search, averages and their history,
 // and the errors each side answers.
 func TestAPI(t *testing.T) {
-	nodes, _ := marketCluster(t, 2, func(i int) *Options {
+	nodes, svcs := marketCluster(t, 2, func(i int) *Options {
 		o := fastOptions()
 		o.Provider = i == 0
 		return &o
@@ -61,6 +61,17 @@ func TestAPI(t *testing.T) {
 	err = bc.Get(ctx, "/v1/market/machines", nil)
 	wantStatus(t, err, http.StatusForbidden)
 	if err := pc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+cp.ID.String(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Seeding is idempotent: the demo's machines are added once across restarts.
+	demo1, err := svcs[0].EnsureMachine(ctx, DemoMachine(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := svcs[0].EnsureMachine(ctx, DemoMachine(1)); err != nil || again.ID != demo1.ID {
+		t.Fatalf("second seeding: %+v, %v; want machine %s again", again, err, demo1.ID)
+	}
+	if err := svcs[0].RemoveMachine(ctx, demo1.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	var views []MachineView

@@ -203,3 +203,36 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	}
 	t.Logf("%d rejections of the attacker's offers", rejected)
 }
+
+// TestJoiningNodeCatchesUp: a node that joins gets the offers already in its first peer's
+// book through the direct offers query. The offer checked here was never gossiped at all (a
+// relayed offer of a provider that is not online), so only the query can bring it.
+func TestJoiningNodeCatchesUp(t *testing.T) {
+	nodes, svcs := marketCluster(t, 2, func(i int) *Options {
+		o := fastOptions()
+		o.Republish = time.Hour
+		return &o
+	})
+	key, absent := testKey(t, 9)
+	o := testOffer(absent)
+	o.Addrs = nil
+	o.Issued, o.Expires = time.Now().UTC(), time.Now().UTC().Add(time.Minute)
+	so, err := SignOffer(o, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !svcs[1].accept(so) {
+		t.Fatal("offer not taken")
+	}
+
+	late := New(fastOptions())
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
+	cfg.Network.Bootstrap = nodetest.Addrs(nodes[1])
+	nodetest.Start(t, node.Home{Dir: t.TempDir()}, cfg, node.Options{Services: []node.Service{late}, Protocols: Protocols()})
+	waitOffer(t, []*Service{late}, absent, o.Machine, o.Seq, 30*time.Second)
+	if n, err := late.QueryOffers(context.Background(), nodes[1].ID()); err != nil || n != 0 {
+		t.Fatalf("a second query brought %d new offers (%v); the first had them all", n, err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -365,17 +366,46 @@ func (s *Service) changed() {
 	}
 }
 
-// publishLoop publishes the provider's offers periodically and after every change.
+// publishLoop publishes the provider's offers periodically, after every change, and when a
+// peer joins the topic (a message published just before a peer's subscription reached us is
+// lost to it: gossipsub is lossy right after peers join). Publishes are at least
+// minPublishGap apart.
 func (s *Service) publishLoop() error {
+	events, err := s.topic.EventHandler()
+	if err != nil {
+		return fmt.Errorf("market: topic events: %w", err)
+	}
+	defer events.Cancel()
+	s.group.Go(func() error {
+		for {
+			ev, err := events.NextPeerEvent(s.ctx)
+			if err != nil {
+				return nil
+			}
+			if ev.Type == pubsub.PeerJoin {
+				s.changed()
+			}
+		}
+	})
+	gap := min(s.opts.Republish, minPublishGap)
 	t := time.NewTimer(0)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil
 		case <-t.C:
 		case <-s.publish:
+			if wait := gap - time.Since(last); wait > 0 {
+				select {
+				case <-s.ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
 		}
+		last = time.Now()
 		if err := s.publishAll(s.ctx); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("publish offers", "err", err)
 		}
@@ -389,7 +419,10 @@ func (s *Service) publishLoop() error {
 	}
 }
 
-// Offers returns the current signed offers of this provider's machines.
+// minPublishGap keeps a burst of changes or joins from flooding the topic.
+const minPublishGap = time.Second
+
+// ownOffers signs a fresh offer for each of this provider's machines; called with provMu held.
 func (s *Service) ownOffers() ([]SignedOffer, error) {
 	views, err := s.Machines()
 	if err != nil {
@@ -860,4 +893,38 @@ func (s *Service) notify(l providerLease, reason string) {
 		st.Close()
 		return nil
 	})
+}
+
+// DemoMachine is what provider i (0 or 1) of `virtuoso demo` sells: the report's two kinds of
+// provider (§5.2), one cheap to store and dear to run, one cheap to run and dear to store, so
+// that a search sorted by storage and one sorted by running cost disagree.
+func DemoMachine(i int) MachineSpec {
+	t := Terms{SpeedUnit: 500, MemoryUnit: 256, StorageUnit: 1024, RunningSecs: 3600, StorageSecs: 86400}
+	name := "cheap-to-store"
+	if i%2 == 0 {
+		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 20_000, 20_000, 500
+	} else {
+		name = "cheap-to-run"
+		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 1_000, 1_000, 50_000
+	}
+	return MachineSpec{Name: name, Processor: defaultProcessor, Terms: t, NetworkMbps: 1000,
+		Capacity: Resources{SpeedBogomips: 8000, MemoryMB: 4096, StorageMB: 65536}}
+}
+
+// EnsureMachine adds spec unless this provider already has a machine of that name, and
+// returns the machine; for seeding (the demo) that must not add a copy at every restart.
+func (s *Service) EnsureMachine(ctx context.Context, spec MachineSpec) (Machine, error) {
+	if err := s.provider(); err != nil {
+		return Machine{}, err
+	}
+	ms, err := s.machines()
+	if err != nil {
+		return Machine{}, err
+	}
+	for _, m := range ms {
+		if m.Name == spec.Name {
+			return m, nil
+		}
+	}
+	return s.AddMachine(ctx, spec)
 }

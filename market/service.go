@@ -11,7 +11,6 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"golang.org/x/sync/errgroup"
@@ -116,7 +115,6 @@ type Service struct {
 	queried   map[peer.ID]time.Time
 	avgs      map[string]ConfigAverage
 	resources ResourceAverages
-	started   bool
 }
 
 // New returns the market service; attach it to a node through node.Options.Services.
@@ -195,9 +193,6 @@ func (s *Service) Start(ctx context.Context, n *node.Node) error {
 	if s.opts.Provider {
 		s.group.Go(s.publishLoop)
 	}
-	s.mu.Lock()
-	s.started = true
-	s.mu.Unlock()
 	return nil
 }
 
@@ -233,7 +228,8 @@ type peerAddr struct {
 	addrs []string
 }
 
-// open opens a stream to p, adding the addresses it advertised to the peerstore first.
+// open opens a stream to p. When not connected it dials the addresses p advertised in its
+// offer, then whatever the DHT knows of p.
 func (s *Service) open(ctx context.Context, p peerAddr, id protocol.ID) (network.Stream, error) {
 	h := s.n.Host()
 	if h.Network().Connectedness(p.id) != network.Connected {
@@ -243,15 +239,14 @@ func (s *Service) open(ctx context.Context, p peerAddr, id protocol.ID) (network
 				addrs = append(addrs, m)
 			}
 		}
-		h.Peerstore().AddAddrs(p.id, addrs, peerstore.TempAddrTTL)
-		if err := h.Connect(ctx, peer.AddrInfo{ID: p.id}); err != nil && len(addrs) == 0 {
-			if info, ferr := s.n.DHT().FindPeer(ctx, p.id); ferr == nil {
+		err := h.Connect(ctx, peer.AddrInfo{ID: p.id, Addrs: addrs})
+		if err != nil {
+			var info peer.AddrInfo
+			if info, err = s.n.DHT().FindPeer(ctx, p.id); err == nil {
 				err = h.Connect(ctx, info)
 			}
-			if err != nil {
-				return nil, fmt.Errorf("%w: cannot reach %s: %v", ErrUnavailable, p.id.ShortString(), err)
-			}
-		} else if err != nil {
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%w: cannot reach %s: %v", ErrUnavailable, p.id.ShortString(), err)
 		}
 	}

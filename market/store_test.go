@@ -124,6 +124,17 @@ func TestStoreAndControl(t *testing.T) {
 	tiny := StandardConfigs()[0]
 	need := small.Apply(tiny).Resources()
 
+	measured, err := p.HostDefaults(ctx)
+	if err != nil || measured.SpeedBogomips <= 0 || measured.MemoryMB <= 0 || measured.StorageMB <= 0 {
+		t.Fatalf("host defaults %+v, %v", measured, err)
+	}
+	m0, err := p.AddMachine(ctx, MachineSpec{Name: "measured"})
+	if err != nil || m0.Capacity != measured {
+		t.Fatalf("machine without a capacity: %+v, %v; want the measured %+v", m0.Capacity, err, measured)
+	}
+	if err := p.RemoveMachine(ctx, m0.ID, false); err != nil {
+		t.Fatal(err)
+	}
 	m1, err := p.AddMachine(ctx, testSpec("exactly-one", need))
 	if err != nil {
 		t.Fatal(err)
