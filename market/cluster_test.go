@@ -78,17 +78,22 @@ func testSpec(name string, capacity Resources) MachineSpec {
 func TestOfferReachesEveryBook(t *testing.T) {
 	const n = 20
 	const provider = 7
+	start := time.Now()
+	defer func() { t.Logf("whole test %v", time.Since(start)) }()
 	_, svcs := marketCluster(t, n, func(i int) *Options {
 		o := fastOptions()
 		o.Provider = i == provider
 		return &o
 	})
+	t.Logf("%d nodes started in %v", n, time.Since(start))
 	p := svcs[provider]
 	m, err := p.AddMachine(context.Background(), testSpec("rack-7", Resources{16000, 32768, 1 << 20}))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t0 := time.Now()
 	waitOffer(t, svcs, p.n.ID(), m.ID, 1, 60*time.Second)
+	t.Logf("offer in every book after %v", time.Since(t0))
 
 	terms := m.Terms
 	terms.StoragePrice = 123_456
