@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -529,4 +530,23 @@ func TestRecoverFinishesCommit(t *testing.T) {
 	if fi.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
 	}
+}
+
+func TestFetchStalledSource(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, mib, 101)
+	stalled := newHost(t)
+	connect(t, p.dst, stalled)
+	evilSource(t, stalled, src, func(fw *frameWriter, data []byte, sig *signature) {
+		_ = fw.write(frameFile, marshalUvarint(0))
+		_ = fw.flush()
+		time.Sleep(2 * time.Second) // a source that hangs
+	})
+	_, err := Fetch(t.Context(), p.dst, stalled.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
+		WithIdleTimeout(200*time.Millisecond))
+	if err == nil || !strings.Contains(err.Error(), "no progress") {
+		t.Fatalf("fetch from a stalled source: %v, want an idle timeout", err)
+	}
+	p.mustFetch(t, []string{"disk.img"})
 }

@@ -59,10 +59,12 @@ func Fetch(ctx context.Context, h host.Host, from peer.ID, req Request, dstDir s
 	}
 	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
 	defer stop()
+	sctx, cancel := context.WithCancel(ctx) // ends the stream's watchdog
+	defer cancel()
 
 	c := &client{st: st, cfg: &cfg, req: request{Request: req, method: cfg.method, blockSize: cfg.blockSize,
 		compress: cfg.compress && cfg.method == MethodBlockDiff}, dir: dstDir, start: start}
-	res, err := c.run(ctx, &idleStream{st: st, idle: cfg.idle})
+	res, err := c.run(ctx, newIdleStream(sctx, st, cfg.idle))
 	if err != nil {
 		if errors.Is(err, errPeerFailed) || ctx.Err() != nil {
 			_ = st.Reset()
@@ -110,6 +112,8 @@ type dstFile struct {
 	basisSize  int64
 	basisCache *cachedSig // trusted cached signature of the basis, or nil
 	stage      *os.File
+	direct     *os.File // the stage opened for direct I/O, or nil
+	noDirect   atomic.Bool
 	resumed    bool
 
 	vg        geometry   // of the basis as the source sees it: basis overlaid with staged blocks
@@ -266,6 +270,7 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 		return nil, fmt.Errorf("open stage for %s: %w", name, err)
 	}
 	f.stage = stage
+	f.direct, _ = openDirect(f.stageP) // nil where unsupported
 	fi, err := stage.Stat()
 	if err != nil {
 		return nil, err
@@ -306,6 +311,9 @@ func (f *dstFile) close() {
 	}
 	if f.stage != nil {
 		_ = f.stage.Close()
+	}
+	if f.direct != nil {
+		_ = f.direct.Close()
 	}
 }
 
@@ -450,14 +458,58 @@ func readZeroPadded(f *os.File, size int64, p []byte, off int64) error {
 	return nil
 }
 
-// job is a received block for a worker to verify and stage.
+// job is received data for a worker to verify and stage: either a run of whole
+// uncompressed blocks, contiguous in one aligned buffer and written with one system call,
+// or one block that needs decoding or patching first.
 type job struct {
 	f         *dstFile
-	i         int
-	kind      byte
+	first     int
+	n         int    // blocks in a run
+	hashes    []Hash // a run's claimed block hashes
+	single    bool
+	kind      byte // of a single block: frameData or framePatch
 	frame     blockFrame
-	buf       []byte // owns frame's bytes
+	buf       []byte // owns the bytes
 	fromStage bool   // the base of a patch is the staged block, not the basis
+}
+
+// runBytes is the size of a run: large enough that a direct write costs little per byte.
+const runBytes = 1 << 20
+
+// pools holds the receive buffers, recycled through channels so memory stays bounded.
+type pools struct {
+	runs, singles chan []byte
+	bs            int
+}
+
+func (c *client) newPools(workers int) *pools {
+	bs := c.req.blockSize
+	p := &pools{runs: make(chan []byte, 2*workers+2), singles: make(chan []byte, 4*workers), bs: bs}
+	for range cap(p.runs) {
+		p.runs <- alignedBuf(max(runBytes, bs))[:0]
+	}
+	// A single block frame is read so that its block lands on an aligned address.
+	for range cap(p.singles) {
+		p.singles <- alignedBuf(directAlign + bs/subBlockSize/8 + 1 + bs)[directAlign-(dataHeaderLen-frameHeaderLen):][:0]
+	}
+	return p
+}
+
+func (p *pools) put(j *job) {
+	if j.single {
+		p.singles <- j.buf[:0]
+	} else {
+		p.runs <- j.buf[:0]
+	}
+}
+
+func get(ctx context.Context, ch chan []byte) ([]byte, error) {
+	select {
+	case b := <-ch:
+		return b, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // receive reads the source's instructions and hands received blocks to workers that verify
@@ -466,20 +518,22 @@ func (c *client) receive(ctx context.Context) error {
 	workers := workerCount(c.cfg)
 	bs := c.req.blockSize
 	jobs := make(chan *job, 2*workers)
-	free := make(chan []byte, 4*workers)
-	for range cap(free) {
-		free <- make([]byte, 0, dataHeaderLen+bs/subBlockSize/8+1+bs)
-	}
+	bufs := c.newPools(workers)
 	eg, ctx := errgroup.WithContext(ctx)
 	for range workers {
 		eg.Go(func() error {
-			scratch := make([]byte, 2*bs)
-			z := newZeroes(bs)
+			scratch := alignedBuf(2 * bs)
 			for j := range jobs {
-				if err := c.apply(j, scratch, z); err != nil {
+				var err error
+				if j.single {
+					err = c.applyBlock(j, scratch)
+				} else {
+					err = c.applyRun(j)
+				}
+				if err != nil {
 					j.f.fail(err)
 				}
-				free <- j.buf[:0]
+				bufs.put(j)
 				j.f.jobs.Done()
 			}
 			return nil
@@ -488,7 +542,7 @@ func (c *client) receive(ctx context.Context) error {
 	eg.Go(func() error {
 		defer close(jobs)
 		for idx, f := range c.files {
-			if err := c.receiveFile(ctx, idx, f, jobs, free); err != nil {
+			if err := c.receiveFile(ctx, idx, f, jobs, bufs); err != nil {
 				return fmt.Errorf("file %s: %w", f.name, err)
 			}
 		}
@@ -497,10 +551,33 @@ func (c *client) receive(ctx context.Context) error {
 	return eg.Wait()
 }
 
-func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan<- *job, free chan []byte) (err error) {
+func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan<- *job, bufs *pools) (err error) {
+	var run *job // run of whole blocks being filled
+	dispatch := func(j *job) error {
+		f.jobs.Add(1)
+		select {
+		case jobs <- j:
+			return nil
+		case <-ctx.Done():
+			f.jobs.Done()
+			bufs.put(j)
+			return ctx.Err()
+		}
+	}
+	flushRun := func() error {
+		if run == nil {
+			return nil
+		}
+		j := run
+		run = nil
+		return dispatch(j)
+	}
 	// Whatever happens, wait for this file's workers before returning, so nothing writes to
 	// the stage behind the caller's back.
 	defer func() {
+		if run != nil {
+			bufs.put(run)
+		}
 		f.jobs.Wait()
 		if f.err != nil {
 			err = f.err // the root cause, rather than what it led to
@@ -523,6 +600,7 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 	z := newZeroes(g.bs)
 	cursor := 0
 	zeroSubs := make([]uint64, g.stride)
+	var prefix [dataHeaderLen - frameHeaderLen]byte
 	for {
 		if f.failed.Load() {
 			return nil // the deferred Wait picks up f.err
@@ -531,33 +609,95 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 		if err != nil {
 			return err
 		}
-		var p []byte
 		if t == frameData || t == framePatch {
-			// Blocks are read straight into the buffer the worker will own.
 			if cursor >= g.nblocks {
 				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
 			}
-			l := g.blockLen(cursor)
-			if n > dataHeaderLen-frameHeaderLen+(l+subBlockSize-1)/subBlockSize/8+1+l {
-				return fmt.Errorf("%w: frame of %d bytes for block %d of %d bytes", ErrProtocol, n, cursor, l)
+			i, l := cursor, g.blockLen(cursor)
+			if n < len(prefix) || n > len(prefix)+(l+subBlockSize-1)/subBlockSize/8+1+l {
+				return fmt.Errorf("%w: frame of %d bytes for block %d of %d bytes", ErrProtocol, n, i, l)
 			}
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				return ctx.Err()
+			if t == framePatch && (i >= f.vg.nblocks || f.vg.blockLen(i) != l) {
+				return fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
 			}
-			if p, err = c.fr.payload(buf[:n]); err != nil {
-				free <- buf
+			if t == frameData && n == len(prefix)+g.bs && l == g.bs {
+				// A whole block: the common case. Read its hash and flags, then the block
+				// straight into the run buffer behind its predecessor.
+				if _, err := c.fr.payload(prefix[:]); err != nil {
+					return err
+				}
+				if prefix[0] != 0 {
+					return fmt.Errorf("%w: compressed block %d as large as the block", ErrProtocol, i)
+				}
+				if run != nil && len(run.buf)+g.bs > cap(run.buf) {
+					if err := flushRun(); err != nil {
+						return err
+					}
+				}
+				if run == nil {
+					buf, err := get(ctx, bufs.runs)
+					if err != nil {
+						return err
+					}
+					run = &job{f: f, first: i, buf: buf, hashes: make([]Hash, 0, cap(buf)/g.bs)}
+				}
+				if _, err := c.fr.payload(run.buf[len(run.buf) : len(run.buf)+g.bs]); err != nil {
+					return err
+				}
+				run.buf = run.buf[:len(run.buf)+g.bs]
+				run.hashes = append(run.hashes, Hash(prefix[1:]))
+				run.n++
+				f.staged[i], f.holes[i] = true, false
+				f.res.BlocksSent++
+				cursor++
+				c.report(f.name, false)
+				continue
+			}
+			if err := flushRun(); err != nil {
 				return err
 			}
-		} else {
-			if cap(c.fr.buf) < n {
-				c.fr.buf = make([]byte, n)
-			}
-			if p, err = c.fr.payload(c.fr.buf[:n]); err != nil {
+			buf, err := get(ctx, bufs.singles)
+			if err != nil {
 				return err
 			}
+			p, err := c.fr.payload(buf[:n:cap(buf)])
+			if err != nil {
+				bufs.singles <- buf[:0]
+				return err
+			}
+			var fr blockFrame
+			if t == frameData {
+				fr, err = decodeData(p)
+				f.res.BlocksSent++
+			} else {
+				fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
+				f.res.BlocksPatched++
+			}
+			if err == nil && len(fr.payload) > l {
+				err = fmt.Errorf("%w: block %d carries %d bytes, block is %d", ErrProtocol, i, len(fr.payload), l)
+			}
+			if err != nil {
+				bufs.singles <- buf[:0]
+				return err
+			}
+			j := &job{f: f, first: i, n: 1, single: true, kind: t, frame: fr, buf: p, fromStage: f.staged[i]}
+			f.staged[i], f.holes[i] = true, false
+			if err := dispatch(j); err != nil {
+				return err
+			}
+			cursor++
+			c.report(f.name, false)
+			continue
+		}
+		if err := flushRun(); err != nil {
+			return err
+		}
+		if cap(c.fr.buf) < n {
+			c.fr.buf = make([]byte, n)
+		}
+		p, err := c.fr.payload(c.fr.buf[:n])
+		if err != nil {
+			return err
 		}
 		if err := c.peerError(t, p); err != nil {
 			return err
@@ -599,41 +739,6 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 			}
 			c.done.Add(int64(g.off(cursor+n-1)-g.off(cursor)) + int64(g.blockLen(cursor+n-1)))
 			cursor += n
-		case frameData, framePatch:
-			i, l := cursor, g.blockLen(cursor)
-			var fr blockFrame
-			if t == frameData {
-				fr, err = decodeData(p)
-				if err == nil && len(fr.payload) > l {
-					err = fmt.Errorf("%w: block %d carries %d bytes, block is %d", ErrProtocol, i, len(fr.payload), l)
-				}
-				f.res.BlocksSent++
-			} else {
-				if i >= f.vg.nblocks || f.vg.blockLen(i) != l {
-					err = fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
-				} else {
-					fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
-				}
-				if err == nil && len(fr.payload) > l {
-					err = fmt.Errorf("%w: patch of block %d carries %d bytes", ErrProtocol, i, len(fr.payload))
-				}
-				f.res.BlocksPatched++
-			}
-			if err != nil {
-				free <- p[:0]
-				return err
-			}
-			j := &job{f: f, i: i, kind: t, frame: fr, buf: p, fromStage: f.staged[i]}
-			f.staged[i] = true
-			f.holes[i] = false
-			f.jobs.Add(1)
-			select {
-			case jobs <- j:
-			case <-ctx.Done():
-				f.jobs.Done()
-				return ctx.Err()
-			}
-			cursor++
 		case frameEnd:
 			want, err := decodeEnd(p)
 			if err != nil {
@@ -675,9 +780,29 @@ func (c *client) peerError(t byte, p []byte) error {
 	return fmt.Errorf("%w: source: %w", errPeerFailed, e.err())
 }
 
-// apply verifies one received block and writes it to the stage.
-func (c *client) apply(j *job, scratch []byte, z *zeroes) error {
-	f, i := j.f, j.i
+// applyRun verifies a run of whole blocks and writes it to the stage at once.
+func (c *client) applyRun(j *job) error {
+	f, g := j.f, j.f.g
+	for k := range j.n {
+		i := j.first + k
+		data := j.buf[k*g.bs : (k+1)*g.bs]
+		if hashBlock(data) != j.hashes[k] {
+			return fmt.Errorf("%w: block %d does not match its hash", ErrCorrupt, i)
+		}
+		f.final.strong[i] = j.hashes[k]
+		hashSubs(data, f.final.sub(i))
+	}
+	if err := c.writeStage(f, j.buf, g.off(j.first)); err != nil {
+		return err
+	}
+	c.done.Add(int64(len(j.buf)))
+	return nil
+}
+
+// applyBlock verifies one received block, decoding or patching it first, and writes it to
+// the stage.
+func (c *client) applyBlock(j *job, scratch []byte) error {
+	f, i := j.f, j.first
 	g := f.g
 	l := g.blockLen(i)
 	data, err := c.decode(j.frame, scratch[g.bs:g.bs:2*g.bs])
@@ -749,6 +874,19 @@ func (c *client) writeStage(f *dstFile, p []byte, off int64) error {
 	if c.cfg.writeLimit > 0 && before+int64(len(p)) > c.cfg.writeLimit {
 		return &os.PathError{Op: "write", Path: f.stageP, Err: syscall.ENOSPC}
 	}
+	if f.direct != nil && !f.noDirect.Load() && len(p) >= runBytes/4 && isAligned(p, off) {
+		// Runs of blocks bypass the page cache: with the network already keeping the CPUs
+		// busy, copying every block into the cache costs more than the disk does, and
+		// large direct writes cost little per byte (small ones do not).
+		_, err := f.direct.WriteAt(p, off)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EINVAL) {
+			return err
+		}
+		f.noDirect.Store(true) // the filesystem refuses direct I/O after all
+	}
 	if _, err := f.stage.WriteAt(p, off); err != nil {
 		return err
 	}
@@ -783,6 +921,9 @@ func (c *client) report(file string, final bool) {
 // kept for a retry after a broken connection or a cancel, removed after anything that makes
 // a retry of the same stage pointless or harmful (corrupt or malformed data, a full disk).
 func (c *client) cleanup(err error) {
+	if exists(filepath.Join(c.dir, bookkeepingDir, recordName)) {
+		return // a commit is under way: Recover needs every stage
+	}
 	keep := !(errors.Is(err, ErrCorrupt) || errors.Is(err, ErrProtocol) || errors.Is(err, syscall.ENOSPC) ||
 		errors.Is(err, ErrRefused) || errors.Is(err, ErrBadRequest))
 	for _, f := range c.files {
@@ -791,4 +932,9 @@ func (c *client) cleanup(err error) {
 			_ = os.Remove(f.stageP)
 		}
 	}
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }

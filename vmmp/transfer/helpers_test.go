@@ -3,7 +3,6 @@ package transfer
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -195,11 +194,6 @@ func allocated(tb testing.TB, path string) int64 {
 		tb.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return !errors.Is(err, os.ErrNotExist)
 }
 
 func stagePath(dir, name string) string {

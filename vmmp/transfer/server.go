@@ -89,7 +89,7 @@ func (s *Server) handle(st network.Stream) {
 	defer stop()
 
 	sess := &session{cfg: &s.cfg, log: log, from: from, authorize: s.authorize}
-	err := sess.serve(ctx, &idleStream{st: st, idle: s.cfg.idle})
+	err := sess.serve(ctx, newIdleStream(ctx, st, s.cfg.idle))
 	if err != nil {
 		log.Info("transfer: send failed", "vm", sess.req.VM, "err", err)
 		if errors.Is(err, errPeerFailed) || ctx.Err() != nil {
@@ -101,36 +101,6 @@ func (s *Server) handle(st network.Stream) {
 	}
 	log.Debug("transfer: sent", "vm", sess.req.VM, "bytes", sess.fw.n.Load())
 	_ = st.Close()
-}
-
-// idleStream bounds how long any one read or write on the stream may stall.
-type idleStream struct {
-	st      network.Stream
-	idle    time.Duration
-	closing atomic.Bool
-}
-
-// abortGrace is how long a failing side keeps writing, to get its ERROR frame out.
-const abortGrace = 5 * time.Second
-
-func (s *idleStream) Read(p []byte) (int, error) {
-	_ = s.st.SetReadDeadline(time.Now().Add(s.idle))
-	return s.st.Read(p)
-}
-
-func (s *idleStream) Write(p []byte) (int, error) {
-	if !s.closing.Load() {
-		_ = s.st.SetWriteDeadline(time.Now().Add(s.idle))
-	}
-	return s.st.Write(p)
-}
-
-// abort unblocks a session that failed: its reader at once, its writer after a grace
-// period in which it may still report the failure.
-func (s *idleStream) abort() {
-	s.closing.Store(true)
-	_ = s.st.SetWriteDeadline(time.Now().Add(abortGrace))
-	_ = s.st.CloseRead()
 }
 
 // session is one transfer on the source side.
@@ -481,6 +451,12 @@ func (b *batch) inPlace(g geometry, k int, o op) op {
 	return o
 }
 
+// progressRun and progressEvery bound how much work the source does without telling.
+const (
+	progressRun   = 4096
+	progressEvery = 100 * time.Millisecond
+)
+
 // patchLimit: a changed block goes as its changed sub-blocks when they are at most this
 // fraction of it; beyond, the merge on the destination costs more than it saves.
 const patchLimitNum, patchLimitDen = 3, 4
@@ -585,6 +561,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 		return ctx.Err()
 	}
 	var run op // pending reuse or hole run, merged across batches
+	lastFlush := time.Now()
 	flushRun := func() error {
 		if run.count == 0 {
 			return nil
@@ -647,7 +624,21 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 				return err
 			}
 		}
-		return flushSpan()
+		if err := flushSpan(); err != nil {
+			return err
+		}
+		// Long stretches of reused or zero blocks still show progress to the destination
+		// (its progress bar, and its watchdog).
+		if run.count >= progressRun {
+			if err := flushRun(); err != nil {
+				return err
+			}
+		}
+		if time.Since(lastFlush) > progressEvery {
+			lastFlush = time.Now()
+			return ss.fw.flush()
+		}
+		return nil
 	}
 	if err := runOrdered(ctx, g, workerCount(ss.cfg), work, emit); err != nil {
 		return err

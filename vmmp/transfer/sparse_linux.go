@@ -123,3 +123,8 @@ func preadv(f *os.File, bufs [][]byte, off int64) error {
 	}
 	return nil
 }
+
+// openDirect opens path for writing with O_DIRECT.
+func openDirect(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+}

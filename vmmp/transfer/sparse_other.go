@@ -3,6 +3,7 @@
 package transfer
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -34,3 +35,5 @@ func preadv(f *os.File, bufs [][]byte, off int64) error {
 	}
 	return nil
 }
+
+func openDirect(path string) (*os.File, error) { return nil, errors.ErrUnsupported }

@@ -159,13 +159,14 @@ func (fw *frameWriter) writeFrames(p []byte) error {
 
 // frameReader reads size-capped frames; the payload it returns is valid until the next read.
 type frameReader struct {
+	src io.Reader
 	r   *bufio.Reader
 	buf []byte
 	n   atomic.Int64
 }
 
 func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 256<<10)}
+	return &frameReader{src: r, r: bufio.NewReaderSize(r, 256<<10)}
 }
 
 func (fr *frameReader) read() (byte, []byte, error) {
@@ -179,6 +180,9 @@ func (fr *frameReader) read() (byte, []byte, error) {
 	p, err := fr.payload(fr.buf[:n])
 	return t, p, err
 }
+
+// directRead is the payload size from which reads bypass the frame reader's buffer.
+const directRead = 32 << 10
 
 // next reads a frame header and checks the length against the type's cap; the payload
 // must be read next, with payload.
@@ -202,7 +206,18 @@ func (fr *frameReader) next() (byte, int, error) {
 
 // payload reads the payload announced by next into p, which has exactly its length.
 func (fr *frameReader) payload(p []byte) ([]byte, error) {
-	if _, err := io.ReadFull(fr.r, p); err != nil {
+	var err error
+	if len(p) >= directRead {
+		// A block skips the buffer: what it holds is copied, the rest read in place.
+		n := 0
+		if b := fr.r.Buffered(); b > 0 {
+			n, _ = fr.r.Read(p[:min(b, len(p))])
+		}
+		_, err = io.ReadFull(fr.src, p[n:])
+	} else {
+		_, err = io.ReadFull(fr.r, p)
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}

@@ -1,0 +1,79 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+// idleStream is a transfer stream with a watchdog: it is reset when no byte has moved in
+// either direction for the idle timeout (a stalled or vanished peer), however long the
+// transfer itself runs. Per-operation deadlines would not do: while one side streams
+// blocks for minutes, the other legitimately reads nothing.
+type idleStream struct {
+	st      network.Stream
+	idle    time.Duration
+	last    atomic.Int64 // unix ns of the last progress
+	expired atomic.Bool
+}
+
+// abortGrace is how long a failing side keeps writing, to get its ERROR frame out.
+const abortGrace = 5 * time.Second
+
+// newIdleStream wraps st; its watchdog runs until ctx ends.
+func newIdleStream(ctx context.Context, st network.Stream, idle time.Duration) *idleStream {
+	s := &idleStream{st: st, idle: idle}
+	s.last.Store(time.Now().UnixNano())
+	go s.watch(ctx)
+	return s
+}
+
+func (s *idleStream) watch(ctx context.Context) {
+	t := time.NewTicker(max(s.idle/8, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, s.last.Load())) > s.idle {
+				s.expired.Store(true)
+				_ = s.st.Reset()
+				return
+			}
+		}
+	}
+}
+
+func (s *idleStream) err(err error) error {
+	if err != nil && s.expired.Load() {
+		return fmt.Errorf("no progress for %v: %w", s.idle, err)
+	}
+	return err
+}
+
+func (s *idleStream) Read(p []byte) (int, error) {
+	n, err := s.st.Read(p)
+	if n > 0 {
+		s.last.Store(time.Now().UnixNano())
+	}
+	return n, s.err(err)
+}
+
+func (s *idleStream) Write(p []byte) (int, error) {
+	n, err := s.st.Write(p)
+	if n > 0 {
+		s.last.Store(time.Now().UnixNano())
+	}
+	return n, s.err(err)
+}
+
+// abort unblocks a session that failed: its reader at once, its writer after a grace
+// period in which it may still report the failure.
+func (s *idleStream) abort() {
+	_ = s.st.SetWriteDeadline(time.Now().Add(abortGrace))
+	_ = s.st.CloseRead()
+}
