@@ -124,8 +124,11 @@ type Files struct {
 //
 // Errors wrap the package's sentinels: ErrNotFound for an unknown ID, ErrTooLarge when the
 // configuration does not fit, ErrConsoleBusy when no console slot is free, ErrSuspendRefused
-// when suspending failed on every attempt (the VM is left running), ErrHypervisor for anything
-// the hypervisor did wrong.
+// when suspending failed on every attempt (the VM is left running), ErrMissingFile when a file
+// of the VM is gone, ErrStateUnusable when Resume cannot use the saved memory state,
+// ErrNotRunning when an operation needs a running VM and it has powered off (by itself, or
+// because the hypervisor process died), ErrHypervisor for anything the hypervisor did wrong
+// or a hypervisor that is not installed. A failed operation leaves the VM as it was.
 type Driver interface {
 	// Name identifies the backend ("qemu", "vsphere").
 	Name() string
@@ -142,9 +145,11 @@ type Driver interface {
 	// Suspend saves the VM's memory state next to its disk and ends its process. It retries if
 	// the hypervisor refuses and finally fails with ErrSuspendRefused, leaving the VM running.
 	Suspend(ctx context.Context, id ID) error
-	// Resume runs a suspended VM from its saved state.
+	// Resume runs a suspended VM from its saved state. A missing or damaged state fails with
+	// ErrStateUnusable and is kept as it is.
 	Resume(ctx context.Context, id ID) error
-	// Power reports the observed power state.
+	// Power reports the observed power state. A VM whose hypervisor process died is PowerOff
+	// (or PowerSuspended if it has a saved state), not an error.
 	Power(ctx context.Context, id ID) (PowerState, error)
 	// OpenConsole opens (or re-opens with a new password) the VM's console session.
 	OpenConsole(ctx context.Context, id ID) (Console, error)
@@ -161,6 +166,14 @@ type Driver interface {
 // node calls Reattach for every VM of its inventory to take control of it again.
 type Reattacher interface {
 	Reattach(ctx context.Context, id ID) (PowerState, error)
+}
+
+// StateDiscarder is implemented by drivers that can drop a suspended VM's saved memory state,
+// leaving the VM powered off with its disk as it was: the way out when that state is lost or
+// damaged (see Manager.ResumeFresh). Discarding a VM that has no saved state does nothing; a
+// running VM is refused with ErrRunning.
+type StateDiscarder interface {
+	DiscardState(ctx context.Context, id ID) error
 }
 
 // Importer is implemented by drivers that can take in a VM whose files were copied from another

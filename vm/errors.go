@@ -20,8 +20,18 @@ var (
 	ErrTooLarge = errors.New("configuration larger than the machine")
 	// ErrConsoleBusy: every console (VNC display) slot is in use; try again after one closes.
 	ErrConsoleBusy = errors.New("no console slot free")
-	// ErrHypervisor: the hypervisor failed or answered something unexpected.
+	// ErrHypervisor: the hypervisor failed or answered something unexpected, or is not
+	// installed.
 	ErrHypervisor = errors.New("hypervisor error")
+	// ErrMissingFile: a file the VM is made of (its disk, kernel, initramfs or saved memory
+	// state) is not where it belongs on this provider; the message names it. The operation
+	// changed nothing: put the file back and retry.
+	ErrMissingFile = errors.New("vm file missing")
+	// ErrStateUnusable: a suspended VM's saved memory state is missing or cannot be loaded.
+	// The VM stays suspended and nothing is deleted: put an intact state file back and resume
+	// again, or resume it fresh (Manager.ResumeFresh), which boots it from its disk and loses
+	// what was in its memory.
+	ErrStateUnusable = errors.New("saved memory state unusable")
 	// ErrSuspendRefused: the guest or hypervisor refused to suspend (for example while the guest
 	// OS is still loading) on every attempt; the VM is left running.
 	ErrSuspendRefused = errors.New("suspend refused")
