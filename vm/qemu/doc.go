@@ -22,6 +22,13 @@
 // `-incoming fd:` fed by `zstd -dc`, then continues it. (QEMU 7.2 has no file: migration URI; a
 // pipe we own, rather than QEMU's exec:, lets the driver wait for the compressor to finish.)
 //
+// Failures leave a VM as it was. A program that is gone (QEMU uninstalled, a wrong path) gives
+// ErrNotInstalled, which names the Debian package to install. A missing disk or kernel file gives
+// vm.ErrMissingFile before QEMU runs. A saved state that is missing, that zstd finds damaged or
+// that QEMU cannot load gives vm.ErrStateUnusable and is kept as it is; DiscardState drops it so
+// that the VM boots from its disk. A QEMU that dies (killed, crashed) leaves the VM powered off:
+// Power reports PowerOff, Suspend and OpenConsole fail with vm.ErrNotRunning, Start boots it.
+//
 // KVM is used when a short probe boots a test sector under it, otherwise TCG. Consoles are VNC
 // servers on 127.0.0.1 with a one-time password set through QMP; ports come from a configured
 // range and at most MaxConsoles sessions are open at once.

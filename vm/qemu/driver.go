@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -152,8 +151,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Driver runs VMs as QEMU processes. It implements vm.Driver, vm.Reattacher, vm.Importer and
-// vm.HostDescriber. Methods are safe for concurrent use; operations on one VM are serialised.
+// Driver runs VMs as QEMU processes. It implements vm.Driver, vm.StateDiscarder,
+// vm.Reattacher, vm.Importer and vm.HostDescriber. Methods are safe for concurrent use; operations on one VM are serialised.
 type Driver struct {
 	cfg Config
 	log *slog.Logger
@@ -216,16 +215,16 @@ const (
 )
 
 // New returns a driver for the VMs under cfg.Dir, re-attaching to those still running from an
-// earlier driver (see Config.Detach). It checks that the QEMU tools exist; the accelerator is
-// probed on the first start.
+// earlier driver (see Config.Detach). It checks that the QEMU tools exist (ErrNotInstalled);
+// the accelerator is probed on the first start.
 func New(cfg Config) (*Driver, error) {
 	cfg.fill()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	for _, bin := range []string{cfg.QEMU, cfg.QEMUImg, cfg.Zstd} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("qemu driver: %s not found (install qemu-system-x86, qemu-utils and zstd): %w", bin, err)
+		if err := checkTool(bin); err != nil {
+			return nil, fmt.Errorf("qemu driver: %w", err)
 		}
 	}
 	for _, sub := range []string{"vms", "staging"} {

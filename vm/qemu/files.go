@@ -211,6 +211,9 @@ func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) 
 	cmd := exec.CommandContext(ctx, d.cfg.QEMUImg, "info", "--output=json", path)
 	out, err := cmd.Output()
 	if err != nil {
+		if cmd.Process == nil {
+			return imageInfo{}, toolError(d.cfg.QEMUImg, err)
+		}
 		return imageInfo{}, fmt.Errorf("%w: qemu-img info %s: %v: %s", vm.ErrHypervisor, path, err, exitStderr(err))
 	}
 	var info imageInfo
@@ -231,6 +234,9 @@ func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) 
 func (d *Driver) qemuImg(ctx context.Context, args ...string) error {
 	cmd := exec.CommandContext(ctx, d.cfg.QEMUImg, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
+		if cmd.Process == nil {
+			return toolError(d.cfg.QEMUImg, err)
+		}
 		return fmt.Errorf("%w: qemu-img %s: %v: %s", vm.ErrHypervisor, args[0], err, strings.TrimSpace(string(out)))
 	}
 	return nil

@@ -1,12 +1,17 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -17,12 +22,19 @@ import (
 func (d *Driver) running(m *machine) bool {
 	if m.proc != nil && !m.proc.alive() {
 		d.log.Info("qemu has exited", "vm", m.id, "pid", m.proc.pid)
-		m.proc = nil
-		m.rt = runtimeState{}
-		d.releasePort(m.id)
-		m.saveRuntime()
+		d.forget(m)
 	}
 	return m.proc != nil
+}
+
+// forget drops m's QEMU, which has exited: its console port, runtime state and monitor socket
+// (left behind when QEMU was killed). Called with m.op held.
+func (d *Driver) forget(m *machine) {
+	m.proc = nil
+	m.rt = runtimeState{}
+	d.releasePort(m.id)
+	m.saveRuntime()
+	os.Remove(filepath.Join(m.dir, qmpSock))
 }
 
 // Start implements vm.Driver.
@@ -40,6 +52,9 @@ func (d *Driver) Start(ctx context.Context, id vm.ID) error {
 	}
 	def, err := readDefinition(m.dir, id)
 	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	if err := checkPresent(m.dir, def); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	q, err := d.launch(ctx, m, def, nil)
@@ -94,18 +109,24 @@ func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
 		if last = d.suspendOnce(ctx, m, attempt); last == nil {
 			break
 		}
-		if !d.running(m) {
-			return fmt.Errorf("suspend vm %s: qemu exited: %w", id, last)
+		if errors.Is(last, ErrNotInstalled) {
+			return fmt.Errorf("suspend vm %s: %w; it keeps running", id, last)
 		}
-		d.log.Info("suspend refused; will retry", "vm", id, "attempt", attempt, "err", last)
+		// Wait before the next attempt. A QEMU that died (killed, crashed: the attempt failed
+		// because of it) ends the wait, and the suspend, at once.
+		wctx, cancel := context.WithTimeout(ctx, d.cfg.SuspendInterval)
+		m.proc.wait(wctx)
+		cancel()
+		if !d.running(m) {
+			return fmt.Errorf("suspend vm %s: %w: qemu exited (%v)", id, vm.ErrNotRunning, last)
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("suspend vm %s: %w after %d attempts (last: %v)", id, err, attempt, last)
+		}
 		if attempt == d.cfg.SuspendAttempts {
 			break
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("suspend vm %s: %w after %d attempts (last: %v)", id, ctx.Err(), attempt, last)
-		case <-time.After(d.cfg.SuspendInterval):
-		}
+		d.log.Info("suspend refused; will retry", "vm", id, "attempt", attempt, "err", last)
 	}
 	if last != nil {
 		return fmt.Errorf("suspend vm %s: %w after %d attempts; it keeps running (last: %v)", id, vm.ErrSuspendRefused, attempt, last)
@@ -172,7 +193,7 @@ func (d *Driver) suspendOnce(ctx context.Context, m *machine, attempt int) (err 
 	pr.Close()
 	if zerr != nil {
 		pw.Close()
-		return fmt.Errorf("start compressor: %w", zerr)
+		return toolError(argv[0], zerr)
 	}
 	zdone := make(chan error, 1)
 	go func() { zdone <- zstd.Wait() }()
@@ -253,12 +274,22 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		return fmt.Errorf("resume vm %s: %w", id, vm.ErrRunning)
 	}
 	statePath := filepath.Join(m.dir, memoryFile)
-	if !fileExists(statePath) {
-		return fmt.Errorf("resume vm %s: %w: no saved state", id, vm.ErrIllegalAction)
+	if _, err := os.Stat(statePath); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("resume vm %s: %w: %w: %s does not exist; put it back and resume again, or %s",
+			id, vm.ErrStateUnusable, vm.ErrMissingFile, statePath, resumeFreshHint)
 	}
 	def, err := readDefinition(m.dir, id)
 	if err != nil {
 		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	if err := checkPresent(m.dir, def); err != nil {
+		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	if err := d.checkStateStart(ctx, statePath); err != nil {
+		if errors.Is(err, ErrNotInstalled) {
+			return fmt.Errorf("resume vm %s: %w", id, err)
+		}
+		return stateDamaged(id, statePath, err)
 	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -270,7 +301,7 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	if err := zstd.Start(); err != nil {
 		pr.Close()
 		pw.Close()
-		return fmt.Errorf("resume vm %s: start decompressor: %w", id, err)
+		return fmt.Errorf("resume vm %s: %w", id, toolError(d.cfg.Zstd, err))
 	}
 	pw.Close()
 	zdone := make(chan error, 1)
@@ -284,15 +315,20 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		}
 	}()
 
+	logPath := filepath.Join(m.dir, qemuLog)
+	var logStart int64
+	if fi, err := os.Stat(logPath); err == nil {
+		logStart = fi.Size()
+	}
 	q, err := d.launch(ctx, m, def, pr)
 	pr.Close()
 	if err != nil {
-		return fmt.Errorf("resume vm %s: %w", id, err)
+		return d.resumeFailed(ctx, id, statePath, logTail(logPath, logStart), err)
 	}
 	defer q.Close()
 	fail := func(err error) error {
 		d.terminate(context.WithoutCancel(ctx), m, false)
-		return fmt.Errorf("resume vm %s: %w", id, err)
+		return d.resumeFailed(ctx, id, statePath, logTail(logPath, logStart), err)
 	}
 	// Loading ends in "paused" (the VM was stopped before it was saved) or, on failure, with
 	// QEMU exiting.
@@ -358,16 +394,12 @@ func (d *Driver) power(ctx context.Context, m *machine) (vm.PowerState, error) {
 	}
 	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
 	if err != nil {
-		if !d.running(m) {
-			// It exited between the check and the dial (stopped by another driver instance).
-			return d.power(ctx, m)
-		}
-		return vm.PowerUnknown, err
+		return d.monitorFailed(ctx, m, err)
 	}
-	defer q.Close()
 	st, err := q.runStatus(ctx)
+	q.Close()
 	if err != nil {
-		return vm.PowerUnknown, err
+		return d.monitorFailed(ctx, m, err)
 	}
 	p := vm.PowerPaused
 	switch st {
@@ -378,6 +410,157 @@ func (d *Driver) power(ctx context.Context, m *machine) (vm.PowerState, error) {
 	}
 	m.setObserved(p)
 	return p, nil
+}
+
+// monitorFailed is power's answer when QEMU's monitor did not answer. QEMU may be exiting
+// (killed, crashed, or stopped by another driver instance): that VM is off, not in error, so
+// the process gets a moment to be gone before the monitor's failure counts.
+func (d *Driver) monitorFailed(ctx context.Context, m *machine, err error) (vm.PowerState, error) {
+	wctx, cancel := context.WithTimeout(ctx, exitGrace)
+	m.proc.wait(wctx)
+	cancel()
+	if !d.running(m) {
+		return d.power(ctx, m)
+	}
+	return vm.PowerUnknown, err
+}
+
+// exitGrace is how long a QEMU whose monitor fails may take to exit before Power reports the
+// failure: a killed process is reaped within milliseconds, even on a loaded machine.
+const exitGrace = 3 * time.Second
+
+// checkPresent fails with vm.ErrMissingFile naming the first file of def missing from dir, so
+// that a start fails with that name instead of QEMU's log.
+func checkPresent(dir string, def definition) error {
+	for _, f := range []struct{ what, name string }{{"disk", def.Disk}, {"kernel", def.Kernel}, {"initramfs", def.Initrd}} {
+		if f.name == "" {
+			continue
+		}
+		path := filepath.Join(dir, f.name)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: its %s %s does not exist; put it back and retry", vm.ErrMissingFile, f.what, path)
+		}
+	}
+	return nil
+}
+
+// resumeFreshHint ends the message of every vm.ErrStateUnusable.
+const resumeFreshHint = "resume it fresh to boot it from its disk (what was in its memory is lost)"
+
+// resumeFailed explains a failed resume. A state file that zstd finds damaged, or that QEMU
+// could not load, is vm.ErrStateUnusable (the file is kept as it is); any other failure is
+// returned as it is. logTail is what QEMU logged during the attempt.
+func (d *Driver) resumeFailed(ctx context.Context, id vm.ID, statePath, logTail string, err error) error {
+	if errors.Is(err, ErrNotInstalled) || ctx.Err() != nil {
+		return fmt.Errorf("resume vm %s: %w", id, err)
+	}
+	if terr := d.testState(ctx, statePath); terr != nil {
+		return stateDamaged(id, statePath, terr)
+	}
+	if strings.Contains(logTail, "load of migration failed") {
+		logTail = strings.ReplaceAll(logTail, "\n", "; ")
+		return fmt.Errorf("resume vm %s: %w: qemu could not load %s (%s); it was left as it is: resume again on a provider whose qemu saved it, or %s",
+			id, vm.ErrStateUnusable, statePath, logTail, resumeFreshHint)
+	}
+	return fmt.Errorf("resume vm %s: %w", id, err)
+}
+
+func stateDamaged(id vm.ID, statePath string, why error) error {
+	return fmt.Errorf("resume vm %s: %w: %s is damaged (%v); it was left as it is: put an intact copy back and resume again, or %s",
+		id, vm.ErrStateUnusable, statePath, why, resumeFreshHint)
+}
+
+// stateMagic starts every QEMU migration stream (QEMU_VM_FILE_MAGIC).
+const stateMagic = "QEVM"
+
+// checkStateStart decompresses the first bytes of the saved state and checks that they start a
+// QEMU migration stream. QEMU waits forever for a stream that never delivers a byte, so an empty
+// or undecodable file must be caught before QEMU is given it; damage further in makes QEMU fail
+// by itself (resumeFailed).
+func (d *Driver) checkStateStart(ctx context.Context, path string) error {
+	cmd := exec.CommandContext(ctx, d.cfg.Zstd, "-q", "-dc", path)
+	cmd.SysProcAttr = childAttr(false)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return toolError(d.cfg.Zstd, err)
+	}
+	head := make([]byte, len(stateMagic))
+	n, rerr := io.ReadFull(out, head)
+	if rerr == nil {
+		cmd.Process.Kill() // the rest is QEMU's to read
+	}
+	werr := cmd.Wait()
+	switch {
+	case rerr == nil && string(head) == stateMagic:
+		return nil
+	case rerr == nil:
+		return fmt.Errorf("not a qemu saved state: it starts with %q", head)
+	case werr != nil:
+		return fmt.Errorf("zstd: %s", zstdReason(stderr.String()))
+	}
+	return fmt.Errorf("it holds %d bytes of state once decompressed", n)
+}
+
+// zstdReason shortens zstd's message "[zstd: ]<file name, shortened>: ... : <what is wrong>"
+// to what is wrong; the caller names the file.
+func zstdReason(msg string) string {
+	msg = strings.TrimSpace(msg)
+	msg = msg[strings.LastIndexByte(msg, '\n')+1:]
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	return strings.TrimSpace(msg)
+}
+
+// testState checks the saved state's integrity with zstd (frame structure and checksum). It
+// returns nil when the file is intact or when zstd cannot tell.
+func (d *Driver) testState(ctx context.Context, path string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.cfg.Zstd, "-q", "-t", path)
+	cmd.SysProcAttr = childAttr(false)
+	out, err := cmd.CombinedOutput()
+	if err == nil || cmd.Process == nil || ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("zstd: %s", zstdReason(string(out)))
+}
+
+// DiscardState implements vm.StateDiscarder: memory.zst is removed, so the VM is off and the
+// next Start boots it from its disk.
+func (d *Driver) DiscardState(ctx context.Context, id vm.ID) error {
+	m, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer m.op.Unlock()
+	if d.running(m) {
+		return fmt.Errorf("discard saved state of vm %s: %w", id, vm.ErrRunning)
+	}
+	removed := false
+	for _, name := range []string{memoryFile, memoryFile + ".tmp"} {
+		err := os.Remove(filepath.Join(m.dir, name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("discard saved state of vm %s: %w", id, err)
+		}
+		removed = removed || err == nil
+	}
+	if err := syncDir(m.dir); err != nil {
+		return fmt.Errorf("discard saved state of vm %s: %w", id, err)
+	}
+	m.setObserved(vm.PowerOff)
+	if removed {
+		d.log.Warn("saved memory state discarded; the vm will boot from its disk", "vm", id)
+	}
+	return nil
 }
 
 // Reattach implements vm.Reattacher. New already took back every VM whose QEMU survived; this
@@ -489,6 +672,7 @@ func randomPassword() string {
 
 var _ interface {
 	vm.Driver
+	vm.StateDiscarder
 	vm.Reattacher
 	vm.Importer
 	vm.HostDescriber

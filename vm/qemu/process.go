@@ -147,7 +147,7 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 		cmd.ExtraFiles = []*os.File{incoming}
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%w: start qemu: %v", vm.ErrHypervisor, err)
+		return nil, toolError(d.cfg.QEMU, err)
 	}
 	p := &proc{pid: cmd.Process.Pid, child: true, done: make(chan struct{})}
 	d.waiters.Go(func() {
@@ -163,6 +163,7 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 	if err != nil {
 		p.kill()
 		<-p.done
+		os.Remove(filepath.Join(m.dir, qmpSock))
 		return nil, fmt.Errorf("%w: qemu did not come up: %v: %s", vm.ErrHypervisor, err, logTail(filepath.Join(m.dir, qemuLog), logStart))
 	}
 	m.proc = p
@@ -260,9 +261,7 @@ func (d *Driver) terminate(ctx context.Context, m *machine, graceful bool) error
 	}
 	defer func() {
 		if !p.alive() {
-			m.proc = nil
-			d.releasePort(m.id)
-			m.saveRuntime()
+			d.forget(m)
 		}
 	}()
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -84,6 +84,9 @@ func TestLifecycle(t *testing.T) {
 	if err := d.Start(ctx, id2); err != nil {
 		t.Fatalf("start second vm: %v", err)
 	}
+	if err := d.DiscardState(ctx, id2); !errors.Is(err, vm.ErrRunning) {
+		t.Fatalf("discard state of a running vm: err = %v, want ErrRunning", err)
+	}
 	if _, err := d.OpenConsole(ctx, id2); !errors.Is(err, vm.ErrConsoleBusy) {
 		t.Fatalf("second console: err = %v, want ErrConsoleBusy", err)
 	}
