@@ -178,19 +178,54 @@ func (m *Manager) transition(ctx context.Context, id ID, a Action, op func(conte
 	}
 	if op != nil {
 		if err := op(ctx); err != nil {
-			return rec, err
+			return m.failed(ctx, rec, err)
 		}
 	}
+	upd := rec
 	if a == ActionStop || a == ActionSuspend {
-		rec.ConsolePort = 0
+		upd.ConsolePort = 0
 	}
-	rec.State = next
-	if rec, err = m.inv.Put(rec); err != nil {
+	upd.State = next
+	if upd, err = m.inv.Put(upd); err != nil {
 		return rec, err
 	}
 	m.log.Info("vm status", "vm", id, "action", a.String(), "status", next.Status.String(), "version", next.Version)
-	m.changed(rec)
-	return rec, nil
+	m.changed(upd)
+	return upd, nil
+}
+
+// failed handles the failure err of an operation on rec (lock held). The status stays what it
+// was, except for a started VM that the driver found not running: its guest powered off or its
+// hypervisor process died. That VM is recorded stopped (one version), so that it is no longer
+// billed as running and can be started again.
+func (m *Manager) failed(ctx context.Context, rec Record, err error) (Record, error) {
+	if rec.State.Status != StatusStarted || !errors.Is(err, ErrNotRunning) {
+		return rec, err
+	}
+	if p, perr := m.drv.Power(ctx, rec.ID); perr != nil || p != PowerOff {
+		return rec, err
+	}
+	stopped, rerr := m.recordOff(rec)
+	if rerr != nil {
+		return rec, errors.Join(err, rerr)
+	}
+	return stopped, fmt.Errorf("%w; it had powered off or its hypervisor process had ended, and is now recorded stopped", err)
+}
+
+// recordOff records a started VM that was found powered off as stopped (lock held).
+func (m *Manager) recordOff(rec Record) (Record, error) {
+	next, err := rec.State.Apply(ActionStop)
+	if err != nil {
+		return rec, fmt.Errorf("vm %s: %w", rec.ID, err)
+	}
+	upd := rec
+	upd.State, upd.ConsolePort = next, 0
+	if upd, err = m.inv.Put(upd); err != nil {
+		return rec, err
+	}
+	m.log.Warn("started vm found powered off; recorded stopped", "vm", rec.ID, "version", next.Version)
+	m.changed(upd)
+	return upd, nil
 }
 
 func (m *Manager) changed(rec Record) {
@@ -221,9 +256,31 @@ func (m *Manager) Suspend(ctx context.Context, id ID) (Record, error) {
 	})
 }
 
-// Resume resumes a suspended VM.
+// Resume resumes a suspended VM. If its saved memory state is missing or damaged the error
+// wraps ErrStateUnusable and the VM stays suspended with the state file as it was: put an
+// intact copy back and resume again, or use ResumeFresh.
 func (m *Manager) Resume(ctx context.Context, id ID) (Record, error) {
 	return m.transition(ctx, id, ActionResume, func(ctx context.Context) error { return m.drv.Resume(ctx, id) })
+}
+
+// ResumeFresh resumes a suspended VM without its saved memory state, for when Resume fails
+// with ErrStateUnusable: the driver discards the state (StateDiscarder) and starts the VM, which
+// boots from its disk as after a power failure; what was in its memory is lost. It is the
+// resumemachine action (suspended to started, one version), taken with the user's explicit
+// consent to lose the memory, so the statusrelations table needs no relation from suspended to
+// stopped. If the start fails after the state was discarded, the VM stays suspended and
+// ResumeFresh can be retried. Drivers without StateDiscarder refuse with ErrUnsupported.
+func (m *Manager) ResumeFresh(ctx context.Context, id ID) (Record, error) {
+	return m.transition(ctx, id, ActionResume, func(ctx context.Context) error {
+		sd, ok := m.drv.(StateDiscarder)
+		if !ok {
+			return fmt.Errorf("resume vm %s fresh: discarding the saved state: %w", id, ErrUnsupported)
+		}
+		if err := sd.DiscardState(ctx, id); err != nil {
+			return err
+		}
+		return m.drv.Start(ctx, id)
+	})
 }
 
 // Console opens a console session on a started VM (viewmachine). As in the report (§6.1.8),
@@ -239,6 +296,7 @@ func (m *Manager) Console(ctx context.Context, id ID) (Record, Console, error) {
 	}
 	con, err := m.drv.OpenConsole(ctx, id)
 	if err != nil {
+		rec, err = m.failed(ctx, rec, err)
 		return rec, Console{}, err
 	}
 	if _, port, err := net.SplitHostPort(con.Addr); err == nil {
@@ -373,37 +431,72 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (Record, error) {
 }
 
 // Reconcile compares every VM's status with what the hypervisor observes, typically after
-// the node restarted: it re-attaches to running VMs (Reattacher) and records a started VM
-// found off as stopped (the guest powered itself off, or the machine rebooted). It returns the
-// records it changed.
-func (m *Manager) Reconcile(ctx context.Context) ([]Record, error) {
+// the node restarted: it re-attaches to running VMs (Reattacher), records a started VM found off
+// as stopped (the guest powered itself off, its hypervisor process died, or the machine
+// rebooted) and closes console sessions, which do not survive a restart. It returns the records
+// it changed.
+func (m *Manager) Reconcile(ctx context.Context) ([]Record, error) { return m.observe(ctx, true) }
+
+// CheckPower records every started VM that the driver finds powered off as stopped, as
+// Reconcile does, but without re-attaching or touching console sessions: a node calls it
+// periodically so that a VM whose guest shut down or whose hypervisor process died is not
+// billed as running until its owner next acts on it. It returns the records it changed.
+func (m *Manager) CheckPower(ctx context.Context) ([]Record, error) { return m.observe(ctx, false) }
+
+func (m *Manager) observe(ctx context.Context, restart bool) ([]Record, error) {
 	var changed []Record
 	var errs []error
 	for _, rec := range m.List() {
-		id := rec.ID
-		var p PowerState
-		var err error
-		if ra, ok := m.drv.(Reattacher); ok {
-			p, err = ra.Reattach(ctx, id)
-		} else {
-			p, err = m.drv.Power(ctx, id)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("vm %s: %w", id, err))
+		if !restart && rec.State.Status != StatusStarted {
 			continue
 		}
-		if rec.State.Status == StatusStarted && p == PowerOff {
-			m.log.Warn("started vm found off; recording it stopped", "vm", id)
-			r, err := m.transition(ctx, id, ActionStop, nil)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			changed = append(changed, r)
-		} else if rec.ConsolePort != 0 {
-			// console sessions do not survive a restart
-			m.CloseConsole(ctx, id)
+		rec, ok, err := m.observeOne(ctx, rec.ID, restart)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			changed = append(changed, rec)
 		}
 	}
 	return changed, errors.Join(errs...)
+}
+
+// observeOne compares one VM's status with its power state under the VM's lock, so that an
+// action running at the same time is never mistaken for a change behind the Manager's back.
+// ok reports whether the status changed.
+func (m *Manager) observeOne(ctx context.Context, id ID, restart bool) (rec Record, ok bool, err error) {
+	defer m.lock(id)()
+	if rec, err = m.inv.Get(id); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return rec, false, nil // deleted meanwhile
+		}
+		return rec, false, err
+	}
+	if rec.Cached || (!restart && rec.State.Status != StatusStarted) {
+		return rec, false, nil
+	}
+	var p PowerState
+	if ra, isRA := m.drv.(Reattacher); isRA && restart {
+		p, err = ra.Reattach(ctx, id)
+	} else {
+		p, err = m.drv.Power(ctx, id)
+	}
+	if err != nil {
+		return rec, false, fmt.Errorf("vm %s: %w", id, err)
+	}
+	switch {
+	case rec.State.Status == StatusStarted && p == PowerOff:
+		rec, err = m.recordOff(rec)
+		return rec, err == nil, err
+	case rec.State.Status == StatusSuspended && p == PowerOff && restart:
+		m.log.Warn("suspended vm has no saved memory state: resuming fails until it is put back; resuming fresh boots it from its disk", "vm", id)
+	}
+	if restart && rec.ConsolePort != 0 {
+		m.drv.CloseConsole(ctx, id) // the password of the previous process must stop working
+		rec.ConsolePort = 0
+		if rec, err = m.inv.Put(rec); err != nil {
+			return rec, false, err
+		}
+	}
+	return rec, false, nil
 }
