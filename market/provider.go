@@ -366,16 +366,17 @@ func (s *Service) changed() {
 	}
 }
 
-// publishLoop publishes the provider's offers periodically, after every change, and when a
-// peer joins the topic (a message published just before a peer's subscription reached us is
-// lost to it: gossipsub is lossy right after peers join). Publishes are at least
-// minPublishGap apart.
+// publishLoop publishes the provider's offers periodically and at once after every change. It
+// also publishes when a peer joins the topic, since a message published just before a peer's
+// subscription reached us is lost to it (gossipsub is lossy right after peers join); joins
+// are coalesced, at most one such publish per joinGap.
 func (s *Service) publishLoop() error {
 	events, err := s.topic.EventHandler()
 	if err != nil {
 		return fmt.Errorf("market: topic events: %w", err)
 	}
 	defer events.Cancel()
+	joined := make(chan struct{}, 1)
 	s.group.Go(func() error {
 		for {
 			ev, err := events.NextPeerEvent(s.ctx)
@@ -383,11 +384,14 @@ func (s *Service) publishLoop() error {
 				return nil
 			}
 			if ev.Type == pubsub.PeerJoin {
-				s.changed()
+				select {
+				case joined <- struct{}{}:
+				default:
+				}
 			}
 		}
 	})
-	gap := min(s.opts.Republish, minPublishGap)
+	gap := min(s.opts.Republish, joinGap)
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var last time.Time
@@ -397,6 +401,7 @@ func (s *Service) publishLoop() error {
 			return nil
 		case <-t.C:
 		case <-s.publish:
+		case <-joined:
 			if wait := gap - time.Since(last); wait > 0 {
 				select {
 				case <-s.ctx.Done():
@@ -419,8 +424,8 @@ func (s *Service) publishLoop() error {
 	}
 }
 
-// minPublishGap keeps a burst of changes or joins from flooding the topic.
-const minPublishGap = time.Second
+// joinGap keeps a burst of joining peers from flooding the topic with republished offers.
+const joinGap = time.Second
 
 // ownOffers signs a fresh offer for each of this provider's machines; called with provMu held.
 func (s *Service) ownOffers() ([]SignedOffer, error) {
