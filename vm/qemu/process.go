@@ -120,8 +120,11 @@ func (d *Driver) launch(ctx context.Context, m *machine, def definition, incomin
 		}
 		d.releasePort(m.id)
 		lastErr = err
-		// Another program took the port between our check and QEMU's bind: try another.
-		if port == 0 || !strings.Contains(err.Error(), "Address already in use") || incoming != nil {
+		// Another program (another provider's QEMU, on a shared machine) took the port between
+		// our check and QEMU's bind: try another. That holds for a resume too: QEMU binds its
+		// VNC socket before its main loop reads a byte of the incoming stream, and had it read
+		// any, the next QEMU would refuse the stream at its first bytes, never load a wrong one.
+		if port == 0 || !strings.Contains(err.Error(), "Address already in use") {
 			break
 		}
 	}
