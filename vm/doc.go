@@ -11,6 +11,12 @@
 // the MAC address the marketplace issues, the local inventory of VMs kept in the node's store, and
 // Manager, which ties a driver, the inventory and the status rules together for the node's API.
 //
+// Failures are typed (ErrMissingFile, ErrStateUnusable, ErrHypervisor...) and leave a VM's status,
+// version and files as they were. The one change the Manager records on its own is a started VM
+// that the driver finds powered off (its guest shut down, its hypervisor process died): it
+// becomes stopped, one version up, at Reconcile, CheckPower, or the next action on it. A VM whose
+// saved memory state is lost can be resumed fresh (Manager.ResumeFresh), booting from its disk.
+//
 // Wire and CLI forms: statuses and actions travel as their lower-case report names
 // ("started", "suspendmachine"); IDs as UUID text; MAC addresses as colon-separated hex.
 package vm

@@ -183,6 +183,12 @@ func TestManagerFaults(t *testing.T) {
 		}
 	}
 
+	restore = hide(t, p.drvCfg.QEMU)
+	_, err = p.mgr.Start(ctx, id)
+	wantNotInstalled(t, err, "qemu-system-x86_64", "apt-get install qemu-system-x86")
+	wantRecord(t, p.mgr, id, vm.StatusStopped, 5)
+	restore()
+
 	t.Log("the killed vm starts again; killed once more, the next action records it stopped")
 	if rec, err = p.mgr.Start(ctx, id); err != nil {
 		t.Fatalf("start after the kill: %v", err)
