@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/zeebo/xxh3"
@@ -24,12 +25,13 @@ import (
 //
 //	magic "VMCR" | version u8 | files u32 | per file: name (uvarint length, bytes) |
 //	mode u8 | block size u32 | size u64 | perm u32 | mtime ns i64 |
+//	staged u32 | per staged range: offset u64, length u64 |
 //	holes u32 | per hole: offset u64, length u64 | xxh3 u64 of everything before
 
 const (
 	modeNone   byte = 0 // the target already is the image
 	modeRename byte = 1 // the stage is the complete image
-	modeApply  byte = 2 // staged blocks and holes go into the target in place
+	modeApply  byte = 2 // staged pages and holes go into the target in place
 )
 
 var recordMagic = [4]byte{'V', 'M', 'C', 'R'}
@@ -45,13 +47,39 @@ type commitRecord struct {
 }
 
 type commitFile struct {
-	name  string
-	mode  byte
-	bs    int
-	size  int64
-	perm  uint32
-	mtime int64
-	holes []Extent
+	name   string
+	mode   byte
+	bs     int
+	size   int64
+	perm   uint32
+	mtime  int64
+	staged []Extent // apply: ranges of the stage to copy into the target
+	holes  []Extent // apply: ranges of the target to punch
+}
+
+func appendExtents(b []byte, es []Extent) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(es)))
+	for _, e := range es {
+		b = binary.BigEndian.AppendUint64(b, uint64(e.Off))
+		b = binary.BigEndian.AppendUint64(b, uint64(e.Len))
+	}
+	return b
+}
+
+func decodeExtents(d *dec) ([]Extent, error) {
+	n := d.u32("extents")
+	if d.err != nil || uint64(n) > maxHoles || len(d.b) < int(n)*16 {
+		return nil, fmt.Errorf("%w: extent count", errBadRecord)
+	}
+	var es []Extent
+	for range n {
+		off, l := int64(d.u64("extent")), int64(d.u64("extent"))
+		if off < 0 || l <= 0 || off > MaxFileSize || l > MaxFileSize {
+			return nil, fmt.Errorf("%w: extent", errBadRecord)
+		}
+		es = append(es, Extent{Off: off, Len: l})
+	}
+	return es, nil
 }
 
 func (r *commitRecord) marshal() []byte {
@@ -65,11 +93,8 @@ func (r *commitRecord) marshal() []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(f.size))
 		b = binary.BigEndian.AppendUint32(b, f.perm)
 		b = binary.BigEndian.AppendUint64(b, uint64(f.mtime))
-		b = binary.BigEndian.AppendUint32(b, uint32(len(f.holes)))
-		for _, h := range f.holes {
-			b = binary.BigEndian.AppendUint64(b, uint64(h.Off))
-			b = binary.BigEndian.AppendUint64(b, uint64(h.Len))
-		}
+		b = appendExtents(b, f.staged)
+		b = appendExtents(b, f.holes)
 	}
 	return binary.BigEndian.AppendUint64(b, xxh3.Hash(b))
 }
@@ -101,21 +126,16 @@ func decodeCommitRecord(b []byte) (*commitRecord, error) {
 		f.size = int64(d.u64("size"))
 		f.perm = d.u32("perm") & 0o777
 		f.mtime = int64(d.u64("mtime"))
-		nh := d.u32("holes")
-		if d.err != nil {
-			break
-		}
-		if (Request{Files: []string{f.name}}).validate() != nil || f.mode > modeApply ||
-			!validBlockSize(f.bs) || f.size < 0 || f.size > MaxFileSize || uint64(nh) > maxHoles ||
-			len(d.b) < int(nh)*16 {
+		if d.err != nil || (Request{Files: []string{f.name}}).validate() != nil || f.mode > modeApply ||
+			!validBlockSize(f.bs) || f.size < 0 || f.size > MaxFileSize {
 			return nil, fmt.Errorf("%w: file entry", errBadRecord)
 		}
-		for range nh {
-			off, l := int64(d.u64("hole")), int64(d.u64("hole"))
-			if off < 0 || l <= 0 || off > MaxFileSize || l > MaxFileSize {
-				return nil, fmt.Errorf("%w: hole", errBadRecord)
-			}
-			f.holes = append(f.holes, Extent{Off: off, Len: l})
+		var err error
+		if f.staged, err = decodeExtents(&d); err != nil {
+			return nil, err
+		}
+		if f.holes, err = decodeExtents(&d); err != nil {
+			return nil, err
 		}
 		r.files = append(r.files, f)
 	}
@@ -155,21 +175,31 @@ func (c *client) commit() error {
 // returns its entry of the commit record.
 func (c *client) prepare(f *dstFile, sync bool) (commitFile, error) {
 	g := f.g
+	pg := newGeometry(g.size, subBlockSize) // the new image's pages
 	cf := commitFile{name: f.name, bs: g.bs, size: g.size, perm: f.acc.mode, mtime: f.acc.mtime}
 	z := newZeroes(g.bs)
+	tailZero := z.hash(g.blockLen(g.nblocks - 1))
+	zero := func(i int) bool {
+		if g.blockLen(i) == g.bs {
+			return f.final.strong[i] == z.full
+		}
+		return f.final.strong[i] == tailZero
+	}
+	// fromBasis: in a completed stage, page p would be copied from the basis.
+	fromBasis := func(p int) bool {
+		i := p / g.stride
+		return f.basis != nil && !f.pages.get(p) && !f.holes[i] && pg.off(p) < f.basisSize && !zero(i)
+	}
 	var stagedBytes, copyBytes int64
-	holes := false
-	for i := range g.nblocks {
-		l := int64(g.blockLen(i))
+	for p := range pg.nblocks {
 		switch {
-		case f.staged[i]:
-			stagedBytes += l
-		case f.holes[i]:
-			holes = true
-		case f.basis != nil && f.final.strong[i] != z.hash(int(l)):
-			copyBytes += l
+		case f.pages.get(p):
+			stagedBytes += int64(pg.blockLen(p))
+		case fromBasis(p):
+			copyBytes += int64(pg.blockLen(p))
 		}
 	}
+	holes := slices.Contains(f.holes[:g.nblocks], true)
 	switch {
 	case f.identical || f.basis != nil && stagedBytes == 0 && !holes && g.size == f.basisSize:
 		cf.mode = modeNone
@@ -181,13 +211,10 @@ func (c *client) prepare(f *dstFile, sync bool) (commitFile, error) {
 		cf.mode = modeApply
 	}
 	if cf.mode == modeRename {
-		// Complete the stage with the blocks reused from the basis.
-		n, err := forRuns(g.nblocks, func(i int) bool {
-			return f.basis != nil && !f.staged[i] && !f.holes[i] && g.off(i) < f.basisSize &&
-				f.final.strong[i] != z.hash(g.blockLen(i))
-		}, func(lo, hi int) (int64, error) {
-			end := min(g.off(hi-1)+int64(g.blockLen(hi-1)), f.basisSize)
-			return end - g.off(lo), copyRange(f.stage, f.basis, g.off(lo), end-g.off(lo))
+		// Complete the stage with what the new image keeps of the basis.
+		n, err := forRuns(pg.nblocks, fromBasis, func(lo, hi int) (int64, error) {
+			end := min(pg.off(hi-1)+int64(pg.blockLen(hi-1)), f.basisSize)
+			return end - pg.off(lo), copyRange(f.stage, f.basis, pg.off(lo), end-pg.off(lo))
 		})
 		c.written.Add(n)
 		if err != nil {
@@ -203,15 +230,17 @@ func (c *client) prepare(f *dstFile, sync bool) (commitFile, error) {
 			return cf, err
 		}
 	} else {
-		// Allocate the target's space for the staged blocks now: once the record is
+		// Allocate the target's space for the staged pages now: once the record is
 		// written, the in-place copy must not run out of disk.
 		tgt, err := os.OpenFile(f.target, os.O_RDWR, 0)
 		if err != nil {
 			return cf, err
 		}
 		defer tgt.Close()
-		if _, err := forRuns(g.nblocks, func(i int) bool { return f.staged[i] }, func(lo, hi int) (int64, error) {
-			return 0, reserve(tgt, g.off(lo), g.off(hi-1)+int64(g.blockLen(hi-1))-g.off(lo))
+		if _, err := forRuns(pg.nblocks, f.pages.get, func(lo, hi int) (int64, error) {
+			e := Extent{Off: pg.off(lo), Len: pg.off(hi-1) + int64(pg.blockLen(hi-1)) - pg.off(lo)}
+			cf.staged = append(cf.staged, e)
+			return 0, reserve(tgt, e.Off, e.Len)
 		}); err != nil {
 			return cf, err
 		}
@@ -328,7 +357,7 @@ func redo(dir string, rec *commitRecord, sync bool) (int64, error) {
 	return copied, nil
 }
 
-// applyStage copies the staged blocks into the target, punches its holes and sets its size,
+// applyStage copies the staged pages into the target, punches its holes and sets its size,
 // then drops the stage.
 func applyStage(target, stagePath string, f commitFile, sync bool) (int64, error) {
 	st, err := os.Open(stagePath)
@@ -344,21 +373,12 @@ func applyStage(target, stagePath string, f commitFile, sync bool) (int64, error
 		return 0, err
 	}
 	defer tgt.Close()
-	fi, err := st.Stat()
-	if err != nil {
-		return 0, err
-	}
-	sg := newGeometry(min(fi.Size(), f.size), f.bs)
-	data, err := dataBlocks(st, sg)
-	if err != nil {
-		return 0, err
-	}
-	copied, err := forRuns(sg.nblocks, data.get, func(lo, hi int) (int64, error) {
-		n := sg.off(hi-1) + int64(sg.blockLen(hi-1)) - sg.off(lo)
-		return n, copyRange(tgt, st, sg.off(lo), n)
-	})
-	if err != nil {
-		return copied, err
+	var copied int64
+	for _, e := range f.staged {
+		if err := copyRange(tgt, st, e.Off, e.Len); err != nil {
+			return copied, err
+		}
+		copied += e.Len
 	}
 	for _, h := range f.holes {
 		if err := punchHole(tgt, h.Off, h.Len); err != nil {

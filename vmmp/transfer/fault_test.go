@@ -94,6 +94,42 @@ func TestResumeAfterDestinationCanceled(t *testing.T) {
 	}
 }
 
+// TestResumePatches interrupts a transfer of scattered small writes, which stages single
+// pages, and checks that the retry completes the image from them.
+func TestResumePatches(t *testing.T) {
+	const size = 16 << 20
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	dst := filepath.Join(p.dstDir, "disk.img")
+	writeImage(t, src, size, 24)
+	p.mustFetch(t, []string{"disk.img"})
+	old := fileSHA(t, dst)
+	var offs []int64
+	for off := int64(0); off < size; off += DefaultBlockSize {
+		offs = append(offs, off+(off/DefaultBlockSize%16)*4*kib)
+	}
+	scribble(t, src, 25, 4*kib, offs...)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Fetch(ctx, p.dst, p.src.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
+		withReportEvery(0), WithProgress(func(pr Progress) {
+			if pr.Done > pr.Total/2 {
+				cancel()
+			}
+		}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("fetch: %v, want context.Canceled", err)
+	}
+	if fileSHA(t, dst) != old {
+		t.Fatal("the previous version was damaged by a canceled transfer")
+	}
+	res := p.mustFetch(t, []string{"disk.img"})
+	if f := res.Files[0]; !f.Resumed || f.BlocksPatched >= int64(len(offs)) {
+		t.Errorf("resumed %v, patched %d of %d changed blocks: the retry started over", f.Resumed, f.BlocksPatched, len(offs))
+	}
+}
+
 // evilSource answers Fetches on h as a source of the file at path would, except that bad
 // writes the instructions for the file.
 func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWriter, data []byte, sig *signature)) {
@@ -507,7 +543,8 @@ func TestRecoverFinishesCommit(t *testing.T) {
 	want = want[:len(want)-1000]
 	rec := &commitRecord{files: []commitFile{{name: "disk.img", mode: modeApply, bs: DefaultBlockSize,
 		size: int64(len(want)), perm: 0o640, mtime: time.Now().UnixNano(),
-		holes: []Extent{{Off: 9 * DefaultBlockSize, Len: DefaultBlockSize}}}}}
+		staged: []Extent{{Off: DefaultBlockSize, Len: DefaultBlockSize}, {Off: 5 * DefaultBlockSize, Len: DefaultBlockSize}},
+		holes:  []Extent{{Off: 9 * DefaultBlockSize, Len: DefaultBlockSize}}}}}
 	if err := writeRecord(book, rec, true); err != nil {
 		t.Fatal(err)
 	}

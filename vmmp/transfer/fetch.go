@@ -116,9 +116,9 @@ type dstFile struct {
 	noDirect   atomic.Bool
 	resumed    bool
 
-	vg        geometry   // of the basis as the source sees it: basis overlaid with staged blocks
+	vg        geometry   // of the basis as the source sees it: basis overlaid with staged pages
 	dsig      *destSig   // our signature of vg, as sent
-	staged    []bool     // blocks with data in the stage file (len max(vg, g) blocks)
+	pages     bitset     // 4 KiB pages of the stage that hold received data
 	holes     []bool     // blocks the source said are zero
 	final     *signature // hashes of the new image, as verified
 	identical bool
@@ -287,22 +287,74 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 	f.res.Resumed = f.resumed
 	f.vg = newGeometry(max(f.basisSize, stageSize), c.req.blockSize)
 	n := max(f.vg.nblocks, f.g.nblocks)
-	f.staged = make([]bool, n)
 	f.holes = make([]bool, n)
+	f.pages = newBitset(n * f.g.stride)
 	if f.resumed {
-		data, err := dataBlocks(stage, newGeometry(stageSize, c.req.blockSize))
+		// What an interrupted transfer staged is what the stage holds data for. (Where the
+		// filesystem allocates more than a page at a time, the extra pages read as zeros
+		// and count as staged zeros: consistently, in the signature and in the commit.)
+		data, err := dataBlocks(stage, newGeometry(stageSize, subBlockSize))
 		if err != nil {
 			return nil, err
 		}
-		for i := range newGeometry(stageSize, c.req.blockSize).nblocks {
-			f.staged[i] = data.get(i)
-		}
+		copy(f.pages, data)
 	}
 	f.identical = !f.resumed && f.basisCache != nil && !acc.hash.IsZero() &&
 		f.basisCache.image == acc.hash && f.basisSize == acc.size
 	f.final = newSignature(f.g)
 	f.dsig = newDestSig() // filled in by sendSignatures
 	return f, nil
+}
+
+// staged reports whether any page of block i is staged.
+func (f *dstFile) staged(i int) bool {
+	for p := i * f.g.stride; p < (i+1)*f.g.stride; p++ {
+		if f.pages.get(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// stagedPages returns the staged pages of block i as a mask, one bit per page.
+func (f *dstFile) stagedPages(i int) []bool {
+	m := make([]bool, f.g.stride)
+	for k := range m {
+		m[k] = f.pages.get(i*f.g.stride + k)
+	}
+	return m
+}
+
+func (f *dstFile) setPages(i int, on bool) {
+	for p := i * f.g.stride; p < (i+1)*f.g.stride; p++ {
+		if on {
+			f.pages.set(p)
+		} else {
+			f.pages.clear(p)
+		}
+	}
+}
+
+// overlayStage reads over buf, which holds block i of the basis, the pages of the block
+// that are staged (per mask).
+func (f *dstFile) overlayStage(buf []byte, i int, mask []bool) error {
+	off := f.vg.off(i)
+	for k := 0; k < len(mask); {
+		if !mask[k] || k*subBlockSize >= len(buf) {
+			k++
+			continue
+		}
+		j := k
+		for j < len(mask) && mask[j] && j*subBlockSize < len(buf) {
+			j++
+		}
+		lo, hi := k*subBlockSize, min(len(buf), j*subBlockSize)
+		if err := readZeroPadded(f.stage, -1, buf[lo:hi], off+int64(lo)); err != nil {
+			return err
+		}
+		k = j
+	}
+	return nil
 }
 
 func (f *dstFile) close() {
@@ -423,17 +475,18 @@ func newOverlay(f *dstFile) (*overlay, error) {
 	return o, nil
 }
 
-func (o *overlay) hasData(i int) bool { return o.f.staged[i] || o.bdata.get(i) }
+func (o *overlay) hasData(i int) bool { return o.f.staged(i) || o.bdata.get(i) }
 
 func (o *overlay) read(bufs [][]byte, first int) error {
 	for j, buf := range bufs {
 		i := first + j
-		file, size := o.f.basis, o.f.basisSize
-		if o.f.staged[i] {
-			file, size = o.f.stage, -1
-		}
-		if err := readZeroPadded(file, size, buf, o.f.vg.off(i)); err != nil {
+		if err := readZeroPadded(o.f.basis, o.f.basisSize, buf, o.f.vg.off(i)); err != nil {
 			return err
+		}
+		if o.f.staged(i) {
+			if err := o.f.overlayStage(buf, i, o.f.stagedPages(i)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -470,7 +523,7 @@ type job struct {
 	kind      byte // of a single block: frameData or framePatch
 	frame     blockFrame
 	buf       []byte // owns the bytes
-	fromStage bool   // the base of a patch is the staged block, not the basis
+	before    []bool // a patch's base: pages of the block staged before it, else basis
 }
 
 // runBytes is the size of a run: large enough that a direct write costs little per byte.
@@ -647,7 +700,8 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 				run.buf = run.buf[:len(run.buf)+g.bs]
 				run.hashes = append(run.hashes, Hash(prefix[1:]))
 				run.n++
-				f.staged[i], f.holes[i] = true, false
+				f.setPages(i, true)
+				f.holes[i] = false
 				f.res.BlocksSent++
 				cursor++
 				c.report(f.name, false)
@@ -680,8 +734,21 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 				bufs.singles <- buf[:0]
 				return err
 			}
-			j := &job{f: f, first: i, n: 1, single: true, kind: t, frame: fr, buf: p, fromStage: f.staged[i]}
-			f.staged[i], f.holes[i] = true, false
+			j := &job{f: f, first: i, n: 1, single: true, kind: t, frame: fr, buf: p}
+			if t == framePatch {
+				// The worker will read the rest of the block: start reading it now.
+				prefetch(f.basis, g.off(i), int64(l))
+				// A patch stages only the pages it changes; the rest stay as they are.
+				j.before = f.stagedPages(i)
+				for k := range g.stride {
+					if k/8 < len(fr.mask) && fr.mask[k/8]&(1<<(k%8)) != 0 {
+						f.pages.set(i*g.stride + k)
+					}
+				}
+			} else {
+				f.setPages(i, true)
+			}
+			f.holes[i] = false
 			if err := dispatch(j); err != nil {
 				return err
 			}
@@ -725,11 +792,11 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 					f.res.BlocksReused++
 					continue
 				}
-				if f.staged[i] {
+				if f.staged(i) {
 					if err := punchHole(f.stage, g.off(i), int64(f.vg.bs)); err != nil {
 						return err
 					}
-					f.staged[i] = false
+					f.setPages(i, false)
 				}
 				f.holes[i] = true
 				f.final.strong[i] = z.hash(l)
@@ -811,11 +878,10 @@ func (c *client) applyBlock(j *job, scratch []byte) error {
 	}
 	if j.kind == framePatch {
 		base := scratch[:l]
-		file, size := f.basis, f.basisSize
-		if j.fromStage {
-			file, size = f.stage, -1
+		if err := readZeroPadded(f.basis, f.basisSize, base, g.off(i)); err != nil {
+			return err
 		}
-		if err := readZeroPadded(file, size, base, g.off(i)); err != nil {
+		if err := f.overlayStage(base, i, j.before); err != nil {
 			return err
 		}
 		for k := 0; k*subBlockSize < l; k++ {
@@ -842,7 +908,25 @@ func (c *client) applyBlock(j *job, scratch []byte) error {
 	}
 	f.final.strong[i] = j.frame.hash
 	hashSubs(data, f.final.sub(i))
-	if err := c.writeStage(f, data, g.off(i)); err != nil {
+	if j.kind == framePatch {
+		// Only the changed pages go to the stage: the commit copies only them.
+		mask := j.frame.mask
+		for k := 0; k*subBlockSize < l; {
+			if mask[k/8]&(1<<(k%8)) == 0 {
+				k++
+				continue
+			}
+			e := k
+			for e*subBlockSize < l && mask[e/8]&(1<<(e%8)) != 0 {
+				e++
+			}
+			lo, hi := k*subBlockSize, min(l, e*subBlockSize)
+			if err := c.writeStage(f, data[lo:hi], g.off(i)+int64(lo)); err != nil {
+				return err
+			}
+			k = e
+		}
+	} else if err := c.writeStage(f, data, g.off(i)); err != nil {
 		return err
 	}
 	c.done.Add(int64(l))

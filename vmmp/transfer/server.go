@@ -649,6 +649,8 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 	if err := ss.checkUnchanged(sf); err != nil {
 		return err
 	}
+	ss.log.Debug("transfer: file sent", "vm", ss.req.VM, "file", ss.req.Files[idx], "took", time.Since(sf.start),
+		"cached", sf.known != nil)
 	image := sig.image()
 	if err := ss.fw.write(frameEnd, image[:]); err != nil {
 		return err

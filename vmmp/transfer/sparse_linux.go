@@ -128,3 +128,10 @@ func preadv(f *os.File, bufs [][]byte, off int64) error {
 func openDirect(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
 }
+
+// prefetch asks the kernel to start reading [off, off+n) of f into the page cache.
+func prefetch(f *os.File, off, n int64) {
+	if f != nil {
+		_ = unix.Fadvise(int(f.Fd()), off, n, unix.FADV_WILLNEED)
+	}
+}

@@ -37,3 +37,5 @@ func preadv(f *os.File, bufs [][]byte, off int64) error {
 }
 
 func openDirect(path string) (*os.File, error) { return nil, errors.ErrUnsupported }
+
+func prefetch(f *os.File, off, n int64) {}

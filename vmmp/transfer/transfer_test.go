@@ -58,6 +58,10 @@ func TestFetchLifecycle(t *testing.T) {
 				if max := 3*changed + sigBytes(testSize); r.WireBytes > max {
 					tb.Errorf("%d bytes on the wire for %d changed, want at most %d", r.WireBytes, changed, max)
 				}
+				// Staged and then copied into place: only the changed pages, twice.
+				if r.WrittenBytes != 2*changed {
+					tb.Errorf("%d bytes written for %d changed, want %d", r.WrittenBytes, changed, 2*changed)
+				}
 			},
 		},
 		{

@@ -329,7 +329,8 @@ func FuzzDecodeCachedSig(f *testing.F) {
 
 func FuzzDecodeCommitRecord(f *testing.F) {
 	rec := &commitRecord{files: []commitFile{{name: "disk.img", mode: modeApply, bs: DefaultBlockSize, size: 9,
-		perm: 0o600, mtime: 7, holes: []Extent{{Off: 0, Len: 4096}}}, {name: "s", mode: modeRename, bs: MinBlockSize}}}
+		perm: 0o600, mtime: 7, staged: []Extent{{Off: 4096, Len: 8192}}, holes: []Extent{{Off: 0, Len: 4096}}},
+		{name: "s", mode: modeRename, bs: MinBlockSize}}}
 	f.Add(rec.marshal())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeCommitRecord(b)
