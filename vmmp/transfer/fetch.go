@@ -515,15 +515,15 @@ func readZeroPadded(f *os.File, size int64, p []byte, off int64) error {
 // uncompressed blocks, contiguous in one aligned buffer and written with one system call,
 // or one block that needs decoding or patching first.
 type job struct {
-	f         *dstFile
-	first     int
-	n         int    // blocks in a run
-	hashes    []Hash // a run's claimed block hashes
-	single    bool
-	kind      byte // of a single block: frameData or framePatch
-	frame     blockFrame
-	buf       []byte // owns the bytes
-	before    []bool // a patch's base: pages of the block staged before it, else basis
+	f      *dstFile
+	first  int
+	n      int    // blocks in a run
+	hashes []Hash // a run's claimed block hashes
+	single bool
+	kind   byte // of a single block: frameData or framePatch
+	frame  blockFrame
+	buf    []byte // owns the bytes
+	before []bool // a patch's base: pages of the block staged before it, else basis
 }
 
 // runBytes is the size of a run: large enough that a direct write costs little per byte.
