@@ -16,6 +16,7 @@ const vmSummary = `Act on the VMs of this provider node's hypervisor, to try it 
   virtuoso vm create [--memory MB] [--disk MB] [--speed BOGOMIPS] [--image PATH] [--kernel PATH --initrd PATH --cmdline ARGS]
   virtuoso vm ls
   virtuoso vm start|stop|suspend|resume|rm ID
+  virtuoso vm resume --fresh ID   # saved state lost: boot from the disk
   virtuoso vm console ID     # VNC address and one-time password`
 
 func runVM(ctx context.Context, env Env, args []string) error {
@@ -110,11 +111,18 @@ func vmList(ctx context.Context, env Env, args []string) error {
 
 func vmAct(ctx context.Context, env Env, name, action string, args []string) error {
 	f := newFlags(env, "vm "+name)
+	var fresh *bool
+	if name == "resume" {
+		fresh = f.Bool("fresh", false, "the saved memory state is lost or damaged: boot the VM from its disk instead (what was in its memory is lost)")
+	}
 	pos, err := f.parseArgs(args, fmt.Sprintf("%s the VM; the provider refuses what its status does not allow.", name), "ID")
 	if err != nil {
 		return err
 	}
 	id := pos[0]
+	if fresh != nil && *fresh {
+		action = "resume-fresh"
+	}
 	c, err := f.client()
 	if err != nil {
 		return err

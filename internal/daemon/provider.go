@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -16,9 +17,19 @@ import (
 // re-attached at start), the inventory in the node's store, the Manager that enforces the
 // statuses, and the local /v1/vms API through which the provider tries its hypervisor.
 type Provider struct {
-	drv *qemu.Driver
-	mgr *vm.Manager
+	drv     *qemu.Driver
+	mgr     *vm.Manager
+	stop    context.CancelFunc
+	stopped chan struct{}
 }
+
+// powerCheckInterval is how often the provider looks for VMs whose hypervisor process died, so
+// that a crashed VM is recorded stopped (and no longer billed as running) without waiting for
+// its owner's next action.
+const powerCheckInterval = 5 * time.Second
+
+// Driver is the provider's hypervisor driver; nil before Start.
+func (p *Provider) Driver() *qemu.Driver { return p.drv }
 
 // Manager is the provider's VM manager; nil before Start.
 func (p *Provider) Manager() *vm.Manager { return p.mgr }
@@ -68,7 +79,31 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 		return answer(mgr.Get(id))
 	})
 	api.Route("POST /v1/vms/{id}/{action}", p.act)
+
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	p.stop, p.stopped = stop, make(chan struct{})
+	go p.watchPower(wctx, n)
 	return nil
+}
+
+func (p *Provider) watchPower(ctx context.Context, n *node.Node) {
+	defer close(p.stopped)
+	t := time.NewTicker(powerCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := p.mgr.CheckPower(ctx)
+		if err != nil && ctx.Err() == nil {
+			n.Logger().Warn("checking VM power", "err", err)
+		}
+		for _, r := range changed {
+			n.Logger().Warn("vm found off: its hypervisor process is gone", "vm", r.ID, "status", r.State.Status)
+		}
+	}
 }
 
 // StopAll stops every running VM; a provider leaving the marketplace for good (the demo) calls
@@ -93,6 +128,10 @@ func (p *Provider) StopAll(ctx context.Context) error {
 func (p *Provider) Close() error {
 	if p.drv == nil {
 		return nil
+	}
+	if p.stop != nil {
+		p.stop()
+		<-p.stopped
 	}
 	return p.drv.Close()
 }
@@ -137,6 +176,10 @@ func (p *Provider) act(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.PathValue("action") == "resume-fresh" {
+		// The saved memory state is lost or damaged: boot the VM from its disk instead.
+		return answer(p.mgr.ResumeFresh(r.Context(), id))
+	}
 	a, err := vm.ParseAction(r.PathValue("action"))
 	if err != nil {
 		return nil, node.WithStatus(http.StatusBadRequest, err)
@@ -173,8 +216,11 @@ func vmError(err error) error {
 	switch {
 	case errors.Is(err, vm.ErrNotFound):
 		status = http.StatusNotFound
+	case errors.Is(err, qemu.ErrNotInstalled):
+		status = http.StatusServiceUnavailable
 	case errors.Is(err, vm.ErrIllegalAction), errors.Is(err, vm.ErrRunning), errors.Is(err, vm.ErrNotRunning),
-		errors.Is(err, vm.ErrConsoleBusy), errors.Is(err, vm.ErrExists):
+		errors.Is(err, vm.ErrConsoleBusy), errors.Is(err, vm.ErrExists), errors.Is(err, vm.ErrMissingFile),
+		errors.Is(err, vm.ErrStateUnusable):
 		status = http.StatusConflict
 	case errors.Is(err, vm.ErrInvalidConfig), errors.Is(err, vm.ErrTooLarge), errors.Is(err, vm.ErrUnknownAction),
 		errors.Is(err, vm.ErrUnsupported):

@@ -2,9 +2,13 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,7 +98,43 @@ func TestProviderAPI(t *testing.T) {
 	}
 
 	step("suspend", vm.StatusSuspended)
+	// A saved state that is gone: resume says so and changes nothing; resume-fresh boots the
+	// VM from its disk.
+	dir := prov.Driver().Dir(rec.ID)
+	state := filepath.Join(dir, "memory.zst")
+	saved, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatalf("suspended VM has no state file: %v", err)
+	}
+	os.Remove(state)
+	err = c.Post(ctx, "/v1/vms/"+id+"/resume", nil, nil)
+	if he, ok := errors.AsType[*node.HTTPError](err); !ok || he.Status != http.StatusConflict || !strings.Contains(err.Error(), "resume it fresh") {
+		t.Fatalf("resume without its state: %v; want 409 offering a fresh resume", err)
+	}
+	os.WriteFile(state, saved, 0o600)
 	step("resume", vm.StatusStarted)
+	step("suspend", vm.StatusSuspended)
+	os.Remove(state)
+	step("resume-fresh", vm.StatusStarted)
+
+	// A QEMU that dies is noticed by the provider on its own: the VM is recorded stopped.
+	killQEMU(t, dir)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got vm.Record
+		if err := c.Get(ctx, "/v1/vms/"+id, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.State.Status == vm.StatusStopped && got.State.Version == rec.State.Version+1 {
+			rec = got
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after its QEMU was killed the VM is still %s v%d", got.State.Status, got.State.Version)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	step("start", vm.StatusStarted)
 	step("stop", vm.StatusStopped)
 	step("delete", vm.StatusDeleted)
 	var list []vm.Record
@@ -103,5 +143,23 @@ func TestProviderAPI(t *testing.T) {
 	}
 	if err := c.Get(ctx, "/v1/vms/"+id, nil); err == nil {
 		t.Fatal("deleted VM still answers")
+	}
+}
+
+// killQEMU ends the VM's QEMU as a crash would; the pid comes from the driver's runtime state.
+func killQEMU(t *testing.T, dir string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		t.Fatalf("runtime state of a running vm: %v", err)
+	}
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil || st.PID <= 0 {
+		t.Fatalf("runtime state %s: %v", raw, err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
 	}
 }
