@@ -41,7 +41,7 @@ import (
 )
 
 // punch makes [off, off+n) of f a hole.
-func punch(f *os.File, off, n int64) error {
+func punchRange(f *os.File, off, n int64) error {
 	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
 
@@ -58,23 +58,23 @@ type TransferOptions struct {
 }
 
 const (
-	defaultSize      = 4 << 30
-	defaultChanged   = 0.01
-	defaultWriteSize = 64 << 10
-	genBlock         = 64 << 10 // unit of the deterministic image generator
-	zeroRegion       = 1 << 20  // unit of the zero layout
-	benchProto       = protocol.ID("/virtuoso/bench/sink/1.0.0")
+	defaultTransferSize      = 4 << 30
+	defaultTransferChanged   = 0.01
+	defaultTransferWriteSize = 64 << 10
+	transferGenBlock         = 64 << 10 // unit of the deterministic image generator
+	transferZeroRegion       = 1 << 20  // unit of the zero layout
+	transferSinkProto        = protocol.ID("/virtuoso/bench/sink/1.0.0")
 )
 
 func (o *TransferOptions) defaults() error {
 	if o.Size == 0 {
-		o.Size = defaultSize
+		o.Size = defaultTransferSize
 	}
 	if o.Changed == 0 {
-		o.Changed = defaultChanged
+		o.Changed = defaultTransferChanged
 	}
 	if o.WriteSize == 0 {
-		o.WriteSize = defaultWriteSize
+		o.WriteSize = defaultTransferWriteSize
 	}
 	if o.BlockSize == 0 {
 		o.BlockSize = transfer.DefaultBlockSize
@@ -83,35 +83,35 @@ func (o *TransferOptions) defaults() error {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	switch {
-	case o.Size < genBlock || o.Size > transfer.MaxFileSize:
+	case o.Size < transferGenBlock || o.Size > transfer.MaxFileSize:
 		return fmt.Errorf("bench transfer: size %d: want 64KiB to 1TiB", o.Size)
 	case o.Changed < 0 || o.Changed > 1:
 		return fmt.Errorf("bench transfer: changed %v: want 0%% to 100%%", o.Changed)
 	case o.Zero < 0 || o.Zero > 1:
 		return fmt.Errorf("bench transfer: zero %v: want 0%% to 100%%", o.Zero)
-	case o.WriteSize < 512 || o.WriteSize > o.Size || genBlock%o.WriteSize != 0 && o.WriteSize%genBlock != 0:
+	case o.WriteSize < 512 || o.WriteSize > o.Size || transferGenBlock%o.WriteSize != 0 && o.WriteSize%transferGenBlock != 0:
 		return fmt.Errorf("bench transfer: write size %d: want a power of two from 512 bytes", o.WriteSize)
 	}
 	return nil
 }
 
 // method is one way of moving the image.
-type method struct {
+type transferMethod struct {
 	name  string
 	rsync []string // rsync flags; nil for a libp2p transfer
 	tm    transfer.Method
 }
 
-var methods = []method{
+var transferMethods = []transferMethod{
 	{name: "rsync --no-whole-file --inplace", rsync: []string{"--no-whole-file", "--inplace"}},
 	{name: "rsync -W", rsync: []string{"-W"}},
 	{name: "full", tm: transfer.MethodFull},
 	{name: "blockdiff", tm: transfer.MethodBlockDiff},
 }
 
-var scenarios = []string{"first", "changed", "unchanged"}
+var transferScenarios = []string{"first", "changed", "unchanged"}
 
-type measurement struct {
+type transferTiming struct {
 	d    time.Duration
 	wire int64
 	ok   bool
@@ -135,14 +135,14 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 	if err := os.MkdirAll(srcDir, 0o755); err != nil {
 		return err
 	}
-	img := newImage(opts, filepath.Join(srcDir, "disk.img"))
+	img := newBenchImage(opts, filepath.Join(srcDir, "disk.img"))
 	opts.Log.Info("bench transfer: writing the image", "size", opts.Size)
 	if err := img.create(); err != nil {
 		return fmt.Errorf("bench transfer: create image: %w", err)
 	}
 
 	rsyncNote := ""
-	rs, err := startRsyncd(ctx, work, opts.Log)
+	rs, err := startRsyncDaemon(ctx, work, opts.Log)
 	if err != nil {
 		rsyncNote = err.Error()
 		opts.Log.Warn("bench transfer: rsync unavailable", "err", err)
@@ -150,12 +150,12 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		defer rs.stop()
 	}
 
-	src, err := newHost()
+	src, err := newTransferHost()
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
 	}
 	defer src.Close()
-	dst, err := newHost()
+	dst, err := newTransferHost()
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
 	}
@@ -174,14 +174,10 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 	}
 	defer srv.Close()
 
-	raw, err := rawStream(ctx, src, dst, opts.Size)
-	if err != nil {
-		return fmt.Errorf("bench transfer: raw stream: %w", err)
-	}
-
-	results := map[string]map[string]measurement{}
-	for _, m := range methods {
-		results[m.name] = map[string]measurement{}
+	var raw transferTiming
+	results := map[string]map[string]transferTiming{}
+	for _, m := range transferMethods {
+		results[m.name] = map[string]transferTiming{}
 		if m.rsync != nil && rs == nil {
 			continue
 		}
@@ -192,23 +188,30 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		if err := img.reset(); err != nil {
 			return fmt.Errorf("bench transfer: reset image: %w", err)
 		}
-		for _, sc := range scenarios {
+		for _, sc := range transferScenarios {
 			if sc == "changed" {
 				if err := img.change(); err != nil {
 					return fmt.Errorf("bench transfer: change image: %w", err)
 				}
 			}
+			if m.tm == transfer.MethodBlockDiff && sc == "first" {
+				// The ceiling, measured right before the transfer it is compared with: on a
+				// shared machine the available CPU drifts within a run.
+				if raw, err = rawStreamTiming(ctx, src, dst, opts.Size); err != nil {
+					return fmt.Errorf("bench transfer: raw stream: %w", err)
+				}
+			}
 			opts.Log.Info("bench transfer: run", "method", m.name, "scenario", sc)
-			var r measurement
+			var r transferTiming
 			if m.rsync != nil {
 				r, err = rs.run(ctx, m.rsync, img.path, dstDir)
 			} else {
-				r, err = fetch(ctx, dst, src.ID(), m.tm, opts.BlockSize, dstDir)
+				r, err = fetchOnce(ctx, dst, src.ID(), m.tm, opts.BlockSize, dstDir)
 			}
 			if err != nil {
 				return fmt.Errorf("bench transfer: %s, %s: %w", m.name, sc, err)
 			}
-			if err := sameFile(img.path, filepath.Join(dstDir, "disk.img")); err != nil {
+			if err := sameContent(img.path, filepath.Join(dstDir, "disk.img")); err != nil {
 				return fmt.Errorf("bench transfer: %s, %s: %w", m.name, sc, err)
 			}
 			results[m.name][sc] = r
@@ -218,11 +221,11 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 			return err
 		}
 	}
-	printTable(out, opts, img, raw, results, rs, rsyncNote)
+	printTransferTable(out, opts, img, raw, results, rs, rsyncNote)
 	return nil
 }
 
-func newHost() (host.Host, error) {
+func newTransferHost() (host.Host, error) {
 	return libp2p.New(
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		libp2p.Transport(tcp.NewTCPTransport),
@@ -232,29 +235,29 @@ func newHost() (host.Host, error) {
 	)
 }
 
-func fetch(ctx context.Context, h host.Host, from peer.ID, m transfer.Method, bs int, dir string) (measurement, error) {
+func fetchOnce(ctx context.Context, h host.Host, from peer.ID, m transfer.Method, bs int, dir string) (transferTiming, error) {
 	start := time.Now()
 	res, err := transfer.Fetch(ctx, h, from, transfer.Request{VM: "bench", Files: []string{"disk.img"}}, dir,
 		transfer.WithMethod(m), transfer.WithBlockSize(bs))
 	if err != nil {
-		return measurement{}, err
+		return transferTiming{}, err
 	}
-	return measurement{d: time.Since(start), wire: res.WireBytes, ok: true}, nil
+	return transferTiming{d: time.Since(start), wire: res.WireBytes, ok: true}, nil
 }
 
-// rawStream times size bytes through one libp2p stream into a sink that discards them:
+// rawStreamTiming times size bytes through one libp2p stream into a sink that discards them:
 // the ceiling for a first transfer.
-func rawStream(ctx context.Context, src, dst host.Host, size int64) (measurement, error) {
-	dst.SetStreamHandler(benchProto, func(s network.Stream) {
+func rawStreamTiming(ctx context.Context, src, dst host.Host, size int64) (transferTiming, error) {
+	dst.SetStreamHandler(transferSinkProto, func(s network.Stream) {
 		defer s.Close()
 		if _, err := io.Copy(io.Discard, s); err == nil {
 			_, _ = s.Write([]byte{1})
 		}
 	})
-	defer dst.RemoveStreamHandler(benchProto)
-	s, err := src.NewStream(ctx, dst.ID(), benchProto)
+	defer dst.RemoveStreamHandler(transferSinkProto)
+	s, err := src.NewStream(ctx, dst.ID(), transferSinkProto)
 	if err != nil {
-		return measurement{}, err
+		return transferTiming{}, err
 	}
 	defer s.Reset()
 	buf := make([]byte, 1<<20)
@@ -263,31 +266,31 @@ func rawStream(ctx context.Context, src, dst host.Host, size int64) (measurement
 	for left := size; left > 0; {
 		n := min(left, int64(len(buf)))
 		if _, err := s.Write(buf[:n]); err != nil {
-			return measurement{}, err
+			return transferTiming{}, err
 		}
 		left -= n
 	}
 	if err := s.CloseWrite(); err != nil {
-		return measurement{}, err
+		return transferTiming{}, err
 	}
 	if _, err := io.ReadFull(s, buf[:1]); err != nil {
-		return measurement{}, err
+		return transferTiming{}, err
 	}
-	return measurement{d: time.Since(start), wire: size, ok: true}, nil
+	return transferTiming{d: time.Since(start), wire: size, ok: true}, nil
 }
 
 // image is the benchmark's source file. Its content is a pure function of the offset (a
 // ChaCha8 stream per 64 KiB, zeros in the zero regions), so a change can be undone by
 // rewriting only what it touched.
-type image struct {
+type benchImage struct {
 	opts    TransferOptions
 	path    string
 	writes  []int64 // offsets of the rewrites of the change
 	changed bool
 }
 
-func newImage(opts TransferOptions, path string) *image {
-	im := &image{opts: opts, path: path}
+func newBenchImage(opts TransferOptions, path string) *benchImage {
+	im := &benchImage{opts: opts, path: path}
 	slots := opts.Size / opts.WriteSize
 	n := int64(math.Round(opts.Changed * float64(opts.Size) / float64(opts.WriteSize)))
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -305,8 +308,8 @@ func newImage(opts TransferOptions, path string) *image {
 
 // zeroKind says whether the zero region holding off is data (0), a hole (1) or written
 // zeros (2): the zero fraction is spread evenly, alternating holes and written zeros.
-func (im *image) zeroKind(off int64) int {
-	r := off / zeroRegion
+func (im *benchImage) zeroKind(off int64) int {
+	r := off / transferZeroRegion
 	z := im.opts.Zero
 	if math.Floor(float64(r+1)*z) <= math.Floor(float64(r)*z) {
 		return 0
@@ -317,10 +320,10 @@ func (im *image) zeroKind(off int64) int {
 	return 2
 }
 
-// gen fills p with the original content at off (a multiple of genBlock).
-func (im *image) gen(p []byte, off int64) {
+// gen fills p with the original content at off (a multiple of transferGenBlock).
+func (im *benchImage) gen(p []byte, off int64) {
 	for len(p) > 0 {
-		n := min(len(p), genBlock)
+		n := min(len(p), transferGenBlock)
 		if im.zeroKind(off) != 0 {
 			clear(p[:n])
 		} else {
@@ -334,7 +337,7 @@ func (im *image) gen(p []byte, off int64) {
 	}
 }
 
-func (im *image) create() error {
+func (im *benchImage) create() error {
 	f, err := os.Create(im.path)
 	if err != nil {
 		return err
@@ -354,12 +357,12 @@ func (im *image) create() error {
 }
 
 // restore writes the original content of [off, off+len(p)), leaving holes as holes.
-func (im *image) restore(f *os.File, p []byte, off int64) error {
+func (im *benchImage) restore(f *os.File, p []byte, off int64) error {
 	im.gen(p, off)
 	for len(p) > 0 {
-		n := min(int64(len(p)), zeroRegion-off%zeroRegion)
+		n := min(int64(len(p)), transferZeroRegion-off%transferZeroRegion)
 		if im.zeroKind(off) == 1 {
-			if err := punch(f, off, n); err != nil {
+			if err := punchRange(f, off, n); err != nil {
 				return err
 			}
 		} else if _, err := f.WriteAt(p[:n], off); err != nil {
@@ -372,7 +375,7 @@ func (im *image) restore(f *os.File, p []byte, off int64) error {
 
 // reset undoes the change and drops the transfer's cached signature, so that every
 // method starts from the same file, as new.
-func (im *image) reset() error {
+func (im *benchImage) reset() error {
 	if err := os.RemoveAll(filepath.Join(filepath.Dir(im.path), ".vmmp-transfer")); err != nil {
 		return err
 	}
@@ -384,7 +387,7 @@ func (im *image) reset() error {
 		return err
 	}
 	defer f.Close()
-	unit := max(im.opts.WriteSize, genBlock)
+	unit := max(im.opts.WriteSize, transferGenBlock)
 	buf := make([]byte, unit)
 	for _, off := range im.writes {
 		lo := off / unit * unit
@@ -400,7 +403,7 @@ func (im *image) reset() error {
 // change rewrites opts.Changed of the image in writes of opts.WriteSize, then waits out
 // the file timestamp granularity as a VM's disk would between its last write and a
 // migration.
-func (im *image) change() error {
+func (im *benchImage) change() error {
 	f, err := os.OpenFile(im.path, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -422,10 +425,10 @@ func (im *image) change() error {
 	return nil
 }
 
-func (im *image) changedBytes() int64 { return int64(len(im.writes)) * im.opts.WriteSize }
+func (im *benchImage) changedBytes() int64 { return int64(len(im.writes)) * im.opts.WriteSize }
 
-// sameFile checks that the copy is byte-identical, so no method is timed for a wrong result.
-func sameFile(a, b string) error {
+// sameContent checks that the copy is byte-identical, so no method is timed for a wrong result.
+func sameContent(a, b string) error {
 	fa, err := os.Open(a)
 	if err != nil {
 		return err
@@ -453,8 +456,8 @@ func sameFile(a, b string) error {
 	}
 }
 
-// rsyncd is an rsync daemon on loopback whose module is the working directory.
-type rsyncd struct {
+// rsyncDaemon is an rsync daemon on loopback whose module is the working directory.
+type rsyncDaemon struct {
 	root    string // the module's directory
 	cmd     *exec.Cmd
 	port    int
@@ -462,9 +465,9 @@ type rsyncd struct {
 	done    chan struct{}
 }
 
-// startRsyncd starts rsync as a daemon on 127.0.0.1, installing rsync first if it is
+// startRsyncDaemon starts rsync as a daemon on 127.0.0.1, installing rsync first if it is
 // missing and this process may (root, apt-get).
-func startRsyncd(ctx context.Context, work string, log *slog.Logger) (*rsyncd, error) {
+func startRsyncDaemon(ctx context.Context, work string, log *slog.Logger) (*rsyncDaemon, error) {
 	bin, err := exec.LookPath("rsync")
 	if err != nil {
 		if os.Geteuid() != 0 {
@@ -492,9 +495,9 @@ func startRsyncd(ctx context.Context, work string, log *slog.Logger) (*rsyncd, e
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	conf := filepath.Join(work, "rsyncd.conf")
+	conf := filepath.Join(work, "rsyncDaemon.conf")
 	body := fmt.Sprintf("use chroot = no\nuid = %d\ngid = %d\nlog file = %s\n[bench]\npath = %s\nread only = no\n",
-		os.Geteuid(), os.Getegid(), filepath.Join(work, "rsyncd.log"), work)
+		os.Geteuid(), os.Getegid(), filepath.Join(work, "rsyncDaemon.log"), work)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		return nil, err
 	}
@@ -503,7 +506,7 @@ func startRsyncd(ctx context.Context, work string, log *slog.Logger) (*rsyncd, e
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start rsync daemon: %w", err)
 	}
-	r := &rsyncd{root: work, cmd: cmd, port: port, version: version, done: make(chan struct{})}
+	r := &rsyncDaemon{root: work, cmd: cmd, port: port, version: version, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(r.done) }()
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
@@ -523,20 +526,20 @@ func startRsyncd(ctx context.Context, work string, log *slog.Logger) (*rsyncd, e
 	}
 }
 
-func (r *rsyncd) stop() {
+func (r *rsyncDaemon) stop() {
 	_ = r.cmd.Process.Kill()
 	<-r.done
 }
 
-var statLine = regexp.MustCompile(`Total bytes (sent|received): ([\d,.]+)`)
+var rsyncStatLine = regexp.MustCompile(`Total bytes (sent|received): ([\d,.]+)`)
 
 // run pushes src into dstDir through the daemon and returns the time and the bytes rsync
 // reports on the wire. -I makes rsync compare content instead of trusting size and mtime,
 // as the transfer's content check does.
-func (r *rsyncd) run(ctx context.Context, flags []string, src, dstDir string) (measurement, error) {
+func (r *rsyncDaemon) run(ctx context.Context, flags []string, src, dstDir string) (transferTiming, error) {
 	rel, err := filepath.Rel(r.root, dstDir)
 	if err != nil {
-		return measurement{}, err
+		return transferTiming{}, err
 	}
 	args := append(append([]string{"-I", "--stats"}, flags...), src,
 		fmt.Sprintf("rsync://127.0.0.1:%d/bench/%s/", r.port, filepath.ToSlash(rel)))
@@ -544,12 +547,12 @@ func (r *rsyncd) run(ctx context.Context, flags []string, src, dstDir string) (m
 	out, err := exec.CommandContext(ctx, "rsync", args...).CombinedOutput()
 	d := time.Since(start)
 	if err != nil {
-		return measurement{}, fmt.Errorf("rsync %s: %w: %s", strings.Join(args, " "), err, out)
+		return transferTiming{}, fmt.Errorf("rsync %s: %w: %s", strings.Join(args, " "), err, out)
 	}
-	m := measurement{d: d, ok: true}
+	m := transferTiming{d: d, ok: true}
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
-		if g := statLine.FindStringSubmatch(sc.Text()); g != nil {
+		if g := rsyncStatLine.FindStringSubmatch(sc.Text()); g != nil {
 			n, _ := strconv.ParseInt(strings.NewReplacer(",", "", ".", "").Replace(g[2]), 10, 64)
 			m.wire += n
 		}
@@ -557,23 +560,23 @@ func (r *rsyncd) run(ctx context.Context, flags []string, src, dstDir string) (m
 	return m, nil
 }
 
-func printTable(out io.Writer, opts TransferOptions, im *image, raw measurement, res map[string]map[string]measurement, rs *rsyncd, rsyncNote string) {
+func printTransferTable(out io.Writer, opts TransferOptions, im *benchImage, raw transferTiming, res map[string]map[string]transferTiming, rs *rsyncDaemon, rsyncNote string) {
 	fmt.Fprintf(out, "virtuoso bench transfer: %s image, %s changed in %s writes, %s zeros, %s blocks, %d CPUs\n\n",
 		FormatSize(opts.Size), formatPercent(opts.Changed), FormatSize(opts.WriteSize), formatPercent(opts.Zero),
 		FormatSize(int64(opts.BlockSize)), runtime.NumCPU())
 	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tmethod\ttime\tvs rsync --inplace\tvs rsync -W\twire\twire vs rsync --inplace\twire vs rsync -W\t")
-	inplace, whole := res[methods[0].name], res[methods[1].name]
-	row := func(sc, label, name string, m measurement) {
+	inplace, whole := res[transferMethods[0].name], res[transferMethods[1].name]
+	row := func(sc, label, name string, m transferTiming) {
 		if !m.ok {
 			fmt.Fprintf(tw, "%s\t%s\tn/a\t\t\t\t\t\t\n", label, name)
 			return
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%s\t%s\t%s\t%s\t\n", label, name, m.d.Seconds(),
-			speedup(inplace[sc], m), speedup(whole[sc], m), FormatSize(m.wire),
-			wireRatio(inplace[sc], m), wireRatio(whole[sc], m))
+			speedupRatio(inplace[sc], m), speedupRatio(whole[sc], m), FormatSize(m.wire),
+			wireBytesRatio(inplace[sc], m), wireBytesRatio(whole[sc], m))
 	}
-	for _, sc := range scenarios {
+	for _, sc := range transferScenarios {
 		label := sc
 		if sc == "changed" {
 			label = "changed " + formatPercent(opts.Changed)
@@ -581,7 +584,7 @@ func printTable(out io.Writer, opts TransferOptions, im *image, raw measurement,
 		if sc == "first" {
 			row(sc, label, "libp2p stream, raw", raw)
 		}
-		for _, m := range methods {
+		for _, m := range transferMethods {
 			row(sc, label, m.name, res[m.name][sc])
 		}
 	}
@@ -633,14 +636,14 @@ func printTable(out io.Writer, opts TransferOptions, im *image, raw measurement,
 	fmt.Fprintln(out, "blockdiff keeps signatures cached next to the files, as a node does. Time ratios: x faster; wire ratios: x the bytes.")
 }
 
-func speedup(ref, m measurement) string {
+func speedupRatio(ref, m transferTiming) string {
 	if !ref.ok || m.d <= 0 {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", ref.d.Seconds()/m.d.Seconds())
 }
 
-func wireRatio(ref, m measurement) string {
+func wireBytesRatio(ref, m transferTiming) string {
 	if !ref.ok || ref.wire == 0 {
 		return "-"
 	}
