@@ -233,36 +233,44 @@ func (s *Service) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 	return added, nil
 }
 
-// startQueries queries every peer that speaks the query protocol once it is identified, and
-// the peers already connected, so that a joining node does not wait for the next republish.
+// catchupPeers is how many peers a node queries for their offers after it starts. A
+// newcomer needs a few full books, not every peer's; and the nodes already in the
+// marketplace do not query the newcomer back, or every join would move the whole book N
+// times.
+const catchupPeers = 3
+
+// startQueries queries the peers already connected and then those identified later that speak
+// the query protocol, until catchupPeers queries succeeded, so that a starting node does not
+// wait for the next republish of every offer.
 func (s *Service) startQueries() error {
 	h := s.n.Host()
 	sub, err := h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
 	if err != nil {
 		return fmt.Errorf("market: identify events: %w", err)
 	}
-	sem := make(chan struct{}, 4)
+	taken := 0 // queries running or succeeded; guarded by s.mu
 	query := func(p peer.ID) {
 		s.mu.Lock()
-		last, seen := s.queried[p]
-		if seen && time.Since(last) < time.Minute {
-			s.mu.Unlock()
+		_, seen := s.queried[p]
+		ok := !seen && taken < catchupPeers
+		if ok {
+			s.queried[p] = time.Now()
+			taken++
+		}
+		s.mu.Unlock()
+		if !ok {
 			return
 		}
-		s.queried[p] = time.Now()
-		s.mu.Unlock()
 		s.group.Go(func() error {
-			select {
-			case sem <- struct{}{}:
-			case <-s.ctx.Done():
+			n, err := s.QueryOffers(s.ctx, p)
+			if err != nil {
+				s.log.Debug("offers query", "to", p, "err", err)
+				s.mu.Lock()
+				taken-- // let another peer be asked instead
+				s.mu.Unlock()
 				return nil
 			}
-			defer func() { <-sem }()
-			if n, err := s.QueryOffers(s.ctx, p); err != nil {
-				s.log.Debug("offers query", "to", p, "err", err)
-			} else if n > 0 {
-				s.log.Debug("offers query", "to", p, "new", n)
-			}
+			s.log.Debug("offers query", "to", p, "new", n)
 			return nil
 		})
 	}

@@ -112,7 +112,7 @@ type Service struct {
 	consoles  map[vm.ID]string // provider: VNC address of each open console session
 	tunnels   map[vm.ID]*tunnel
 	rejects   map[peer.ID]int
-	queried   map[peer.ID]time.Time
+	queried   map[peer.ID]time.Time // peers asked for their offers after start
 	avgs      map[string]ConfigAverage
 	resources ResourceAverages
 }

@@ -16,7 +16,7 @@ func TestMarketSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Propagation) != 3*3 || len(res.Search) != 20 {
+	if len(res.Propagation)+res.Lost != 3*3 || len(res.Propagation) == 0 || len(res.Search) != 20 {
 		t.Fatalf("samples: %d propagation, %d search", len(res.Propagation), len(res.Search))
 	}
 	if res.CatchupOffers < 300 {
