@@ -158,7 +158,7 @@ func (s *fileSource) hasData(i int) bool { return s.data.get(i) }
 func (s *fileSource) read(bufs [][]byte, first int) error {
 	if err := preadv(s.f, bufs, s.g.off(first)); err != nil {
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: %s is shorter than %d bytes", ErrSourceChanged, s.f.Name(), s.g.size)
+			return fmt.Errorf("%w: it shrank below %d bytes", ErrSourceChanged, s.g.size)
 		}
 		return fmt.Errorf("read %s: %w", s.f.Name(), err)
 	}

@@ -138,10 +138,15 @@ func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
 			_ = f.f.Close()
 		}
 	}()
-	// Any failure past this point is reported to the peer before the stream closes.
+	// Any failure past this point is reported to the peer before the stream closes. Local
+	// failures are named but not detailed: paths and system errors stay in this node's log.
 	defer func() {
 		if err != nil && !errors.Is(err, errPeerFailed) {
-			_ = ss.fw.write(frameError, remoteError{code: errCode(err), msg: err.Error()}.marshal())
+			e := remoteError{code: errCode(err), msg: err.Error()}
+			if e.code == codeInternal {
+				e.msg = "the source could not read the requested files; its log has the details"
+			}
+			_ = ss.fw.write(frameError, e.marshal())
 			_ = ss.fw.flush()
 		}
 	}()
@@ -672,11 +677,8 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 // versions.
 func (ss *session) checkUnchanged(sf *srcFile) error {
 	fi, err := os.Stat(sf.path)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrSourceChanged, err)
-	}
-	if fileIdentity(fi) != sf.id {
-		return fmt.Errorf("%w: %s", ErrSourceChanged, sf.path)
+	if err != nil || fileIdentity(fi) != sf.id {
+		return ErrSourceChanged
 	}
 	return nil
 }
