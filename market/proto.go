@@ -220,12 +220,14 @@ func (s *Service) serve(id protocol.ID, memory int, timeout time.Duration, handl
 			return
 		}
 		defer st.Scope().ReleaseMemory(memory)
-		ctx, cancel := context.WithCancel(s.ctx)
+		var ctx context.Context
+		var cancel context.CancelFunc
 		if timeout > 0 {
 			ctx, cancel = context.WithTimeout(s.ctx, timeout)
 			st.SetDeadline(time.Now().Add(timeout))
 		} else {
 			// a tunnel: only the handshake has a deadline; pipe clears it
+			ctx, cancel = context.WithCancel(s.ctx)
 			st.SetDeadline(time.Now().Add(30 * time.Second))
 		}
 		defer cancel()

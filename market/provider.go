@@ -197,23 +197,38 @@ func (s *Service) RemoveMachine(ctx context.Context, id MachineID, force bool) e
 	if err := s.provider(); err != nil {
 		return err
 	}
-	m, err := s.machine(id)
-	if err != nil {
-		return err
-	}
-	leases, err := s.providerLeases()
-	if err != nil {
-		return err
-	}
+	// One transaction checks what the machine stores and deletes it, so that no store can
+	// reserve on it in between: a store re-reads the machine in its own transaction.
+	var m Machine
 	var held []providerLease
-	for _, l := range leases {
-		if l.Machine == id && l.holds() {
-			held = append(held, l)
+	err := s.provSpace.Update(func(tx *node.Txn) error {
+		var err error
+		if m, err = node.GetJSON[Machine](tx, "machine/"+id.String()); errors.Is(err, node.ErrNotFound) {
+			return fmt.Errorf("machine %s: %w", id, ErrNotFound)
+		} else if err != nil {
+			return err
 		}
+		leases, err := listLeases(tx.List)
+		if err != nil {
+			return err
+		}
+		for _, l := range leases {
+			if l.Machine == id && l.holds() {
+				held = append(held, l)
+			}
+		}
+		if len(held) > 0 && !force {
+			return fmt.Errorf("%w: %s stores %d vm(s); remove it with force to stop and delete them (their owners are notified)", ErrMachineInUse, m.Name, len(held))
+		}
+		return tx.Delete("machine/" + id.String())
+	})
+	if err != nil {
+		return err
 	}
-	if len(held) > 0 && !force {
-		return fmt.Errorf("%w: %s stores %d vm(s); remove it with force to stop and delete them (their owners are notified)", ErrMachineInUse, m.Name, len(held))
-	}
+	s.provMu.Lock()
+	s.publishWithdrawal(m)
+	s.provMu.Unlock()
+	var errs []error
 	for _, l := range held {
 		if s.mgr != nil {
 			if rec, err := s.mgr.Get(l.VM); err == nil {
@@ -221,27 +236,21 @@ func (s *Service) RemoveMachine(ctx context.Context, id MachineID, force bool) e
 					s.mgr.Stop(ctx, l.VM)
 				}
 				if _, err := s.mgr.Delete(ctx, l.VM); err != nil && !errors.Is(err, vm.ErrNotFound) {
-					return fmt.Errorf("evict vm %s: %w", l.VM, err)
+					errs = append(errs, fmt.Errorf("evict vm %s: %w", l.VM, err))
 				}
 			}
 		}
 		reason := fmt.Sprintf("provider %s removed machine %q; the vm was deleted", s.n.ID(), m.Name)
 		if err := s.endLease(l.VM, reason); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
-		s.notify(l, reason)
-	}
-	s.provMu.Lock()
-	err = s.provSpace.Delete("machine/" + id.String())
-	if err == nil {
-		s.publishWithdrawal(m)
-	}
-	s.provMu.Unlock()
-	if err != nil {
-		return err
+		if l.State == leaseActive {
+			s.notify(l, reason)
+		}
 	}
 	s.log.Info("machine removed", "machine", id, "evicted", len(held))
-	return nil
+	return errors.Join(errs...)
 }
 
 // MachineView is a machine with what it currently holds.
@@ -601,6 +610,17 @@ func (s *Service) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.R
 		if _, err := tx.Get(key); err == nil {
 			return fmt.Errorf("%w: vm %s", ErrExists, l.VM)
 		}
+		// The machine again, inside the transaction: it may have been edited or removed
+		// since the checks above.
+		cur, err := node.GetJSON[Machine](tx, "machine/"+m.ID.String())
+		if errors.Is(err, node.ErrNotFound) {
+			return fmt.Errorf("machine %s: %w", m.ID, ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		if cur.Terms != l.Terms {
+			return fmt.Errorf("%w: machine %q changed its terms just now; search again", ErrStale, cur.Name)
+		}
 		leases, err := listLeases(tx.List)
 		if err != nil {
 			return err
@@ -631,7 +651,13 @@ func (s *Service) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.R
 	}
 	full, err := sl.Countersign(s.n.PrivKey())
 	if err == nil {
-		err = node.PutJSON(s.provSpace, key, providerLease{Raw: full.Encode(), State: leaseActive, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: s.now()})
+		err = s.provSpace.Update(func(tx *node.Txn) error {
+			// Still pending? A forced removal of the machine may have ended it meanwhile.
+			if pl, err := node.GetJSON[providerLease](tx, key); err != nil || pl.State != leasePending {
+				return fmt.Errorf("%w: machine %q was removed while the vm was being created", ErrNotFound, m.Name)
+			}
+			return node.PutJSON(tx, key, providerLease{Raw: full.Encode(), State: leaseActive, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: s.now()})
+		})
 	}
 	if err != nil {
 		s.mgr.Delete(context.WithoutCancel(ctx), l.VM)
