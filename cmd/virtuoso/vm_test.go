@@ -9,7 +9,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 )
 
-// TestVMCommands tries a provider's hypervisor the way its owner does: `virtuoso vm …` against
+// TestVMCommands tries a provider's hypervisor the way its owner does: `virtuoso vm --local …` against
 // a running provider node, with a real QEMU guest.
 func TestVMCommands(t *testing.T) {
 	guest := qemutest.BuildGuest(t)
@@ -34,19 +34,19 @@ func TestVMCommands(t *testing.T) {
 	if !strings.HasPrefix(rest, "stored (version 1)") {
 		t.Fatalf("vm create printed %q", out)
 	}
-	t.Cleanup(func() { run(t, "vm", "stop", "--home", home, id) })
+	t.Cleanup(func() { run(t, "vm", "--local", "stop", "--home", home, id) })
 
 	for _, step := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"vm", "start", id, "--home", home}, "started (version 2)"},
-		{[]string{"vm", "ls", "--home", home}, "stopmachine,viewmachine,suspendmachine"},
-		{[]string{"vm", "console", "--home", home, id}, "VNC 127.0.0.1:"},
-		{[]string{"vm", "suspend", "--home", home, id}, "suspended (version 3)"},
-		{[]string{"vm", "resume", "--home", home, id}, "started (version 4)"},
-		{[]string{"vm", "stop", "--home", home, id}, "stopped (version 5)"},
-		{[]string{"vm", "rm", "--home", home, id}, "deleted (version 6)"},
+		{[]string{"vm", "--local", "start", id, "--home", home}, "started (version 2)"},
+		{[]string{"vm", "--local", "ls", "--home", home}, "stopmachine,viewmachine,suspendmachine"},
+		{[]string{"vm", "--local", "console", "--home", home, id}, "VNC 127.0.0.1:"},
+		{[]string{"vm", "--local", "suspend", "--home", home, id}, "suspended (version 3)"},
+		{[]string{"vm", "--local", "resume", "--home", home, id}, "started (version 4)"},
+		{[]string{"vm", "--local", "stop", "--home", home, id}, "stopped (version 5)"},
+		{[]string{"vm", "--local", "rm", "--home", home, id}, "deleted (version 6)"},
 	} {
 		if out := mustRun(t, step.args...); !strings.Contains(out, step.want) {
 			t.Fatalf("virtuoso %s printed %q; want %q", strings.Join(step.args, " "), out, step.want)
@@ -59,16 +59,16 @@ func TestVMCommands(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no id", []string{"vm", "start", "--home", home}, 2, "missing id"},
-		{"unknown action", []string{"vm", "explode", "--home", home}, 2, "unknown action"},
-		{"deleted vm", []string{"vm", "start", "--home", home, id}, 1, "not found"},
+		{"no id", []string{"vm", "--local", "start", "--home", home}, 2, "missing id"},
+		{"unknown action", []string{"vm", "--local", "explode", "--home", home}, 2, "unknown action"},
+		{"deleted vm", []string{"vm", "--local", "start", "--home", home, id}, 1, "not found"},
 		{"illegal for status", nil, 1, "is not allowed while the vm is stored"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
 			if args == nil {
 				out := mustRun(t, "vm", "create", "--home", home, "--memory", "64", "--disk", "64")
-				args = []string{"vm", "resume", "--home", home, strings.Fields(out)[0]}
+				args = []string{"vm", "--local", "resume", "--home", home, strings.Fields(out)[0]}
 			}
 			code, _, stderr := run(t, args...)
 			if code != tc.code || !strings.Contains(strings.ToLower(stderr), tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {

@@ -34,16 +34,15 @@ type command struct {
 }
 
 func commands() []command {
-	return []command{
+	return append(marketCommands(), []command{
 		{"init", "[--home DIR] [--profile local|public] [--bootstrap ADDR]… [--provider] [--coordinator] [--force]", "create a node's home: identity, API token and config", runInit},
 		{"node", "[--home DIR] [--bootstrap ADDR]… [--api ADDR] [--provider] [--coordinator]", "run the node until Ctrl-C", runNode},
 		{"id", "[--home DIR] [--json]", "print the node's peer ID and listen addresses", runID},
 		{"peers", "[--home DIR] [--json]", "list connected peers with addresses and latency", runPeers},
-		{"vm", "create|ls|start|stop|suspend|resume|console|rm [ID] [flags]", "act on this provider's VMs", runVM},
 		{"demo", "[--dir DIR]", "run a whole local marketplace on loopback until Ctrl-C", runDemo},
 		{"bench", "transfer [flags]", "measure against the tools a user would otherwise use", runBench},
 		{"version", "", "print the version", runVersion},
-	}
+	}...)
 }
 
 // Run runs the command line args and returns the process exit code: 0 on success, 1 on

@@ -14,10 +14,10 @@ import (
 const vmSummary = `Act on the VMs of this provider node's hypervisor, to try it before selling anything.
 
   virtuoso vm create [--memory MB] [--disk MB] [--speed BOGOMIPS] [--image PATH] [--kernel PATH --initrd PATH --cmdline ARGS]
-  virtuoso vm ls
-  virtuoso vm start|stop|suspend|resume|rm ID
-  virtuoso vm resume --fresh ID   # saved state lost: boot from the disk
-  virtuoso vm console ID     # VNC address and one-time password`
+  virtuoso vm --local ls
+  virtuoso vm --local start|stop|suspend|resume|rm ID
+  virtuoso vm --local resume --fresh ID   # saved state lost: boot from the disk
+  virtuoso vm --local console ID          # VNC address and one-time password`
 
 func runVM(ctx context.Context, env Env, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {

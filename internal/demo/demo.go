@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
 )
 
 // Role names one demo node.
@@ -84,9 +86,11 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 				}
 			})
 		}
-		n, err := daemon.New(home, cfg, daemon.Options{Options: node.Options{
-			Logger: log.With("node", r.Name), Version: version,
-		}})
+		opts := daemon.Options{Options: node.Options{Logger: log.With("node", r.Name), Version: version}}
+		if r.Provider && guestErr == nil {
+			opts.Images = []market.Image{guest.Image()}
+		}
+		n, err := daemon.New(home, cfg, opts)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Name, err)
 		}
@@ -96,7 +100,25 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 		}
 		m.Nodes = append(m.Nodes, n)
 	}
+	// Two providers with opposite price profiles, as in the report: one cheap to store, one
+	// cheap to run. A restarted demo keeps the machines it already has.
+	provider := 0
+	for i, r := range Roles {
+		if !r.Provider {
+			continue
+		}
+		if _, err := m.Nodes[i].Market.EnsureMachine(ctx, market.DemoMachine(provider)); err != nil {
+			return nil, fmt.Errorf("%s machine: %w", r.Name, err)
+		}
+		provider++
+	}
 	return m, nil
+}
+
+// Image is the guest as a preconfigured OS image a provider offers.
+func (g Guest) Image() market.Image {
+	return market.Image{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
+		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}
 }
 
 // Print writes the table of nodes and what to try.
@@ -108,12 +130,14 @@ func (m *Marketplace) Print(w io.Writer) {
 	}
 	tw.Flush()
 	buyer := m.Nodes[len(m.Nodes)-1].Home().Dir
-	fmt.Fprintf(w, "\nTry, in another terminal:\n  virtuoso peers --home %s\n  virtuoso id --home %s\n", buyer, buyer)
-	if g, err := FindGuest(); err == nil {
-		prov := m.Nodes[1].Home().Dir
-		fmt.Fprintf(w, "  virtuoso vm create --home %s --memory 128 --disk 64 --image %s --kernel %s --initrd %s --cmdline '%s'\n  virtuoso vm start --home %s ID\n",
-			prov, g.Disk, g.Kernel, g.Initrd, g.Cmdline, prov)
-	}
+	fmt.Fprintf(w, "\nTry, as the buyer, in another terminal:\n"+
+		"  export VIRTUOSO_HOME=%s\n"+
+		"  virtuoso peers                                  # the other nodes\n"+
+		"  virtuoso configs                                # standard and preconfigured configurations\n"+
+		"  virtuoso market                                 # average asked prices\n"+
+		"  virtuoso search --config busybox --sort storage # cheapest to keep; --sort running: cheapest to run\n"+
+		"  virtuoso store --config busybox --machine MACHINE  (search prints the exact command)\n"+
+		"  virtuoso vm start ID; virtuoso vm console ID; virtuoso vm stop ID\n", buyer)
 	fmt.Fprintf(w, "\nCtrl-C stops the marketplace.\n")
 }
 
