@@ -35,6 +35,7 @@ demo: build guest ## run a whole local marketplace on loopback until Ctrl-C
 bench: build ## run the benchmarks side by side with the tools a user would otherwise use
 	$(BIN) bench transfer
 	$(BIN) bench transfer --write-size 4KiB
+	$(BIN) bench market
 	go test -run '^$$' -bench . -benchtime 3x $(PKGS)
 
 fuzz: deps ## run every fuzz target for FUZZTIME (default 10s) each

@@ -11,17 +11,48 @@ import (
 
 const benchSummary = `Measure Virtuoso side by side with the tools a user would otherwise use, in one run.
 
-  virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]`
+  virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]
+  virtuoso bench market [--nodes 30] [--rounds 20] [--offers 10000] [--searches 300]`
 
 func runBench(ctx context.Context, env Env, args []string) error {
-	if len(args) == 0 || args[0] != "transfer" {
-		f := newFlags(env, "bench")
-		if _, err := f.parseArgs(args, benchSummary, "transfer"); err != nil {
-			return err
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	if len(args) > 0 {
+		switch args[0] {
+		case "transfer":
+			return benchTransfer(ctx, env, args[1:])
+		case "market":
+			return benchMarket(ctx, env, args[1:])
 		}
-		fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; run `virtuoso bench --help`\n", args[0])
-		return errUsage
 	}
+	f := newFlags(env, "bench")
+	pos, err := f.parseArgs(args, benchSummary, "transfer|market")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; use transfer or market\n", pos[0])
+	return errUsage
+}
+
+func benchMarket(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench market")
+	opts := bench.MarketOptions{}
+	f.IntVar(&opts.Nodes, "nodes", 30, "nodes on loopback for offer propagation")
+	f.IntVar(&opts.Rounds, "rounds", 20, "offers published one after the other")
+	f.IntVar(&opts.Offers, "offers", 10000, "offers in the book that is searched")
+	f.IntVar(&opts.Searches, "searches", 300, "searches timed")
+	f.StringVar(&opts.Dir, "dir", "", "where the nodes' homes are made (default: the system temp dir)")
+	if err := f.parse(args, "Time offer propagation (p50/p99) over loopback nodes, a joining node's catch-up, and search over a large offer book."); err != nil {
+		return err
+	}
+	var err error
+	if opts.Log, err = f.logger(defaultLog); err != nil {
+		return err
+	}
+	return bench.Market(ctx, opts, env.Stdout)
+}
+
+func benchTransfer(ctx context.Context, env Env, args []string) error {
 	f := newFlags(env, "bench transfer")
 	size := f.String("size", "4GiB", "image size")
 	changed := f.String("changed", "1%", "share of the image rewritten between transfers")
@@ -29,7 +60,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	zero := f.String("zero", "0%", "share of the image that is zeros (half holes, half written zeros)")
 	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
 	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs twice --size free")
-	if err := f.parse(args[1:], "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff, full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table."); err != nil {
+	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff, full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table."); err != nil {
 		return err
 	}
 	opts := bench.TransferOptions{Dir: *dir}
@@ -54,7 +85,5 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	if opts.Log, err = f.logger(defaultLog); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
-	defer stop()
 	return bench.Transfer(ctx, opts, env.Stdout)
 }
