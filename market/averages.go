@@ -100,23 +100,35 @@ func mean(ms []Money) Money {
 	return Money(sum.Int64())
 }
 
-// averageLoop computes the market averages now and then every AverageInterval.
+// averageLoop computes the market averages now and every AverageInterval, when it also keeps
+// a history sample (report §6.1.9 priceaverage). New offers are averaged in as they arrive,
+// at most once a second, so a node that just joined does not show an empty market for a whole
+// period.
 func (s *Service) averageLoop() error {
 	t := time.NewTicker(s.opts.AverageInterval)
 	defer t.Stop()
+	s.updateAverages(true)
 	for {
-		s.updateAverages()
+		record := false
 		select {
 		case <-s.ctx.Done():
 			return nil
 		case <-t.C:
+			record = true
+		case <-s.booked:
+			select { // let a burst of offers land first
+			case <-s.ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
 		}
+		s.updateAverages(record)
 	}
 }
 
-// updateAverages computes every catalog configuration's average and the per-resource ones,
-// and appends fresh values to the history.
-func (s *Service) updateAverages() {
+// updateAverages computes every catalog configuration's average and the per-resource ones;
+// with record, it appends the fresh values to the history.
+func (s *Service) updateAverages(record bool) {
 	now := s.now()
 	offers := s.book.Live(now)
 	own, err := s.ownConfigs()
@@ -132,6 +144,9 @@ func (s *Service) updateAverages() {
 	s.avgs = fresh
 	s.resources = averageResources(offers, s.resources, now)
 	s.mu.Unlock()
+	if !record {
+		return
+	}
 	for _, c := range cat {
 		a := fresh[c.Name]
 		if a.Stale {

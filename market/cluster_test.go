@@ -241,3 +241,26 @@ func TestJoiningNodeCatchesUp(t *testing.T) {
 		t.Fatalf("a second query brought %d new offers (%v); the first had them all", n, err)
 	}
 }
+
+// TestAveragesFollowNewOffers: a node's market averages take in offers as they arrive, without
+// waiting for the next averaging period (an hour here).
+func TestAveragesFollowNewOffers(t *testing.T) {
+	_, svcs := marketCluster(t, 2, func(i int) *Options {
+		o := fastOptions()
+		o.AverageInterval = time.Hour
+		o.Provider = i == 0
+		return &o
+	})
+	if _, err := svcs[0].AddMachine(context.Background(), testSpec("rack-1", Resources{16000, 32768, 1 << 20})); err != nil {
+		t.Fatal(err)
+	}
+	providers := func() int {
+		a, err := svcs[1].Averages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Resources.Providers
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("averages over %d providers, want 1", providers()) },
+		func() bool { return providers() == 1 })
+}

@@ -90,6 +90,10 @@ func (s *Service) acceptAll(offers []SignedOffer) int {
 	if len(taken) == 0 {
 		return 0
 	}
+	select {
+	case s.booked <- struct{}{}:
+	default:
+	}
 	err := s.bookSpace.Update(func(tx *node.Txn) error {
 		for _, so := range taken {
 			if err := tx.Put(bookKey(so.Offer), so.Raw); err != nil {

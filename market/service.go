@@ -107,6 +107,9 @@ type Service struct {
 	provMu  sync.Mutex
 	lastSeq uint64
 	publish chan struct{} // a change to publish soon
+	// booked signals that the offer book took new offers, so market averages follow the
+	// offers as they arrive instead of waiting for the next period.
+	booked chan struct{}
 
 	mu        sync.Mutex
 	consoles  map[vm.ID]string // provider: VNC address of each open console session
@@ -122,7 +125,7 @@ func New(opts Options) *Service {
 	opts.fill()
 	return &Service{
 		opts: opts, log: opts.Logger, book: NewBook(),
-		publish:  make(chan struct{}, 1),
+		publish:  make(chan struct{}, 1), booked: make(chan struct{}, 1),
 		consoles: map[vm.ID]string{}, tunnels: map[vm.ID]*tunnel{},
 		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{},
 	}
