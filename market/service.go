@@ -125,7 +125,7 @@ func New(opts Options) *Service {
 	opts.fill()
 	return &Service{
 		opts: opts, log: opts.Logger, book: NewBook(),
-		publish:  make(chan struct{}, 1), booked: make(chan struct{}, 1),
+		publish: make(chan struct{}, 1), booked: make(chan struct{}, 1),
 		consoles: map[vm.ID]string{}, tunnels: map[vm.ID]*tunnel{},
 		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{},
 	}
