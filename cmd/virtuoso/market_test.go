@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBuyerCommands walks the buyer's path with the CLI against two node processes: a provider
+// sells a machine, the buyer finds it, stores a VM there and controls it.
+func TestBuyerCommands(t *testing.T) {
+	dir := t.TempDir()
+	prov, buyer := filepath.Join(dir, "provider"), filepath.Join(dir, "buyer")
+	mustRun(t, "init", "--home", prov, "--provider")
+	cfg := filepath.Join(prov, "config.toml")
+	raw, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(raw), `accel = "auto"`, `accel = "tcg"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startNode(t, prov)
+	mustRun(t, "init", "--home", buyer, "--bootstrap", nodeID(t, prov).Addrs[0])
+	startNode(t, buyer)
+
+	out := mustRun(t, "machine", "add", "--home", prov, "--name", "rack-1", "--speed", "4000", "--memory", "2048", "--storage", "8192")
+	if !strings.Contains(out, "rack-1") {
+		t.Fatalf("machine add printed %q", out)
+	}
+	t.Cleanup(func() { run(t, "vm", "--local", "stop", "--home", prov) })
+
+	// The offer reaches the buyer's book over gossip (or its catch-up query).
+	var command string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out = mustRun(t, "search", "--home", buyer, "--config", "tiny", "--sort", "storage")
+		if i := strings.Index(out, "virtuoso store "); i >= 0 {
+			command = strings.TrimSpace(out[i:])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("search never found the provider's machine:\n%s", out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if !strings.Contains(out, "rack-1") {
+		t.Fatalf("search result does not name the machine:\n%s", out)
+	}
+
+	args := append(strings.Fields(command)[1:], "--home", buyer, "--json")
+	var stored struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, args...)), &stored); err != nil || stored.ID == "" {
+		t.Fatalf("store --json: %+v, %v", stored, err)
+	}
+	id := stored.ID
+	t.Cleanup(func() { run(t, "vm", "stop", "--home", buyer, id) })
+
+	for _, step := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "ls", "--home", buyer}, "stored"},
+		{[]string{"vm", "start", id, "--home", buyer}, "started"},
+		{[]string{"vm", "console", id, "--home", buyer}, "VNC 127.0.0.1:"},
+		{[]string{"vm", "stop", id, "--home", buyer}, "stopped"},
+	} {
+		if out := mustRun(t, step.args...); !strings.Contains(out, step.want) {
+			t.Fatalf("virtuoso %s printed %q; want %q", strings.Join(step.args, " "), out, step.want)
+		}
+	}
+
+	// Another node holds no lease on the VM: its `vm start` has nothing to act on.
+	code, _, stderr := run(t, "vm", "start", id, "--home", prov)
+	if code == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Fatalf("vm start from a node without the lease: exit %d, %q; want a one-line error", code, stderr)
+	}
+	// An illegal action for the status is refused with the reason.
+	if code, _, stderr := run(t, "vm", "resume", id, "--home", buyer); code == 0 || !strings.Contains(stderr, "stopped") {
+		t.Fatalf("resume of a stopped VM: exit %d, %q", code, stderr)
+	}
+}
