@@ -133,6 +133,11 @@ func TestAPI(t *testing.T) {
 	if avg.Resources.Providers != 1 {
 		t.Fatalf("resource averages %+v", avg.Resources)
 	}
+	// The history takes a sample every averaging period while a provider can host tiny.
+	var hist []Sample
+	waitFor(t, 30*time.Second, func() string { return "no history sample for tiny" }, func() bool {
+		return bc.Get(ctx, "/v1/market/averages/history?config=tiny", &hist) == nil && len(hist) > 0
+	})
 	if err := pc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+m.ID.String(), nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +152,6 @@ func TestAPI(t *testing.T) {
 	if a := avg.Configs[slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" })]; a.RunningPerHour != q.RunningPerHour() {
 		t.Fatalf("stale average lost its value: %+v", a)
 	}
-	var hist []Sample
 	if err := bc.Get(ctx, "/v1/market/averages/history?config=tiny", &hist); err != nil || len(hist) == 0 {
 		t.Fatalf("history %+v, %v", hist, err)
 	}
