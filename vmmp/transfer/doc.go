@@ -14,15 +14,26 @@
 // baseline.
 //
 // Both sides hash on a pool of workers in batches that flow to the stream in file order, so
-// hashing overlaps the network instead of preceding it. The destination verifies every
-// received block against its hash before writing it to a stage, and the whole image against
-// the image hash (BLAKE3 over the block hashes, see ImageHash) before it commits; a failed
-// transfer never touches the version it already had. Signatures are cached next to the
-// files they describe (in .vmmp-transfer/), trusted while the file's identity is unchanged
-// and a sample of blocks still matches, so an unchanged image is not re-read; a
-// ChangeTracker (a hypervisor dirty bitmap) lets a changed one be re-read only where it
-// changed. A broken transfer keeps its verified staged blocks and the next Fetch of the same
-// files resumes from them; commits are crash-safe (see Recover).
+// hashing overlaps the network instead of preceding it; the source builds DATA frames in
+// the buffers it reads blocks into, the destination reads runs of blocks into one aligned
+// buffer and stages them with one direct write.
+//
+// The destination verifies every received block against its hash before it stages it, and
+// the whole image against the image hash (BLAKE3 over the block hashes, see ImageHash)
+// before it commits, so verification needs no second pass; a failed transfer never touches
+// the version it already had. The stage (dstDir/.vmmp-transfer/NAME.stage) holds only the
+// pages received, at their offsets. The commit is a redo log: the plan for every file of the
+// request goes into one record made durable by a rename; then each file's stage is either
+// completed from the old version and renamed over it, or copied into it in place,
+// whichever copies less (a few changed pages of a large image are copied, not the image).
+// A crash after the record is finished by Recover, which every Fetch runs first.
+//
+// Signatures are cached next to the files they describe (.vmmp-transfer/NAME.sig), trusted
+// while the file's identity (device, inode, size, mtime, ctime) is unchanged and a sample of
+// blocks still matches, so an unchanged image is not re-read; a stale cache still saves the
+// strong hashing of blocks whose fast sub-block hashes match. A ChangeTracker (a hypervisor
+// dirty bitmap) lets a changed image be re-read only where it changed. A broken transfer
+// keeps its verified staged pages and the next Fetch of the same files resumes from them.
 //
 // # Wire format, version 1
 //

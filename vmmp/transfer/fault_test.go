@@ -587,3 +587,33 @@ func TestFetchStalledSource(t *testing.T) {
 	}
 	p.mustFetch(t, []string{"disk.img"})
 }
+
+// TestStaleSourceCacheRecovers plants a cached signature that the source trusts but that
+// lies about one block: the destination must refuse the data, and the retry must succeed
+// because the source then forgets the cache.
+func TestStaleSourceCacheRecovers(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, testSize, 111)
+	c, err := scanLocal(t.Context(), src, DefaultBlockSize, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.sig.strong[5][0] ^= 1
+	c.image = c.sig.image()
+	c.verifiedAt = time.Now().Add(time.Hour).UnixNano()
+	if err := storeCachedSig(src, c); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.fetch(t, []string{"disk.img"})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("fetch: %v, want ErrCorrupt", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); exists(sigPath(src)); {
+		if time.Now().After(deadline) {
+			t.Fatal("the source kept the cache that failed verification")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.mustFetch(t, []string{"disk.img"})
+}

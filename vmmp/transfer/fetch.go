@@ -568,7 +568,9 @@ func get(ctx context.Context, ch chan []byte) ([]byte, error) {
 // receive reads the source's instructions and hands received blocks to workers that verify
 // and write them in parallel.
 func (c *client) receive(ctx context.Context) error {
-	workers := workerCount(c.cfg)
+	// Twice as many workers as cores: each also waits for its disk writes, and the cores
+	// should not idle meanwhile.
+	workers := 2 * workerCount(c.cfg)
 	bs := c.req.blockSize
 	jobs := make(chan *job, 2*workers)
 	bufs := c.newPools(workers)
@@ -1010,6 +1012,12 @@ func (c *client) cleanup(err error) {
 	}
 	keep := !(errors.Is(err, ErrCorrupt) || errors.Is(err, ErrProtocol) || errors.Is(err, syscall.ENOSPC) ||
 		errors.Is(err, ErrRefused) || errors.Is(err, ErrBadRequest))
+	if errors.Is(err, ErrCorrupt) {
+		// The basis signature may be what was wrong: hash the basis afresh next time.
+		for _, f := range c.files {
+			_ = os.Remove(sigPath(f.target))
+		}
+	}
 	for _, f := range c.files {
 		fi, serr := os.Stat(f.stageP)
 		if !keep || serr != nil || fi.Size() == 0 {

@@ -405,24 +405,36 @@ func (ss *session) receive(ctx context.Context, done chan<- struct{}) error {
 			}
 			next += h.count
 			d.advance(next)
-		case frameDone:
+		case frameDone, frameError:
 			e, err := decodeError(p)
 			if err != nil {
 				return err
 			}
-			close(done)
+			if t == frameDone {
+				close(done)
+			} else if e.code == codeOK {
+				return fmt.Errorf("%w: ERROR frame without an error", ErrProtocol)
+			}
+			if e.code == codeCorrupt {
+				ss.dropCaches()
+			}
 			if err := e.err(); err != nil {
 				return fmt.Errorf("%w: destination: %w", errPeerFailed, err)
 			}
 			return nil
-		case frameError:
-			e, err := decodeError(p)
-			if err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: destination: %w", errPeerFailed, e.err())
 		default:
 			return fmt.Errorf("%w: unexpected frame 0x%02x from the destination", ErrProtocol, t)
+		}
+	}
+}
+
+// dropCaches forgets the cached signatures of the files sent: the destination found data
+// that did not match its hash, and a cache trusted by mistake (a file rewritten without a
+// trace in its identity) must not make every retry fail the same way.
+func (ss *session) dropCaches() {
+	for _, sf := range ss.files {
+		if err := os.Remove(sigPath(sf.path)); err == nil {
+			ss.log.Info("transfer: dropped a cached signature after a failed verification", "vm", ss.req.VM)
 		}
 	}
 }
