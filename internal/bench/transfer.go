@@ -126,6 +126,7 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 	if err := opts.defaults(); err != nil {
 		return err
 	}
+	load0 := loadAvg()
 	work, err := os.MkdirTemp(opts.Dir, "virtuoso-bench-transfer-")
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
@@ -222,7 +223,17 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		}
 	}
 	printTransferTable(out, opts, img, raw, results, rs, rsyncNote)
+	fmt.Fprintf(out, "Load average (1 min) at start %s, at end %s: other work on this machine skews the times.\n", load0, loadAvg())
 	return nil
+}
+
+// loadAvg returns the one-minute load average, or "?" where there is none to read.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func newTransferHost() (host.Host, error) {
@@ -620,7 +631,8 @@ func printTransferTable(out io.Writer, opts TransferOptions, im *benchImage, raw
 	if opts.Zero >= 0.5 {
 		if f, w := bd["first"], whole["first"]; f.ok && w.ok {
 			s := w.d.Seconds() / f.d.Seconds()
-			goal(s >= 10, "%s-empty image, first transfer %.1fx faster than rsync -W (want >= 10x)", formatPercent(opts.Zero), s)
+			goal(s >= 10, "%s-empty image, first transfer %.1fx faster than rsync -W (want >= 10x; re-transfers: changed %s, unchanged %s)",
+				formatPercent(opts.Zero), s, speedupRatio(whole["changed"], bd["changed"]), speedupRatio(whole["unchanged"], bd["unchanged"]))
 		}
 	}
 
