@@ -194,3 +194,19 @@ func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// call makes one API call of the node on the flags' home and decodes its answer into out; with
+// asJSON it prints the answer as JSON too and reports printed, so the caller prints nothing more.
+func (f *flags) call(ctx context.Context, method, path string, in, out any, asJSON bool) (printed bool, err error) {
+	c, err := f.client()
+	if err != nil {
+		return false, err
+	}
+	if err := c.Do(ctx, method, path, in, out); err != nil {
+		return false, err
+	}
+	if asJSON {
+		return true, printJSON(f.env, out)
+	}
+	return false, nil
+}

@@ -78,16 +78,9 @@ func runConfigs(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "List the configurations catalog: standard ones, preconfigured ones with an OS image, and yours, each with the market's average price."); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var views []market.ConfigView
-	if err := c.Get(ctx, "/v1/market/configs", &views); err != nil {
+	if printed, err := f.call(ctx, http.MethodGet, "/v1/market/configs", nil, &views, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, views)
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tKIND\tOS\tSPEED\tMEMORY\tDISK\tAVG RUNNING/H\tAVG STORAGE/DAY\tPROVIDERS")
@@ -117,16 +110,9 @@ func runOffers(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "List the live offers of this node's offer book: each provider machine's free capacity, chunks and prices."); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var offers []market.Offer
-	if err := c.Get(ctx, "/v1/market/offers", &offers); err != nil {
+	if printed, err := f.call(ctx, http.MethodGet, "/v1/market/offers", nil, &offers, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, offers)
 	}
 	if len(offers) == 0 {
 		fmt.Fprintln(env.Stdout, "no offers yet (providers publish every few minutes; is the node connected? `virtuoso peers`)")
@@ -239,16 +225,9 @@ func runSearch(ctx context.Context, env Env, args []string) error {
 		}
 		*m.dst = v
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var matches []market.Match
-	if err := c.Post(ctx, "/v1/market/search", q, &matches); err != nil {
+	if printed, err := f.call(ctx, http.MethodPost, "/v1/market/search", q, &matches, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, matches)
 	}
 	if len(matches) == 0 {
 		fmt.Fprintln(env.Stdout, "no provider can host it with these filters (`virtuoso offers` shows what is offered)")
@@ -324,16 +303,9 @@ func runStore(ctx context.Context, env Env, args []string) error {
 		}
 		*p.dst = &v
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var v market.VM
-	if err := c.Post(ctx, "/v1/market/store", req, &v); err != nil {
+	if printed, err := f.call(ctx, http.MethodPost, "/v1/market/store", req, &v, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, v)
 	}
 	fmt.Fprintf(env.Stdout, "stored vm %s on %s (machine %s), lease %s\n", v.ID, shortPeer(v.Provider.String()), v.Machine.String()[:8], v.Lease)
 	fmt.Fprintf(env.Stdout, "charged %s per %s while running, %s per %s while stored; these prices are frozen in the lease\n",
@@ -374,16 +346,9 @@ func runMarketVM(ctx context.Context, env Env, args []string) error {
 		if err := f.parse(args, "List your leased VMs with their status, asked of their providers."); err != nil {
 			return err
 		}
-		c, err := f.client()
-		if err != nil {
-			return err
-		}
 		var vms []market.VM
-		if err := c.Get(ctx, "/v1/market/vms?refresh="+strconv.FormatBool(!*cached), &vms); err != nil {
+		if printed, err := f.call(ctx, http.MethodGet, "/v1/market/vms?refresh="+strconv.FormatBool(!*cached), nil, &vms, *asJSON); printed || err != nil {
 			return err
-		}
-		if *asJSON {
-			return printJSON(env, vms)
 		}
 		if len(vms) == 0 {
 			fmt.Fprintln(env.Stdout, "no vms yet: `virtuoso search --config NAME`, then `virtuoso store`")
@@ -642,16 +607,9 @@ func runMachine(ctx context.Context, env Env, args []string) error {
 		if err := f.parse(args, "List this provider's machines with their free capacity and stored VMs."); err != nil {
 			return err
 		}
-		c, err := f.client()
-		if err != nil {
-			return err
-		}
 		var views []market.MachineView
-		if err := c.Get(ctx, "/v1/market/machines", &views); err != nil {
+		if printed, err := f.call(ctx, http.MethodGet, "/v1/market/machines", nil, &views, *asJSON); printed || err != nil {
 			return err
-		}
-		if *asJSON {
-			return printJSON(env, views)
 		}
 		if len(views) == 0 {
 			fmt.Fprintln(env.Stdout, "no machines yet: `virtuoso machine add`")

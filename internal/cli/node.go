@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -134,16 +135,9 @@ func runPeers(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "List the running node's connected peers with their addresses and latency."); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var peers []node.PeerInfo
-	if err := c.Get(ctx, "/v1/peers", &peers); err != nil {
+	if printed, err := f.call(ctx, http.MethodGet, "/v1/peers", nil, &peers, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, peers)
 	}
 	if len(peers) == 0 {
 		fmt.Fprintln(env.Stdout, "no peers connected")

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -85,16 +86,9 @@ func vmList(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "List the VMs of this provider."); err != nil {
 		return err
 	}
-	c, err := f.client()
-	if err != nil {
-		return err
-	}
 	var recs []vm.Record
-	if err := c.Get(ctx, "/v1/vms", &recs); err != nil {
+	if printed, err := f.call(ctx, http.MethodGet, "/v1/vms", nil, &recs, *asJSON); printed || err != nil {
 		return err
-	}
-	if *asJSON {
-		return printJSON(env, recs)
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tVERSION\tMEMORY\tDISK\tNAME\tACTIONS")
