@@ -65,6 +65,30 @@ func TestFetchLifecycle(t *testing.T) {
 			},
 		},
 		{
+			// More changed than kept: the stage is completed from the old version and
+			// renamed over it, instead of being copied into it.
+			name: "most blocks changed",
+			change: func(tb testing.TB, path string) {
+				var offs []int64
+				for i := range nblocks {
+					if i%4 != 0 {
+						offs = append(offs, i*DefaultBlockSize)
+					}
+				}
+				scribble(tb, path, 4, DefaultBlockSize, offs...)
+			},
+			check: func(tb testing.TB, r *Result) {
+				f := r.Files[0]
+				if f.BlocksSent != nblocks*3/4 || f.BlocksReused != nblocks/4 {
+					tb.Errorf("sent %d reused %d, want %d and %d", f.BlocksSent, f.BlocksReused, nblocks*3/4, nblocks/4)
+				}
+				// Staged, then the kept quarter copied in: every byte written once.
+				if r.WrittenBytes != testSize {
+					tb.Errorf("%d bytes written, want %d", r.WrittenBytes, testSize)
+				}
+			},
+		},
+		{
 			name: "grown by an unaligned tail",
 			change: func(tb testing.TB, path string) {
 				scribble(tb, path, 3, 100*kib+7, testSize)
