@@ -157,7 +157,7 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 		if i == 0 {
 			provider = svc
 		}
-		n, err := startBenchNode(ctx, filepath.Join(dir, fmt.Sprintf("node-%02d", i)), nodes, svc, opts.Log)
+		n, err := startBenchNode(ctx, filepath.Join(dir, fmt.Sprintf("node-%02d", i)), nodes, opts.Log, svc)
 		if err != nil {
 			return err
 		}
@@ -224,7 +224,7 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	joiner := market.New(market.Options{Logger: opts.Log, Republish: time.Hour})
 	// Join without a bootstrap peer so that nothing arrives before the timed catch-up: the
 	// joiner queries the provider as soon as the connection is identified.
-	jn, err := startBenchNode(ctx, filepath.Join(dir, "joiner"), nil, joiner, opts.Log)
+	jn, err := startBenchNode(ctx, filepath.Join(dir, "joiner"), nil, opts.Log, joiner)
 	if err != nil {
 		return err
 	}
@@ -318,7 +318,7 @@ const roundTimeout = 10 * time.Second
 
 // startBenchNode starts a node on loopback with fast discovery, bootstrapped from the first
 // of peers.
-func startBenchNode(ctx context.Context, dir string, peers []*node.Node, svc *market.Service, log *slog.Logger) (*node.Node, error) {
+func startBenchNode(ctx context.Context, dir string, peers []*node.Node, log *slog.Logger, svcs ...node.Service) (*node.Node, error) {
 	home := node.Home{Dir: dir}
 	cfg := node.DefaultConfig(node.ProfileLocal)
 	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
@@ -331,7 +331,7 @@ func startBenchNode(ctx context.Context, dir string, peers []*node.Node, svc *ma
 	if err := home.Init(cfg, false); err != nil {
 		return nil, err
 	}
-	n, err := node.New(home, cfg, node.Options{Logger: log, Services: []node.Service{svc}, Protocols: market.Protocols(), Fast: true, Version: "bench"})
+	n, err := node.New(home, cfg, node.Options{Logger: log, Services: svcs, Protocols: market.Protocols(), Fast: true, Version: "bench"})
 	if err != nil {
 		return nil, err
 	}
