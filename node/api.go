@@ -52,6 +52,9 @@ func newAPI(n *Node, reg *prometheus.Registry) (*API, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(token) < 16 {
+		return nil, fmt.Errorf("API token in %s is empty or too short: remove the file and run `virtuoso init --force --home %s` to make a new one", n.home.TokenPath(), n.home.Dir)
+	}
 	ln, err := net.Listen("tcp", n.cfg.API.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("API cannot listen on %s (%v): the port is in use; set api.listen in %s to a free port, or 127.0.0.1:0 for any", n.cfg.API.Listen, err, n.home.ConfigPath())

@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer, h host.Host) *metrics {
 	m := &metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "virtuoso_pubsub_messages_total",
-			Help: "Pubsub messages seen, by topic and outcome (delivered, rejected, duplicate, published).",
+			Help: "Pubsub messages seen, by topic and outcome (delivered; rejected, which counts ignored ones too; duplicate).",
 		}, []string{"topic", "outcome"}),
 	}
 	reg.MustRegister(m.messages,

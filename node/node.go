@@ -86,8 +86,12 @@ type Node struct {
 
 	cancel  context.CancelFunc
 	group   *errgroup.Group
+	failed  <-chan struct{}
 	started []Service
-	closed  bool
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    bool // set by Close; read by Start, which is not called concurrently with it
 }
 
 // New loads the home's identity and opens its store; nothing touches the network until Start.
@@ -157,12 +161,16 @@ func (n *Node) Attach(s Service) {
 
 // Start brings the node up: host, DHT, gossipsub, the API, peer discovery, then services.
 func (n *Node) Start(ctx context.Context) (err error) {
+	if n.closed {
+		return errors.New("node is closed: build a new one to start again")
+	}
 	if n.host != nil {
 		return errors.New("node already started")
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
 	n.group, ctx = errgroup.WithContext(ctx)
+	n.failed = ctx.Done()
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -238,7 +246,8 @@ func (n *Node) startHost(reg prometheus.Registerer) error {
 			opts = append(opts, libp2p.EnableHolePunching())
 		}
 	} else {
-		opts = append(opts, libp2p.DisableRelay(), libp2p.ForceReachabilityPrivate())
+		opts = append(opts, libp2p.DisableRelay(), libp2p.ForceReachabilityPrivate(),
+			libp2p.ConnectionGater(loopbackGater{}))
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
@@ -333,11 +342,11 @@ func (n *Node) connectFound(ctx context.Context, disc *drouting.RoutingDiscovery
 		return
 	}
 	for info := range found {
-		if info.ID == n.id || len(info.Addrs) == 0 || n.host.Network().Connectedness(info.ID) == network.Connected {
-			continue
-		}
 		if n.cfg.Profile == ProfileLocal {
 			info.Addrs = slices.DeleteFunc(info.Addrs, isNotLoopback)
+		}
+		if info.ID == n.id || len(info.Addrs) == 0 || n.host.Network().Connectedness(info.ID) == network.Connected {
+			continue
 		}
 		if err := n.host.Connect(ctx, info); err != nil {
 			n.log.Debug("connect to discovered peer", "to", info.ID, "err", err)
@@ -364,35 +373,47 @@ func (n *Node) Topic(name string, validator pubsub.ValidatorEx, opts ...pubsub.V
 	}
 	t, err := n.ps.Join(name)
 	if err != nil {
+		if validator != nil {
+			n.ps.UnregisterTopicValidator(name)
+		}
 		return nil, fmt.Errorf("join %s: %w", name, err)
 	}
 	n.topics[name] = t
 	return t, nil
 }
 
-// Close stops services in reverse order, then the API, the network and the store.
+// Done is closed when the node stops: a part of it failed (the API server died), or Close was
+// called. The error is Close's.
+func (n *Node) Done() <-chan struct{} { return n.failed }
+
+// Close stops the API (so no request reaches a closing service), the services in reverse order,
+// then the network and the store. Calling it again returns the first call's result.
 func (n *Node) Close() error {
-	if n.closed {
-		return nil
-	}
+	n.closeOnce.Do(func() { n.closeErr = n.close() })
+	return n.closeErr
+}
+
+func (n *Node) close() error {
 	n.closed = true
 	var errs []error
+	if n.api != nil {
+		errs = append(errs, n.api.close())
+	}
 	for _, s := range slices.Backward(n.started) {
 		if err := s.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %T: %w", s, err))
 		}
 	}
-	if n.api != nil {
-		errs = append(errs, n.api.close())
+	n.topicsMu.Lock()
+	for name, t := range n.topics {
+		if err := t.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("leave %s: %w", name, err))
+		}
 	}
+	n.topicsMu.Unlock()
 	if n.cancel != nil {
 		n.cancel()
 	}
-	n.topicsMu.Lock()
-	for _, t := range n.topics {
-		t.Close()
-	}
-	n.topicsMu.Unlock()
 	if n.dht != nil {
 		errs = append(errs, n.dht.Close())
 	}

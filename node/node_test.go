@@ -102,6 +102,27 @@ func TestAPIPortInUse(t *testing.T) {
 	again.Close()
 }
 
+func TestEmptyAPITokenIsRefused(t *testing.T) {
+	home := node.Home{Dir: t.TempDir()}
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	if err := home.Init(cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(home.TokenPath(), []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.New(home, cfg, node.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "token") {
+		t.Fatalf("start with an empty API token: %v; want a refusal naming the token", err)
+	}
+	if err := n.Start(context.Background()); err == nil {
+		t.Fatal("a node closed by its failed start started again")
+	}
+}
+
 func TestAPI(t *testing.T) {
 	n := nodetest.Cluster(t, 2, nodetest.Options{})[1]
 	addr, err := n.Home().APIAddr()

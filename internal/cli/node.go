@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -88,9 +89,20 @@ func runNode(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "node %s running; API on %s; Ctrl-C to stop\n", n.ID(), n.API().Addr())
-	<-ctx.Done()
-	log.Info("shutting down")
-	return n.Close()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-n.Done():
+		log.Error("a part of the node failed; shutting down")
+	}
+	stop() // a second Ctrl-C now ends the process at once
+	if err := n.Close(); err != nil {
+		return err
+	}
+	if ctx.Err() == nil {
+		return errors.New("the node stopped on its own; the log above says why")
+	}
+	return nil
 }
 
 func runID(ctx context.Context, env Env, args []string) error {

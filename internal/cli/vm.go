@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -123,14 +124,14 @@ func vmAct(ctx context.Context, env Env, name, action string, args []string) err
 	}
 	if action == "console" {
 		var ans daemon.ConsoleAnswer
-		if err := c.Post(ctx, "/v1/vms/"+id+"/view", nil, &ans); err != nil {
+		if err := c.Post(ctx, "/v1/vms/"+url.PathEscape(id)+"/view", nil, &ans); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "VNC %s password %s\n", ans.Console.Addr, ans.Console.Password)
 		return nil
 	}
 	var rec vm.Record
-	if err := c.Post(ctx, "/v1/vms/"+id+"/"+action, nil, &rec); err != nil {
+	if err := c.Post(ctx, "/v1/vms/"+url.PathEscape(id)+"/"+action, nil, &rec); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", rec.ID, rec.State.Status, rec.State.Version)

@@ -74,6 +74,9 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 			}
 		} else if cfg, err = home.Config(); err != nil {
 			return nil, err
+		} else if guestErr == nil && !slices.Contains(cfg.Provider.ImageDirs, guest.Dir) {
+			// The guest may have been built after this home was made.
+			cfg.Provider.ImageDirs = append(cfg.Provider.ImageDirs, guest.Dir)
 		}
 		if i > 0 {
 			// Ports are picked afresh at every start, so the bootstrap address is too.
