@@ -2,7 +2,6 @@ package vm_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -166,7 +164,7 @@ func TestManagerFaults(t *testing.T) {
 	}
 
 	t.Log("qemu killed: power is off at once, reconcile records the vm stopped once")
-	killQEMU(t, dir)
+	qemutest.Kill(t, p.drv, id)
 	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
 	if pw, err := p.drv.Power(pctx, id); err != nil || pw != vm.PowerOff {
 		t.Fatalf("power of a killed vm = %v, %v; want off", pw, err)
@@ -194,7 +192,7 @@ func TestManagerFaults(t *testing.T) {
 		t.Fatalf("start after the kill: %v", err)
 	}
 	wantState(t, rec, vm.StatusStarted, 6)
-	killQEMU(t, dir)
+	qemutest.Kill(t, p.drv, id)
 	rec, err = p.mgr.Suspend(ctx, id)
 	t.Logf("error: %v", err)
 	if !errors.Is(err, vm.ErrNotRunning) {
@@ -211,7 +209,7 @@ func TestManagerFaults(t *testing.T) {
 		t.Fatalf("start after the second kill: %v", err)
 	}
 	wantState(t, rec, vm.StatusStarted, 8)
-	killQEMU(t, dir)
+	qemutest.Kill(t, p.drv, id)
 	changed, err = p.mgr.CheckPower(ctx)
 	if err != nil || len(changed) != 1 {
 		t.Fatalf("power check = %v, %v; want one change", changed, err)
@@ -353,25 +351,6 @@ func listDir(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
-}
-
-// killQEMU kills the VM's QEMU with SIGKILL, as a crash would end it; the pid comes from the
-// driver's runtime state.
-func killQEMU(t *testing.T, dir string) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if err != nil {
-		t.Fatalf("runtime state of a running vm: %v", err)
-	}
-	var st struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal(b, &st); err != nil || st.PID <= 0 {
-		t.Fatalf("runtime state %s: %v", b, err)
-	}
-	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill qemu %d: %v", st.PID, err)
-	}
 }
 
 func zstdOf(t *testing.T, data []byte, path string) {

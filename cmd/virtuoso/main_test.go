@@ -250,3 +250,23 @@ func firstLine(s string) string {
 	line, _, _ := bufio.NewReader(strings.NewReader(s)).ReadLine()
 	return string(line)
 }
+
+// editConfig replaces lines of a home's config.toml, in old, new pairs; each old must be there.
+func editConfig(t testing.TB, home string, oldNew ...string) {
+	t.Helper()
+	path := filepath.Join(home, "config.toml")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	for i := 0; i+1 < len(oldNew); i += 2 {
+		if !strings.Contains(text, oldNew[i]) {
+			t.Fatalf("config.toml has no %q", oldNew[i])
+		}
+		text = strings.Replace(text, oldNew[i], oldNew[i+1], 1)
+	}
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,14 +14,7 @@ func TestBuyerCommands(t *testing.T) {
 	dir := t.TempDir()
 	prov, buyer := filepath.Join(dir, "provider"), filepath.Join(dir, "buyer")
 	mustRun(t, "init", "--home", prov, "--provider")
-	cfg := filepath.Join(prov, "config.toml")
-	raw, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfg, []byte(strings.Replace(string(raw), `accel = "auto"`, `accel = "tcg"`, 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editConfig(t, prov, `accel = "auto"`, `accel = "tcg"`) // KVM here is not usable
 	startNode(t, prov)
 	mustRun(t, "init", "--home", buyer, "--bootstrap", nodeID(t, prov).Addrs[0])
 	startNode(t, buyer)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,16 +15,7 @@ func TestVMCommands(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "provider")
 	mustRun(t, "init", "--home", home, "--provider")
 	// Let this provider use the test guest's files and force TCG (KVM here is not usable).
-	cfg := filepath.Join(home, "config.toml")
-	raw, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	edited := strings.Replace(string(raw), "image_dirs = []", `image_dirs = ["`+guest.Dir+`"]`, 1)
-	edited = strings.Replace(edited, `accel = "auto"`, `accel = "tcg"`, 1)
-	if err := os.WriteFile(cfg, []byte(edited), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editConfig(t, home, "image_dirs = []", `image_dirs = ["`+guest.Dir+`"]`, `accel = "auto"`, `accel = "tcg"`)
 	startNode(t, home)
 
 	out := mustRun(t, "vm", "create", "--home", home, "--name", "try", "--memory", "128", "--disk", "64",

@@ -2,13 +2,11 @@ package daemon_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -118,7 +116,7 @@ func TestProviderAPI(t *testing.T) {
 	step("resume-fresh", vm.StatusStarted)
 
 	// A QEMU that dies is noticed by the provider on its own: the VM is recorded stopped.
-	killQEMU(t, dir)
+	qemutest.Kill(t, prov.Driver(), rec.ID)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var got vm.Record
@@ -143,23 +141,5 @@ func TestProviderAPI(t *testing.T) {
 	}
 	if err := c.Get(ctx, "/v1/vms/"+id, nil); err == nil {
 		t.Fatal("deleted VM still answers")
-	}
-}
-
-// killQEMU ends the VM's QEMU as a crash would; the pid comes from the driver's runtime state.
-func killQEMU(t *testing.T, dir string) {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if err != nil {
-		t.Fatalf("runtime state of a running vm: %v", err)
-	}
-	var st struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal(raw, &st); err != nil || st.PID <= 0 {
-		t.Fatalf("runtime state %s: %v", raw, err)
-	}
-	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
 	}
 }

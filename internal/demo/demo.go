@@ -4,7 +4,6 @@ package demo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
 )
 
 // Role names one demo node.
@@ -54,7 +54,7 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 			m.Close()
 		}
 	}()
-	guest, guestErr := FindGuest()
+	guest, guestErr := findGuest()
 	if guestErr != nil {
 		log.Warn("no test guest: providers start without a bootable image", "err", guestErr)
 	}
@@ -91,7 +91,7 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 		}
 		opts := daemon.Options{Options: node.Options{Logger: log.With("node", r.Name), Version: version}}
 		if r.Provider && guestErr == nil {
-			opts.Images = []market.Image{guest.Image()}
+			opts.Images = []market.Image{guestImage(guest)}
 		}
 		n, err := daemon.New(home, cfg, opts)
 		if err != nil {
@@ -118,8 +118,8 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 	return m, nil
 }
 
-// Image is the guest as a preconfigured OS image a provider offers.
-func (g Guest) Image() market.Image {
+// guestImage is the guest as a preconfigured OS image a provider offers.
+func guestImage(g qemu.Guest) market.Image {
 	return market.Image{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
 		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}
 }
@@ -159,34 +159,11 @@ func (m *Marketplace) Close() error {
 	return errors.Join(errs...)
 }
 
-// Guest is the tiny Linux guest that scripts/guest/build.sh caches (make guest).
-type Guest struct {
-	Dir     string `json:"-"`
-	Kernel  string `json:"kernel"`
-	Initrd  string `json:"initrd"`
-	Disk    string `json:"disk"`
-	Cmdline string `json:"cmdline"`
-}
-
-// FindGuest reads the cached guest's manifest from $VIRTUOSO_GUEST_CACHE, or
-// ${XDG_CACHE_HOME:-~/.cache}/virtuoso/guest.
-func FindGuest() (Guest, error) {
-	dir := os.Getenv("VIRTUOSO_GUEST_CACHE")
-	if dir == "" {
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			return Guest{}, err
-		}
-		dir = filepath.Join(cache, "virtuoso", "guest")
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "guest.json"))
+// findGuest loads the guest that `make guest` cached.
+func findGuest() (qemu.Guest, error) {
+	dir, err := qemu.GuestCacheDir()
 	if err != nil {
-		return Guest{}, fmt.Errorf("no guest in %s (run make guest): %w", dir, err)
+		return qemu.Guest{}, err
 	}
-	var g Guest
-	if err := json.Unmarshal(raw, &g); err != nil {
-		return Guest{}, fmt.Errorf("guest manifest %s: %w", dir, err)
-	}
-	g.Dir = dir
-	return g, nil
+	return qemu.LoadGuest(dir)
 }

@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,13 +36,7 @@ import (
 const Banner = "VIRTUOSO GUEST BOOTED"
 
 // Guest is the built test guest.
-type Guest struct {
-	Dir     string `json:"-"` // cache directory holding the files below
-	Kernel  string `json:"kernel"`
-	Initrd  string `json:"initrd"`
-	Disk    string `json:"disk"` // 32 MiB raw preconfigured disk
-	Cmdline string `json:"cmdline"`
-}
+type Guest qemu.Guest
 
 // BuildGuest returns the test guest, running scripts/guest/build.sh if its cache is empty or
 // stale. It fails the test with the script's output if the guest cannot be built.
@@ -61,16 +56,30 @@ func BuildGuest(tb testing.TB) Guest {
 	if i := strings.LastIndexByte(dir, '\n'); i >= 0 {
 		dir = dir[i+1:]
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "guest.json"))
+	g, err := qemu.LoadGuest(dir)
 	if err != nil {
-		tb.Fatalf("qemutest: guest build gave no manifest: %v", err)
+		tb.Fatalf("qemutest: the guest build gave no usable manifest: %v", err)
 	}
-	var g Guest
-	if err := json.Unmarshal(b, &g); err != nil {
-		tb.Fatalf("qemutest: guest manifest: %v", err)
+	return Guest(g)
+}
+
+// Kill ends the QEMU of running VM id with SIGKILL, as a crash would; the pid comes from the
+// driver's runtime state in the VM's directory.
+func Kill(tb testing.TB, d *qemu.Driver, id vm.ID) {
+	tb.Helper()
+	raw, err := os.ReadFile(filepath.Join(d.Dir(id), "state.json"))
+	if err != nil {
+		tb.Fatalf("qemutest: runtime state of a running vm: %v", err)
 	}
-	g.Dir = dir
-	return g
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil || st.PID <= 0 {
+		tb.Fatalf("qemutest: runtime state %s: %v", raw, err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		tb.Fatalf("qemutest: kill qemu %d: %v", st.PID, err)
+	}
 }
 
 func exitStderr(err error) string {
