@@ -33,6 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/virtuoso-market/virtuoso/internal/progress"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
 
@@ -51,6 +52,7 @@ type TransferOptions struct {
 	Zero      float64 // fraction of the image that is zeros, half holes, half written (default 0)
 	BlockSize int     // blockdiff block size (default transfer.DefaultBlockSize)
 	Log       *slog.Logger
+	Progress  io.Writer // where each run's progress is shown (a bar on a terminal); nil: nowhere
 }
 
 const (
@@ -196,20 +198,27 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 			if m.tm == transfer.MethodBlockDiff && sc == "first" {
 				// The ceiling, measured right before the transfer it is compared with: on a
 				// shared machine the available CPU drifts within a run.
+				bar := opts.bar("first", "libp2p stream, raw")
+				bar.Status("running")
 				if raw, err = rawStreamTiming(ctx, src, dst, opts.Size); err != nil {
 					return fmt.Errorf("bench transfer: raw stream: %w", err)
 				}
+				bar.Finish(fmt.Sprintf("%.2fs", raw.d.Seconds()))
 			}
 			opts.Log.Info("bench transfer: run", "method", m.name, "scenario", sc)
+			bar := opts.bar(sc, m.name)
 			var r transferTiming
 			if m.rsync != nil {
+				bar.Status("running")
 				r, err = rs.run(ctx, m.rsync, img.path, dstDir)
 			} else {
-				r, err = fetchOnce(ctx, dst, src.ID(), m.tm, opts.BlockSize, dstDir)
+				r, err = fetchOnce(ctx, dst, src.ID(), m.tm, opts.BlockSize, dstDir, bar.Update)
 			}
 			if err != nil {
+				bar.Finish("failed")
 				return fmt.Errorf("bench transfer: %s, %s: %w", m.name, sc, err)
 			}
+			bar.Finish(fmt.Sprintf("%.2fs, %s on the wire", r.d.Seconds(), progress.FormatSize(r.wire)))
 			if err := sameContent(img.path, filepath.Join(dstDir, "disk.img")); err != nil {
 				return fmt.Errorf("bench transfer: %s, %s: %w", m.name, sc, err)
 			}
@@ -234,10 +243,22 @@ func loadAvg() string {
 	return "?"
 }
 
-func fetchOnce(ctx context.Context, h host.Host, from peer.ID, m transfer.Method, bs int, dir string) (transferTiming, error) {
+// bar shows the progress of one run; rsync's and the raw stream's show only their end.
+func (o *TransferOptions) bar(scenario, method string) *progress.Bar {
+	w := o.Progress
+	if w == nil {
+		w = io.Discard
+	}
+	return progress.New(w, fmt.Sprintf("%-10s %-31s", scenario, method))
+}
+
+func fetchOnce(ctx context.Context, h host.Host, from peer.ID, m transfer.Method, bs int, dir string,
+	show func(done, total int64, rate float64, eta time.Duration)) (transferTiming, error) {
 	start := time.Now()
 	res, err := transfer.Fetch(ctx, h, from, transfer.Request{VM: "bench", Files: []string{"disk.img"}}, dir,
-		transfer.WithMethod(m), transfer.WithBlockSize(bs))
+		transfer.WithMethod(m), transfer.WithBlockSize(bs), transfer.WithProgress(func(p transfer.Progress) {
+			show(p.Done, p.Total, p.Rate, p.ETA)
+		}))
 	if err != nil {
 		return transferTiming{}, err
 	}
@@ -561,8 +582,8 @@ func (r *rsyncDaemon) run(ctx context.Context, flags []string, src, dstDir strin
 
 func printTransferTable(out io.Writer, opts TransferOptions, im *benchImage, raw transferTiming, res map[string]map[string]transferTiming, rs *rsyncDaemon, rsyncNote string) {
 	fmt.Fprintf(out, "virtuoso bench transfer: %s image, %s changed in %s writes, %s zeros, %s blocks, %d CPUs\n\n",
-		FormatSize(opts.Size), formatPercent(opts.Changed), FormatSize(opts.WriteSize), formatPercent(opts.Zero),
-		FormatSize(int64(opts.BlockSize)), runtime.NumCPU())
+		progress.FormatSize(opts.Size), formatPercent(opts.Changed), progress.FormatSize(opts.WriteSize), formatPercent(opts.Zero),
+		progress.FormatSize(int64(opts.BlockSize)), runtime.NumCPU())
 	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tmethod\ttime\tvs rsync --inplace\tvs rsync -W\twire\twire vs rsync --inplace\twire vs rsync -W\t")
 	inplace, whole := res[transferMethods[0].name], res[transferMethods[1].name]
@@ -572,7 +593,7 @@ func printTransferTable(out io.Writer, opts TransferOptions, im *benchImage, raw
 			return
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%s\t%s\t%s\t%s\t\n", label, name, m.d.Seconds(),
-			speedupRatio(inplace[sc], m), speedupRatio(whole[sc], m), FormatSize(m.wire),
+			speedupRatio(inplace[sc], m), speedupRatio(whole[sc], m), progress.FormatSize(m.wire),
 			wireBytesRatio(inplace[sc], m), wireBytesRatio(whole[sc], m))
 	}
 	for _, sc := range transferScenarios {
@@ -614,7 +635,7 @@ func printTransferTable(out io.Writer, opts TransferOptions, im *benchImage, raw
 	if opts.WriteSize < int64(opts.BlockSize) {
 		if c := bd["changed"]; c.ok {
 			r := float64(c.wire) / float64(im.changedBytes())
-			goal(r < 3, "%s writes: %.2fx the changed bytes on the wire (want < 3x)", FormatSize(opts.WriteSize), r)
+			goal(r < 3, "%s writes: %.2fx the changed bytes on the wire (want < 3x)", progress.FormatSize(opts.WriteSize), r)
 		}
 	}
 	if opts.Zero >= 0.5 {
@@ -698,23 +719,6 @@ func ParsePercent(s string) (float64, error) {
 		return 0, fmt.Errorf("percentage %q: want 0%% to 100%%", s)
 	}
 	return v, nil
-}
-
-// FormatSize prints a byte count with a binary unit.
-func FormatSize(n int64) string {
-	const units = "KMGTP"
-	if n < 1024 {
-		return fmt.Sprintf("%dB", n)
-	}
-	v, u := float64(n), -1
-	for v >= 1024 && u < len(units)-1 {
-		v /= 1024
-		u++
-	}
-	if v == math.Trunc(v) {
-		return fmt.Sprintf("%.0f%ciB", v, units[u])
-	}
-	return fmt.Sprintf("%.2f%ciB", v, units[u])
 }
 
 func formatPercent(f float64) string {

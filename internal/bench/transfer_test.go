@@ -8,12 +8,24 @@ import (
 
 // TestTransferTiny runs the whole benchmark on a small image, so it keeps working.
 func TestTransferTiny(t *testing.T) {
-	var out bytes.Buffer
-	opts := TransferOptions{Dir: t.TempDir(), Size: 16 << 20, Changed: 0.02, WriteSize: 4 << 10, Zero: 0.5}
+	var out, prog bytes.Buffer
+	opts := TransferOptions{Dir: t.TempDir(), Size: 16 << 20, Changed: 0.02, WriteSize: 4 << 10, Zero: 0.5,
+		Progress: &prog}
 	if err := Transfer(t.Context(), opts, &out); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("\n" + out.String())
+	t.Log("progress:\n" + prog.String())
+	// Every run ends its progress with its time; the libp2p transfers show their bar.
+	for _, want := range []string{
+		"first      libp2p stream, raw              ", "first      rsync -W                         ",
+		"changed    blockdiff                        [========================] 100%  16MiB / 16MiB",
+		"unchanged  full                            ",
+	} {
+		if !strings.Contains(prog.String(), want) {
+			t.Errorf("progress lacks %q", want)
+		}
+	}
 	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "unchanged", "goals:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
@@ -76,13 +88,5 @@ func TestParsePercent(t *testing.T) {
 				t.Fatalf("ParsePercent(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
 			}
 		})
-	}
-}
-
-func TestFormatSize(t *testing.T) {
-	for in, want := range map[int64]string{4 << 30: "4GiB", 64 << 10: "64KiB", 1536: "1.50KiB", 100: "100B"} {
-		if got := FormatSize(in); got != want {
-			t.Errorf("FormatSize(%d) = %q, want %q", in, got, want)
-		}
 	}
 }

@@ -85,5 +85,6 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	if opts.Log, err = f.logger(defaultLog); err != nil {
 		return err
 	}
+	opts.Progress = env.Stderr
 	return bench.Transfer(ctx, opts, env.Stdout)
 }

@@ -527,7 +527,7 @@ type job struct {
 }
 
 // runBytes is the size of a run: large enough that a direct write costs little per byte.
-const runBytes = 1 << 20
+const runBytes = 4 << 20
 
 // pools holds the receive buffers, recycled through channels so memory stays bounded.
 type pools struct {

@@ -165,8 +165,10 @@ type frameReader struct {
 	n   atomic.Int64
 }
 
+// A small read buffer: headers and small frames go through it, and so little of a block
+// lands in it with a header that the rest is read straight into place.
 func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{src: r, r: bufio.NewReaderSize(r, 256<<10)}
+	return &frameReader{src: r, r: bufio.NewReaderSize(r, 512)}
 }
 
 func (fr *frameReader) read() (byte, []byte, error) {
