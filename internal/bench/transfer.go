@@ -125,6 +125,11 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		return err
 	}
 	load0 := loadAvg()
+	if opts.Dir != "" {
+		if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+			return fmt.Errorf("bench transfer: --dir: %w", err)
+		}
+	}
 	work, err := os.MkdirTemp(opts.Dir, "virtuoso-bench-transfer-")
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
