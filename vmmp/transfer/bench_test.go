@@ -43,16 +43,30 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkFetchFirst: a first transfer, nothing at the destination.
+// BenchmarkFetchFirst: a first transfer, nothing at the destination; "cold" with no
+// signature cached at the source either, so that it hashes the image as it sends it.
 func BenchmarkFetchFirst(b *testing.B) {
-	for _, m := range []Method{MethodBlockDiff, MethodFull} {
-		b.Run(m.String(), func(b *testing.B) {
-			p, _ := benchPair(b)
+	for _, tc := range []struct {
+		m    Method
+		cold bool
+	}{{MethodBlockDiff, false}, {MethodBlockDiff, true}, {MethodFull, false}} {
+		name := tc.m.String()
+		if tc.cold {
+			name += "-cold"
+		}
+		b.Run(name, func(b *testing.B) {
+			p, src := benchPair(b)
+			m := tc.m
 			b.SetBytes(benchSize)
 			var cpu time.Duration
 			for b.Loop() {
 				b.StopTimer()
 				resetDst(b, p)
+				if tc.cold {
+					if err := os.Remove(sigPath(src)); err != nil && !os.IsNotExist(err) {
+						b.Fatal(err)
+					}
+				}
 				b.StartTimer()
 				c := cpuTime()
 				if _, err := p.fetch(b, []string{"disk.img"}, WithMethod(m)); err != nil {
