@@ -526,8 +526,13 @@ type job struct {
 	before []bool // a patch's base: pages of the block staged before it, else basis
 }
 
-// runBytes is the size of a run: large enough that a direct write costs little per byte.
-const runBytes = 4 << 20
+// runBytes is the size of a run: large enough that a direct write costs little per byte
+// (measured: 1 MiB writes cost twice the CPU per byte of 4 MiB ones). maxRuns bounds the
+// run buffers of one Fetch, whatever the number of cores.
+const (
+	runBytes = 4 << 20
+	maxRuns  = 16
+)
 
 // pools holds the receive buffers, recycled through channels so memory stays bounded.
 type pools struct {
@@ -537,7 +542,7 @@ type pools struct {
 
 func (c *client) newPools(workers int) *pools {
 	bs := c.req.blockSize
-	p := &pools{runs: make(chan []byte, 2*workers+2), singles: make(chan []byte, 4*workers), bs: bs}
+	p := &pools{runs: make(chan []byte, min(2*workers+2, maxRuns)), singles: make(chan []byte, 4*workers), bs: bs}
 	for range cap(p.runs) {
 		p.runs <- alignedBuf(max(runBytes, bs))[:0]
 	}
