@@ -1,7 +1,6 @@
 package market
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -84,27 +83,10 @@ func (s SignedLease) Encode() []byte {
 
 // ProposeLease encodes l and signs it as its buyer with key.
 func ProposeLease(l Lease, key crypto.PrivKey) (SignedLease, error) {
-	id, err := peer.IDFromPrivateKey(key)
-	if err != nil {
-		return SignedLease{}, err
-	}
-	if id != l.Buyer {
-		return SignedLease{}, fmt.Errorf("propose lease: key of %s, buyer %s", id, l.Buyer)
-	}
 	l.Created = l.Created.UTC()
-	if err := l.Validate(); err != nil {
-		return SignedLease{}, err
-	}
-	body, err := json.Marshal(l)
+	body, sig, err := signBody("lease", &l, key, l.Buyer, leaseDomain)
 	if err != nil {
 		return SignedLease{}, err
-	}
-	if len(body) > maxBodyBytes {
-		return SignedLease{}, fmt.Errorf("%w: lease body of %d bytes over the cap", ErrInvalid, len(body))
-	}
-	sig, err := key.Sign(append([]byte(leaseDomain), body...))
-	if err != nil {
-		return SignedLease{}, fmt.Errorf("sign lease: %w", err)
 	}
 	return SignedLease{Lease: l, Body: body, BuyerSig: sig}, nil
 }
@@ -129,15 +111,9 @@ func (s SignedLease) Countersign(key crypto.PrivKey) (SignedLease, error) {
 // DecodeLease decodes a lease envelope and verifies the signatures it carries: the buyer's
 // always, the provider's when present.
 func DecodeLease(raw []byte) (SignedLease, error) {
-	f, err := decodeEnvelope(raw, leaseMagic, MaxLeaseBytes, maxBodyBytes, maxSigBytes, maxSigBytes)
-	if err != nil {
-		return SignedLease{}, fmt.Errorf("lease: %w", err)
-	}
 	var l Lease
-	if err := decodeStrict(f[0], &l); err != nil {
-		return SignedLease{}, fmt.Errorf("lease: %w", err)
-	}
-	if err := l.Validate(); err != nil {
+	f, err := openBody("lease", raw, leaseMagic, MaxLeaseBytes, &l, maxSigBytes, maxSigBytes)
+	if err != nil {
 		return SignedLease{}, err
 	}
 	if err := verify(l.Buyer, leaseDomain, f[0], f[1]); err != nil {

@@ -127,27 +127,10 @@ type SignedOffer struct {
 
 // SignOffer encodes o and signs it with key, which must be o.Provider's.
 func SignOffer(o Offer, key crypto.PrivKey) (SignedOffer, error) {
-	id, err := peer.IDFromPrivateKey(key)
-	if err != nil {
-		return SignedOffer{}, err
-	}
-	if id != o.Provider {
-		return SignedOffer{}, fmt.Errorf("sign offer: key of %s, offer of %s", id, o.Provider)
-	}
 	o.Issued, o.Expires = o.Issued.UTC(), o.Expires.UTC()
-	if err := o.Validate(); err != nil {
-		return SignedOffer{}, err
-	}
-	body, err := json.Marshal(o)
+	body, sig, err := signBody("offer", &o, key, o.Provider, offerDomain)
 	if err != nil {
 		return SignedOffer{}, err
-	}
-	if len(body) > maxBodyBytes {
-		return SignedOffer{}, fmt.Errorf("%w: offer body of %d bytes over the %d-byte cap", ErrInvalid, len(body), maxBodyBytes)
-	}
-	sig, err := key.Sign(append([]byte(offerDomain), body...))
-	if err != nil {
-		return SignedOffer{}, fmt.Errorf("sign offer: %w", err)
 	}
 	return SignedOffer{Offer: o, Raw: encodeEnvelope(offerMagic, body, sig)}, nil
 }
@@ -156,15 +139,9 @@ func SignOffer(o Offer, key crypto.PrivKey) (SignedOffer, error) {
 // JSON, sanity (Validate) and the provider's signature. It does not look at the time or at
 // sequence numbers: the book does.
 func DecodeOffer(raw []byte) (SignedOffer, error) {
-	f, err := decodeEnvelope(raw, offerMagic, MaxOfferBytes, maxBodyBytes, maxSigBytes)
-	if err != nil {
-		return SignedOffer{}, fmt.Errorf("offer: %w", err)
-	}
 	var o Offer
-	if err := decodeStrict(f[0], &o); err != nil {
-		return SignedOffer{}, fmt.Errorf("offer: %w", err)
-	}
-	if err := o.Validate(); err != nil {
+	f, err := openBody("offer", raw, offerMagic, MaxOfferBytes, &o, maxSigBytes)
+	if err != nil {
 		return SignedOffer{}, err
 	}
 	if err := verify(o.Provider, offerDomain, f[0], f[1]); err != nil {
@@ -184,4 +161,49 @@ func verify(id peer.ID, domain string, body, sig []byte) error {
 		return fmt.Errorf("%w: signature does not verify", ErrForged)
 	}
 	return nil
+}
+
+// document is the body of a signed envelope.
+type document interface{ Validate() error }
+
+// signBody validates doc, encodes it within the body cap and signs domain+body with key,
+// which must be signer's; what names the document in errors.
+func signBody(what string, doc document, key crypto.PrivKey, signer peer.ID, domain string) (body, sig []byte, err error) {
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if id != signer {
+		return nil, nil, fmt.Errorf("sign %s: key of %s, signer %s", what, id, signer)
+	}
+	if err := doc.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if body, err = json.Marshal(doc); err != nil {
+		return nil, nil, err
+	}
+	if len(body) > maxBodyBytes {
+		return nil, nil, fmt.Errorf("%w: %s body of %d bytes over the %d-byte cap", ErrInvalid, what, len(body), maxBodyBytes)
+	}
+	if sig, err = key.Sign(append([]byte(domain), body...)); err != nil {
+		return nil, nil, fmt.Errorf("sign %s: %w", what, err)
+	}
+	return body, sig, nil
+}
+
+// openBody decodes an envelope of magic within maxTotal bytes, whose first field is the body
+// and the others are capped by sigCaps, decodes the body strictly into doc and validates it.
+// It returns the envelope's fields; the signatures in them are the caller's to verify.
+func openBody(what string, raw []byte, magic [3]byte, maxTotal int, doc document, sigCaps ...int) ([][]byte, error) {
+	f, err := decodeEnvelope(raw, magic, maxTotal, append([]int{maxBodyBytes}, sigCaps...)...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := decodeStrict(f[0], doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := doc.Validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
 }

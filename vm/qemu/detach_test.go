@@ -66,17 +66,7 @@ func TestDetachedVMOutlivesProcess(t *testing.T) {
 	d := qemutest.NewDriver(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := d.Reattach(ctx, id)
-	if err != nil || p != vm.PowerRunning {
-		t.Fatalf("reattach after the starting process exited = %v, %v; want running", p, err)
-	}
-	con, err := d.OpenConsole(ctx, id)
-	if err != nil {
-		t.Fatalf("console of the re-attached vm: %v", err)
-	}
-	if _, err := qemutest.VNCSession(ctx, con.Addr, con.Password); err != nil {
-		t.Fatalf("vnc: %v", err)
-	}
+	qemutest.Reattach(t, ctx, d, id) // after the starting process exited
 	if err := d.Stop(ctx, id); err != nil {
 		t.Fatalf("stop: %v", err)
 	}

@@ -201,17 +201,7 @@ func TestLifecycle(t *testing.T) {
 
 	t.Log("a new driver re-attaches")
 	d3 := qemutest.NewDriver(t, cfg)
-	p, err := d3.Reattach(ctx, id)
-	if err != nil || p != vm.PowerRunning {
-		t.Fatalf("reattach = %v, %v; want running", p, err)
-	}
-	con3, err := d3.OpenConsole(ctx, id)
-	if err != nil {
-		t.Fatalf("console through the new driver: %v", err)
-	}
-	if _, err := qemutest.VNCSession(ctx, con3.Addr, con3.Password); err != nil {
-		t.Fatalf("vnc through the new driver: %v", err)
-	}
+	qemutest.Reattach(t, ctx, d3, id)
 	if err := d3.Delete(ctx, id); !errors.Is(err, vm.ErrRunning) {
 		t.Fatalf("delete of a running vm: err = %v, want ErrRunning", err)
 	}

@@ -72,20 +72,7 @@ func TestResumeAfterDestinationCanceled(t *testing.T) {
 	}
 	scribble(t, src, 23, DefaultBlockSize, offs...)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, err := Fetch(ctx, p.dst, p.src.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
-		withReportEvery(0), WithProgress(func(pr Progress) {
-			if pr.Done > pr.Total/2 {
-				cancel()
-			}
-		}))
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("fetch: %v, want context.Canceled", err)
-	}
-	if fileSHA(t, filepath.Join(p.dstDir, "disk.img")) != old {
-		t.Fatal("the previous version was damaged by a canceled transfer")
-	}
+	p.fetchCanceledHalfway(t, old)
 	res := p.mustFetch(t, []string{"disk.img"})
 	f := res.Files[0]
 	changed := int64(len(offs))
@@ -110,20 +97,7 @@ func TestResumePatches(t *testing.T) {
 	}
 	scribble(t, src, 25, 4*kib, offs...)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, err := Fetch(ctx, p.dst, p.src.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
-		withReportEvery(0), WithProgress(func(pr Progress) {
-			if pr.Done > pr.Total/2 {
-				cancel()
-			}
-		}))
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("fetch: %v, want context.Canceled", err)
-	}
-	if fileSHA(t, dst) != old {
-		t.Fatal("the previous version was damaged by a canceled transfer")
-	}
+	p.fetchCanceledHalfway(t, old)
 	res := p.mustFetch(t, []string{"disk.img"})
 	if f := res.Files[0]; !f.Resumed || f.BlocksPatched >= int64(len(offs)) {
 		t.Errorf("resumed %v, patched %d of %d changed blocks: the retry started over", f.Resumed, f.BlocksPatched, len(offs))
@@ -616,4 +590,24 @@ func TestStaleSourceCacheRecovers(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	p.mustFetch(t, []string{"disk.img"})
+}
+
+// fetchCanceledHalfway fetches disk.img and cancels once half of it has arrived; the
+// destination's version, whose hash is old, must come through intact.
+func (p *pair) fetchCanceledHalfway(t *testing.T, old [32]byte) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Fetch(ctx, p.dst, p.src.ID(), Request{VM: "vm-1", Files: []string{"disk.img"}}, p.dstDir,
+		withReportEvery(0), WithProgress(func(pr Progress) {
+			if pr.Done > pr.Total/2 {
+				cancel()
+			}
+		}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("fetch: %v, want context.Canceled", err)
+	}
+	if fileSHA(t, filepath.Join(p.dstDir, "disk.img")) != old {
+		t.Fatal("the previous version was damaged by a canceled transfer")
+	}
 }

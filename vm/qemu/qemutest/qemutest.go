@@ -146,6 +146,23 @@ func NewDriver(tb testing.TB, cfg qemu.Config) *qemu.Driver {
 
 var tickRE = regexp.MustCompile(`virtuoso guest tick (\d+)`)
 
+// Reattach re-attaches d to the running VM id and checks that its console answers a VNC
+// handshake with the password d hands out.
+func Reattach(tb testing.TB, ctx context.Context, d *qemu.Driver, id vm.ID) {
+	tb.Helper()
+	p, err := d.Reattach(ctx, id)
+	if err != nil || p != vm.PowerRunning {
+		tb.Fatalf("reattach = %v, %v; want running", p, err)
+	}
+	con, err := d.OpenConsole(ctx, id)
+	if err != nil {
+		tb.Fatalf("console of the re-attached vm: %v", err)
+	}
+	if _, err := VNCSession(ctx, con.Addr, con.Password); err != nil {
+		tb.Fatalf("vnc of the re-attached vm: %v", err)
+	}
+}
+
 // Serial returns the VM's serial console output so far.
 func Serial(tb testing.TB, d *qemu.Driver, id vm.ID) string {
 	b, err := os.ReadFile(filepath.Join(d.Dir(id), "serial.log"))
