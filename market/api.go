@@ -1,113 +1,139 @@
 package market
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 
 	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
 )
 
-// routes adds the market's routes to the node's local API. Buyer routes are on every node;
-// machine routes answer ErrNotProvider on a node that does not sell.
-func (s *Service) routes(a *node.API) {
-	wrap := func(fn func(r *http.Request) (any, error)) func(r *http.Request) (any, error) {
-		return func(r *http.Request) (any, error) {
-			out, err := fn(r)
-			return out, httpStatus(err)
-		}
+// The local API routes of the three services. Errors carry the codes of this package and of
+// package vm (see codes).
+
+// route adds a JSON route whose errors are marked with their status and code.
+func route(a *node.API, pattern string, fn func(r *http.Request) (any, error)) {
+	a.Route(pattern, func(r *http.Request) (any, error) {
+		out, err := fn(r)
+		return out, httpError(err)
+	})
+}
+
+// nonNil answers an empty list as [] rather than null.
+func nonNil[T any](out []T, err error) (any, error) {
+	if out == nil && err == nil {
+		out = []T{}
 	}
-	a.Route("GET /v1/market/configs", wrap(func(*http.Request) (any, error) { return s.Configs() }))
-	a.Route("POST /v1/market/configs", wrap(func(r *http.Request) (any, error) {
-		var c Configuration
-		if err := node.DecodeJSON(r, &c); err != nil {
-			return nil, err
-		}
-		return s.AddConfig(c)
-	}))
-	a.Route("GET /v1/market/offers", wrap(func(*http.Request) (any, error) { return s.Offers(), nil }))
-	a.Route("GET /v1/market/averages", wrap(func(*http.Request) (any, error) { return s.Averages() }))
-	a.Route("GET /v1/market/averages/history", wrap(func(r *http.Request) (any, error) {
-		return s.History(r.URL.Query().Get("config"))
-	}))
-	a.Route("POST /v1/market/search", wrap(func(r *http.Request) (any, error) {
-		var q SearchQuery
-		if err := node.DecodeJSON(r, &q); err != nil {
-			return nil, err
-		}
-		out, err := s.Search(q)
-		if out == nil && err == nil {
-			out = []Match{}
-		}
-		return out, err
-	}))
-	a.Route("POST /v1/market/store", wrap(func(r *http.Request) (any, error) {
-		var req StoreRequest
-		if err := node.DecodeJSON(r, &req); err != nil {
-			return nil, err
-		}
-		return s.Store(r.Context(), req)
-	}))
-	a.Route("GET /v1/market/vms", wrap(func(r *http.Request) (any, error) {
+	return out, err
+}
+
+func decoded[T any](r *http.Request, fn func(T) (any, error)) (any, error) {
+	var v T
+	if err := node.DecodeJSON(r, &v); err != nil {
+		return nil, err
+	}
+	return fn(v)
+}
+
+func (b *Book) routes(a *node.API) {
+	route(a, "GET /v1/market/configs", func(*http.Request) (any, error) { return b.Configs() })
+	route(a, "POST /v1/market/configs", func(r *http.Request) (any, error) {
+		return decoded(r, func(c Configuration) (any, error) { return b.AddConfig(c) })
+	})
+	route(a, "GET /v1/market/offers", func(*http.Request) (any, error) { return b.Offers(), nil })
+	route(a, "GET /v1/market/averages", func(*http.Request) (any, error) { return b.Averages() })
+	route(a, "GET /v1/market/averages/history", func(r *http.Request) (any, error) {
+		return b.History(r.URL.Query().Get("config"))
+	})
+	route(a, "POST /v1/market/search", func(r *http.Request) (any, error) {
+		return decoded(r, func(q SearchQuery) (any, error) { return nonNil(b.Search(q)) })
+	})
+}
+
+func (b *Buyer) routes(a *node.API) {
+	route(a, "POST /v1/market/store", func(r *http.Request) (any, error) {
+		return decoded(r, func(req StoreRequest) (any, error) { return b.Store(r.Context(), req) })
+	})
+	route(a, "GET /v1/market/vms", func(r *http.Request) (any, error) {
 		refresh, _ := strconv.ParseBool(r.URL.Query().Get("refresh"))
-		out, err := s.VMs(r.Context(), refresh)
-		if out == nil && err == nil {
-			out = []VM{}
-		}
-		return out, err
-	}))
-	a.Route("POST /v1/market/vms/{id}/{action}", wrap(func(r *http.Request) (any, error) {
-		id, err := s.FindVM(r.PathValue("id"))
+		return nonNil(b.VMs(r.Context(), refresh))
+	})
+	route(a, "GET /v1/market/vms/{id}", func(r *http.Request) (any, error) {
+		id, err := b.FindVM(r.PathValue("id"))
 		if err != nil {
 			return nil, err
 		}
-		if r.PathValue("action") == ActConsole {
-			return s.Console(r.Context(), id)
-		}
-		return s.Control(r.Context(), id, r.PathValue("action"))
-	}))
-
-	a.Route("GET /v1/market/machines", wrap(func(*http.Request) (any, error) {
-		out, err := s.Machines()
-		if out == nil && err == nil {
-			out = []MachineView{}
-		}
-		return out, err
-	}))
-	a.Route("GET /v1/market/machines/defaults", wrap(func(r *http.Request) (any, error) { return s.HostDefaults(r.Context()) }))
-	a.Route("POST /v1/market/machines", wrap(func(r *http.Request) (any, error) {
-		var spec MachineSpec
-		if err := node.DecodeJSON(r, &spec); err != nil {
+		return b.Status(r.Context(), id)
+	})
+	// POST /v1/market/vms/{id}/{action}: an action by name or verb (start, stop, suspend,
+	// resume, console, rm); resume?fresh=true boots from the disk; console answers a
+	// ConsoleSession.
+	route(a, "POST /v1/market/vms/{id}/{action}", func(r *http.Request) (any, error) {
+		id, err := b.FindVM(r.PathValue("id"))
+		if err != nil {
 			return nil, err
 		}
-		return s.AddMachine(r.Context(), spec)
-	}))
-	a.Route("POST /v1/market/machines/{id}", wrap(func(r *http.Request) (any, error) {
+		act, err := vm.ParseAction(r.PathValue("action"))
+		if err != nil {
+			return nil, err
+		}
+		fresh, _ := strconv.ParseBool(r.URL.Query().Get("fresh"))
+		switch {
+		case act == vm.ActionView:
+			return b.Console(r.Context(), id)
+		case fresh && act == vm.ActionResume:
+			return b.ResumeFresh(r.Context(), id)
+		case fresh:
+			return nil, fmt.Errorf("%w: fresh is for resume only", ErrInvalid)
+		}
+		return b.Control(r.Context(), id, act)
+	})
+}
+
+func (p *Provider) routes(a *node.API) {
+	route(a, "GET /v1/market/machines", func(*http.Request) (any, error) { return nonNil(p.Machines()) })
+	route(a, "GET /v1/market/machines/defaults", func(r *http.Request) (any, error) { return p.HostDefaults(r.Context()) })
+	route(a, "POST /v1/market/machines", func(r *http.Request) (any, error) {
+		return decoded(r, func(spec MachineSpec) (any, error) { return p.AddMachine(r.Context(), spec) })
+	})
+	route(a, "POST /v1/market/machines/{id}", func(r *http.Request) (any, error) {
 		id, err := ParseMachineID(r.PathValue("id"))
 		if err != nil {
 			return nil, err
 		}
-		var e MachineEdit
-		if err := node.DecodeJSON(r, &e); err != nil {
-			return nil, err
-		}
-		return s.EditMachine(r.Context(), id, e)
-	}))
-	a.Route("DELETE /v1/market/machines/{id}", wrap(func(r *http.Request) (any, error) {
+		return decoded(r, func(e MachineEdit) (any, error) { return p.EditMachine(r.Context(), id, e) })
+	})
+	route(a, "DELETE /v1/market/machines/{id}", func(r *http.Request) (any, error) {
 		id, err := ParseMachineID(r.PathValue("id"))
 		if err != nil {
 			return nil, err
 		}
 		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-		if err := s.RemoveMachine(r.Context(), id, force); err != nil {
+		if err := p.RemoveMachine(r.Context(), id, force); err != nil {
 			return nil, err
 		}
 		return map[string]any{"removed": id}, nil
-	}))
-	a.Route("GET /v1/market/leases", wrap(func(*http.Request) (any, error) {
-		out, err := s.ProviderLeases()
-		if out == nil && err == nil {
-			out = []ProviderLease{}
-		}
-		return out, err
-	}))
+	})
+	route(a, "GET /v1/market/leases", func(*http.Request) (any, error) { return nonNil(p.ProviderLeases()) })
 }
+
+// NotSelling is the service a node that does not sell runs in the Provider's place: it
+// answers the Provider's routes with ErrNotProvider, so that a buyer asking for its machines
+// learns why there are none.
+type NotSelling struct{}
+
+// Start implements node.Service.
+func (NotSelling) Start(_ context.Context, n *node.Node) error {
+	refuse := func(*http.Request) (any, error) {
+		return nil, fmt.Errorf("%w: start the node with --provider (roles.provider in config.toml) to sell machines", ErrNotProvider)
+	}
+	for _, pattern := range []string{"/v1/market/machines", "/v1/market/machines/", "/v1/market/leases"} {
+		route(n.API(), pattern, refuse)
+	}
+	return nil
+}
+
+// Close implements node.Service.
+func (NotSelling) Close() error { return nil }

@@ -3,12 +3,13 @@ package market
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 )
 
@@ -29,18 +30,28 @@ func wantStatus(t *testing.T, err error, status int) {
 	}
 }
 
-// TestAPI drives the local API the CLI and the web UI use, on a provider without a
-// hypervisor and a buyer: machines, catalog, offers, search, averages and their history,
-// and the errors each side answers.
+// wantCode checks the code of an API error, what programs branch on.
+func wantCode(t *testing.T, err error, status int, code string) {
+	t.Helper()
+	wantStatus(t, err, status)
+	if he, _ := errors.AsType[*node.HTTPError](err); he.Code != code {
+		t.Fatalf("err = %v with code %q, want %q", err, he.Code, code)
+	}
+}
+
+// TestAPI drives the local API the CLI and the web UI use, on a provider and a buyer:
+// machines, catalog, offers, search, averages and their history, and the errors (status and
+// code) each side answers.
 func TestAPI(t *testing.T) {
-	nodes, svcs := marketCluster(t, 2, func(i int) *Options {
-		o := fastOptions()
-		o.Provider = i == 0
-		return &o
+	nodes := marketCluster(t, 2, func(i int) *spec {
+		if i == 0 {
+			return seller(nil)
+		}
+		return fast()
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pc, bc := apiClient(t, nodes[0]), apiClient(t, nodes[1])
+	pc, bc := apiClient(t, nodes[0].Node), apiClient(t, nodes[1].Node)
 
 	var m Machine
 	spec := testSpec("api-host", Resources{8000, 8192, 100000})
@@ -55,23 +66,23 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("copy %+v of %+v", cp, m)
 	}
 	err := pc.Post(ctx, "/v1/market/machines/"+m.ID.String(), MachineEdit{Capacity: &Resources{1, 1, 1}}, nil)
-	wantStatus(t, err, http.StatusConflict)
-	err = pc.Post(ctx, "/v1/market/machines", MachineSpec{Name: "no capacity"}, nil)
-	wantStatus(t, err, http.StatusInternalServerError) // no hypervisor to measure the host with
-	err = bc.Get(ctx, "/v1/market/machines", nil)
-	wantStatus(t, err, http.StatusForbidden)
+	wantCode(t, err, http.StatusConflict, "locked")
+	err = pc.Post(ctx, "/v1/market/machines", map[string]any{"name": "x", "capacity": "lots"}, nil)
+	wantCode(t, err, http.StatusBadRequest, "malformed")
+	wantCode(t, bc.Get(ctx, "/v1/market/machines", nil), http.StatusForbidden, "not_provider")
+	wantCode(t, bc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+m.ID.String(), nil, nil), http.StatusForbidden, "not_provider")
 	if err := pc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+cp.ID.String(), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Seeding is idempotent: the demo's machines are added once across restarts.
-	demo1, err := svcs[0].EnsureMachine(ctx, DemoMachine(1))
+	demo1, err := nodes[0].prov.EnsureMachine(ctx, DemoMachine(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, err := svcs[0].EnsureMachine(ctx, DemoMachine(1)); err != nil || again.ID != demo1.ID {
+	if again, err := nodes[0].prov.EnsureMachine(ctx, DemoMachine(1)); err != nil || again.ID != demo1.ID {
 		t.Fatalf("second seeding: %+v, %v; want machine %s again", again, err, demo1.ID)
 	}
-	if err := svcs[0].RemoveMachine(ctx, demo1.ID, false); err != nil {
+	if err := nodes[0].prov.RemoveMachine(ctx, demo1.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	var views []MachineView
@@ -88,43 +99,50 @@ func TestAPI(t *testing.T) {
 	if err := bc.Post(ctx, "/v1/market/configs", own, nil); err != nil {
 		t.Fatal(err)
 	}
-	wantStatus(t, bc.Post(ctx, "/v1/market/configs", StandardConfigs()[0], nil), http.StatusConflict)
-	wantStatus(t, bc.Post(ctx, "/v1/market/configs", map[string]any{"name": "x", "memory_mb": -1}, nil), http.StatusBadRequest)
+	wantCode(t, bc.Post(ctx, "/v1/market/configs", StandardConfigs()[0], nil), http.StatusConflict, "exists")
+	wantCode(t, bc.Post(ctx, "/v1/market/configs", map[string]any{"name": "x", "memory_mb": -1}, nil), http.StatusBadRequest, "invalid")
 
-	waitFor(t, 30*time.Second, func() string { return "offer never reached the buyer" }, func() bool {
+	testwait.Eventually(t, 30*time.Second, func() error {
 		var offers []Offer
-		return bc.Get(ctx, "/v1/market/offers", &offers) == nil && len(offers) == 1
+		if err := bc.Get(ctx, "/v1/market/offers", &offers); err != nil || len(offers) != 1 {
+			return fmt.Errorf("offers %+v, %v: the offer never reached the buyer", offers, err)
+		}
+		return nil
 	})
 	var matches []Match
 	if err := bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "small-more-memory"}, &matches); err != nil || len(matches) != 1 {
 		t.Fatalf("search %+v, %v", matches, err)
 	}
-	wantStatus(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "nope"}, nil), http.StatusNotFound)
-	wantStatus(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "tiny", SearchRequest: SearchRequest{Sort: "cheapest"}}, nil), http.StatusBadRequest)
+	wantCode(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "nope"}, nil), http.StatusNotFound, "not_found")
+	wantCode(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "tiny", SearchRequest: SearchRequest{Sort: "cheapest"}}, nil), http.StatusBadRequest, "invalid")
 
-	// The provider has no hypervisor: the store is refused and nothing is kept.
-	err = bc.Post(ctx, "/v1/market/store", StoreRequest{ConfigName: "tiny", Machine: m.ID}, nil)
-	wantStatus(t, err, http.StatusInternalServerError)
-	if !strings.Contains(err.Error(), "cannot create vms") {
-		t.Fatalf("store refusal does not say why: %v", err)
-	}
+	// A store at prices the buyer did not see is refused before anything is sent; one on a
+	// machine too small is refused by the buyer's own book. Nothing is kept either way.
+	seen := Money(1)
+	err = bc.Post(ctx, "/v1/market/store", StoreRequest{ConfigName: "tiny", Machine: m.ID, ExpectRunning: &seen}, nil)
+	wantCode(t, err, http.StatusConflict, "stale")
+	err = bc.Post(ctx, "/v1/market/store", StoreRequest{ConfigName: "tiny", Edit: ConfigEdit{MemoryMB: 1 << 20}, Machine: m.ID}, nil)
+	wantCode(t, err, http.StatusConflict, "no_capacity")
 	var vms []VM
 	if err := bc.Get(ctx, "/v1/market/vms", &vms); err != nil || len(vms) != 0 {
 		t.Fatalf("vms after a refused store: %+v, %v", vms, err)
 	}
-	wantStatus(t, bc.Post(ctx, "/v1/market/vms/abcdef/start", nil, nil), http.StatusNotFound)
+	wantCode(t, bc.Post(ctx, "/v1/market/vms/abcdef/start", nil, nil), http.StatusNotFound, "not_found")
+	wantCode(t, bc.Post(ctx, "/v1/market/vms/abcdef/explode", nil, nil), http.StatusNotFound, "not_found")
 
 	// Averages: the one provider's prices, then kept (stale) once it is gone.
 	tiny := StandardConfigs()[0]
 	q, _ := m.Terms.Quote(tiny.Resources())
 	var avg Averages
-	waitFor(t, 30*time.Second, func() string { return "no average for tiny" }, func() bool {
+	testwait.Eventually(t, 30*time.Second, func() error {
 		avg = Averages{} // decode afresh: omitted fields must not keep old values
-		if bc.Get(ctx, "/v1/market/averages", &avg) != nil {
-			return false
+		if err := bc.Get(ctx, "/v1/market/averages", &avg); err != nil {
+			return err
 		}
-		i := slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" })
-		return i >= 0 && avg.Configs[i].Providers == 1
+		if i := slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" }); i < 0 || avg.Configs[i].Providers != 1 {
+			return fmt.Errorf("no average for tiny over 1 provider: %+v", avg.Configs)
+		}
+		return nil
 	})
 	i := slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" })
 	if a := avg.Configs[i]; a.RunningPerHour != q.RunningPerHour() || a.StoragePerDay != q.StoragePerDay() || a.Stale {
@@ -135,19 +153,24 @@ func TestAPI(t *testing.T) {
 	}
 	// The history takes a sample every averaging period while a provider can host tiny.
 	var hist []Sample
-	waitFor(t, 30*time.Second, func() string { return "no history sample for tiny" }, func() bool {
-		return bc.Get(ctx, "/v1/market/averages/history?config=tiny", &hist) == nil && len(hist) > 0
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if err := bc.Get(ctx, "/v1/market/averages/history?config=tiny", &hist); err != nil || len(hist) == 0 {
+			return fmt.Errorf("no history sample for tiny (%v)", err)
+		}
+		return nil
 	})
 	if err := pc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+m.ID.String(), nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() string { return "tiny average not stale after the provider left" }, func() bool {
+	testwait.Eventually(t, 30*time.Second, func() error {
 		avg = Averages{} // decode afresh: omitted fields must not keep old values
-		if bc.Get(ctx, "/v1/market/averages", &avg) != nil {
-			return false
+		if err := bc.Get(ctx, "/v1/market/averages", &avg); err != nil {
+			return err
 		}
-		i := slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" })
-		return i >= 0 && avg.Configs[i].Stale
+		if i := slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" }); i < 0 || !avg.Configs[i].Stale {
+			return errors.New("tiny average not stale after the provider left")
+		}
+		return nil
 	})
 	if a := avg.Configs[slices.IndexFunc(avg.Configs, func(a ConfigAverage) bool { return a.Config == "tiny" })]; a.RunningPerHour != q.RunningPerHour() {
 		t.Fatalf("stale average lost its value: %+v", a)

@@ -104,46 +104,46 @@ func mean(ms []Money) Money {
 // a history sample (report §6.1.9 priceaverage). New offers are averaged in as they arrive,
 // at most once a second, so a node that just joined does not show an empty market for a whole
 // period.
-func (s *Service) averageLoop() error {
-	t := time.NewTicker(s.opts.AverageInterval)
+func (b *Book) averageLoop() error {
+	t := time.NewTicker(b.opts.AverageInterval)
 	defer t.Stop()
-	s.updateAverages(true)
+	b.updateAverages(true)
 	for {
 		record := false
 		select {
-		case <-s.ctx.Done():
+		case <-b.ctx.Done():
 			return nil
 		case <-t.C:
 			record = true
-		case <-s.booked:
+		case <-b.booked:
 			select { // let a burst of offers land first
-			case <-s.ctx.Done():
+			case <-b.ctx.Done():
 				return nil
 			case <-time.After(time.Second):
 			}
 		}
-		s.updateAverages(record)
+		b.updateAverages(record)
 	}
 }
 
 // updateAverages computes every catalog configuration's average and the per-resource ones;
 // with record, it appends the fresh values to the history.
-func (s *Service) updateAverages(record bool) {
-	now := s.now()
-	offers := s.book.Live(now)
-	own, err := s.ownConfigs()
+func (b *Book) updateAverages(record bool) {
+	now := b.now()
+	offers := b.offers.Live(now)
+	own, err := b.ownConfigs()
 	if err != nil {
-		s.log.Warn("averages", "err", err)
+		b.log.Warn("averages", "err", err)
 	}
 	cat := catalog(own, offers)
 	fresh := make(map[string]ConfigAverage, len(cat))
-	s.mu.Lock()
+	b.mu.Lock()
 	for _, c := range cat {
-		fresh[c.Name] = averageConfig(c, offers, s.avgs[c.Name], now)
+		fresh[c.Name] = averageConfig(c, offers, b.avgs[c.Name], now)
 	}
-	s.avgs = fresh
-	s.resources = averageResources(offers, s.resources, now)
-	s.mu.Unlock()
+	b.avgs = fresh
+	b.resources = averageResources(offers, b.resources, now)
+	b.mu.Unlock()
 	if !record {
 		return
 	}
@@ -152,21 +152,21 @@ func (s *Service) updateAverages(record bool) {
 		if a.Stale {
 			continue
 		}
-		if err := s.appendSample(c.Name, Sample{Time: now, RunningPerHour: a.RunningPerHour, StoragePerDay: a.StoragePerDay, Providers: a.Providers}); err != nil {
-			s.log.Warn("averages history", "config", c.Name, "err", err)
+		if err := b.appendSample(c.Name, Sample{Time: now, RunningPerHour: a.RunningPerHour, StoragePerDay: a.StoragePerDay, Providers: a.Providers}); err != nil {
+			b.log.Warn("averages history", "config", c.Name, "err", err)
 		}
 	}
 }
 
-func (s *Service) appendSample(name string, smp Sample) error {
-	return s.avgSpace.Update(func(tx *node.Txn) error {
+func (b *Book) appendSample(name string, smp Sample) error {
+	return b.avgSpace.Update(func(tx *node.Txn) error {
 		hist, err := node.GetJSON[[]Sample](tx, name)
 		if err != nil && !errors.Is(err, node.ErrNotFound) {
 			hist = nil // a corrupt history restarts
 		}
 		hist = append(hist, smp)
-		if len(hist) > s.opts.History {
-			hist = hist[len(hist)-s.opts.History:]
+		if len(hist) > b.opts.History {
+			hist = hist[len(hist)-b.opts.History:]
 		}
 		return node.PutJSON(tx, name, hist)
 	})
@@ -174,12 +174,12 @@ func (s *Service) appendSample(name string, smp Sample) error {
 
 // loadAverages starts from the last values of the persisted history, marked stale until the
 // first update.
-func (s *Service) loadAverages() {
-	s.avgSpace.List(func(key string, val []byte) error {
+func (b *Book) loadAverages() {
+	b.avgSpace.List(func(key string, val []byte) error {
 		var hist []Sample
 		if json.Unmarshal(val, &hist) == nil && len(hist) > 0 {
 			last := hist[len(hist)-1]
-			s.avgs[key] = ConfigAverage{Config: key, RunningPerHour: last.RunningPerHour, StoragePerDay: last.StoragePerDay,
+			b.avgs[key] = ConfigAverage{Config: key, RunningPerHour: last.RunningPerHour, StoragePerDay: last.StoragePerDay,
 				Updated: last.Time, Stale: true}
 		}
 		return nil
@@ -187,20 +187,20 @@ func (s *Service) loadAverages() {
 }
 
 // Averages returns the current market averages.
-func (s *Service) Averages() (Averages, error) {
-	own, err := s.ownConfigs()
+func (b *Book) Averages() (Averages, error) {
+	own, err := b.ownConfigs()
 	if err != nil {
 		return Averages{}, err
 	}
-	cat := catalog(own, s.book.Live(s.now()))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return Averages{Configs: sortConfigs(cat, s.avgs), Resources: s.resources}, nil
+	cat := catalog(own, b.offers.Live(b.now()))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return Averages{Configs: sortConfigs(cat, b.avgs), Resources: b.resources}, nil
 }
 
 // History returns a configuration's price history, oldest first.
-func (s *Service) History(config string) ([]Sample, error) {
-	hist, err := node.GetJSON[[]Sample](s.avgSpace, config)
+func (b *Book) History(config string) ([]Sample, error) {
+	hist, err := node.GetJSON[[]Sample](b.avgSpace, config)
 	if errors.Is(err, node.ErrNotFound) {
 		return []Sample{}, nil
 	}

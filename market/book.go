@@ -1,156 +1,156 @@
 package market
 
 import (
-	"bytes"
-	"cmp"
-	"slices"
+	"context"
+	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
-// Book is the offer book every node keeps: the newest offer of every machine it has heard of.
-// It is safe for concurrent use (the gossip validator reads it while the subscription loop
-// writes it). Withdrawn and expired offers stay as tombstones until their expiry so that a
-// replay of an older offer is recognised; Prune removes them.
+// BookOptions configure the Book. The zero value takes the defaults below.
+type BookOptions struct {
+	Logger *slog.Logger
+	// AverageInterval is how often market averages are computed (default 60s, the report's
+	// priceaverage period); History how many samples per configuration are kept (default 1440).
+	AverageInterval time.Duration
+	History         int
+	// Housekeeping is how often expired offers are pruned (default 10s).
+	Housekeeping time.Duration
+	// RejectLimit is how many invalid offers a peer may forward before it is blacklisted by
+	// the gossip router (default 16).
+	RejectLimit int
+	// OnOffer, if set, is called after a new offer entered the book (benchmarks).
+	OnOffer func(Offer)
+}
+
+func (o *BookOptions) fill() {
+	o.AverageInterval = cmpOr(o.AverageInterval, time.Minute)
+	o.Housekeeping = cmpOr(o.Housekeeping, 10*time.Second)
+	if o.History <= 0 {
+		o.History = 1440
+	}
+	if o.RejectLimit <= 0 {
+		o.RejectLimit = 16
+	}
+}
+
+// cmpOr is d, or def when d is not positive.
+func cmpOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Book is the offer book every node keeps (a node.Service): the offers gossiped on the
+// offers topic and caught up from peers at start, persisted under market/book/; the catalog of
+// configurations (standard, preconfigured from the offers' images, the owner's own under
+// market/configs/); search; and the market averages with their history (market/averages/).
 type Book struct {
-	mu     sync.RWMutex
-	offers map[offerKey]*SignedOffer
+	base
+	opts   BookOptions
+	offers *offerIndex
+
+	topic *pubsub.Topic
+	sub   *pubsub.Subscription
+
+	bookSpace, cfgSpace, avgSpace *node.Space
+
+	// booked signals that the book took new offers, so market averages follow the offers as
+	// they arrive instead of waiting for the next period.
+	booked chan struct{}
+
+	mu        sync.Mutex
+	rejects   map[peer.ID]int
+	queried   map[peer.ID]time.Time // peers asked for their offers after start
+	taken     int                   // catch-up queries running or succeeded
+	avgs      map[string]ConfigAverage
+	resources ResourceAverages
 }
 
-// NewBook returns an empty book.
-func NewBook() *Book { return &Book{offers: make(map[offerKey]*SignedOffer)} }
-
-// Verdict is what the book thinks of an offer.
-type Verdict int
-
-// Verdicts of Check.
-const (
-	Newer    Verdict = iota // newer than what the book holds: take it
-	Replayed                // same or older sequence number than the book's
-	Expired                 // past its expiry
-	Future                  // dated too far in the future
-)
-
-// Check tells whether offer o is worth taking at now.
-func (b *Book) Check(o Offer, now time.Time) Verdict {
-	if !now.Before(o.Expires) {
-		return Expired
-	}
-	if o.Issued.After(now.Add(MaxClockSkew)) {
-		return Future
-	}
-	b.mu.RLock()
-	old, ok := b.offers[o.key()]
-	b.mu.RUnlock()
-	if ok && o.Seq <= old.Seq {
-		return Replayed
-	}
-	return Newer
+// NewBook returns the offer book; attach it to a node before the Buyer and the Provider,
+// which use it.
+func NewBook(opts BookOptions) *Book {
+	opts.fill()
+	return &Book{opts: opts, offers: newOfferIndex(), booked: make(chan struct{}, 1),
+		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}}
 }
 
-// Put takes the offer if it is newer than the book's for its machine, and reports whether it
-// did.
-func (b *Book) Put(so SignedOffer, now time.Time) bool {
-	if !now.Before(so.Expires) {
-		return false
+// Start implements node.Service: it loads the persisted book and averages, joins the offers
+// topic, serves the offers query, adds its API routes and starts catching up from peers.
+func (b *Book) Start(ctx context.Context, n *node.Node) error {
+	b.begin(ctx, n, b.opts.Logger, "book")
+	st := n.Store()
+	b.bookSpace, b.cfgSpace, b.avgSpace = st.Space("market/book/"), st.Space("market/configs/"), st.Space("market/averages/")
+	if err := b.loadBook(); err != nil {
+		return err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if old, ok := b.offers[so.key()]; ok && so.Seq <= old.Seq {
-		return false
+	b.loadAverages()
+	topic, err := n.Topic(OffersTopic, b.validate)
+	if err != nil {
+		return fmt.Errorf("market: %w", err)
 	}
-	b.offers[so.key()] = &so // never modified after: readers may keep pointers
-	return true
+	b.topic = topic
+	if b.sub, err = topic.Subscribe(); err != nil {
+		return fmt.Errorf("market: subscribe %s: %w", OffersTopic, err)
+	}
+	b.serve(OffersQueryID, 1<<20, 30*time.Second, b.handleQuery)
+	b.routes(n.API())
+	b.group.Go(b.readOffers)
+	b.group.Go(b.housekeeping)
+	b.group.Go(b.averageLoop)
+	return b.startQueries()
+}
+
+// Close implements node.Service.
+func (b *Book) Close() error {
+	if b.sub != nil {
+		b.sub.Cancel()
+	}
+	return b.stop()
 }
 
 // Get returns the live offer of a provider's machine.
-func (b *Book) Get(provider peer.ID, machine MachineID, now time.Time) (SignedOffer, bool) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	so, ok := b.offers[offerKey{provider, machine}]
-	if !ok || !so.Live(now) {
-		return SignedOffer{}, false
-	}
-	return *so, true
+func (b *Book) Get(provider peer.ID, machine MachineID) (SignedOffer, bool) {
+	return b.offers.Get(provider, machine, b.now())
 }
 
-// Snapshot returns every live offer, in no particular order.
-func (b *Book) Snapshot(now time.Time) []Offer {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	out := make([]Offer, 0, len(b.offers))
-	for _, so := range b.offers {
-		if so.Live(now) {
-			out = append(out, so.Offer)
+// Offers lists the live offers, newest first.
+func (b *Book) Offers() []Offer { return b.offers.Live(b.now()) }
+
+// Len is the number of offers held, tombstones of withdrawn ones included.
+func (b *Book) Len() int { return b.offers.Len() }
+
+// publish sends an offer envelope on the offers topic (the Provider's offers).
+func (b *Book) publish(ctx context.Context, raw []byte) error { return b.topic.Publish(ctx, raw) }
+
+// topicEvents follows peers joining the offers topic (the Provider republishes for them).
+func (b *Book) topicEvents() (*pubsub.TopicEventHandler, error) { return b.topic.EventHandler() }
+
+// housekeeping prunes expired offers from the book and the store.
+func (b *Book) housekeeping() error {
+	t := time.NewTicker(b.opts.Housekeeping)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for _, o := range b.offers.Prune(b.now()) {
+			if err := b.bookSpace.Delete(bookKey(o)); err != nil {
+				b.log.Warn("prune offer", "machine", o.Machine, "err", err)
+			}
 		}
 	}
-	return out
 }
 
-// Search runs Search over the book's live offers without copying them.
-func (b *Book) Search(now time.Time, req SearchRequest) ([]Match, error) {
-	b.mu.RLock()
-	live := make([]*Offer, 0, len(b.offers))
-	for _, so := range b.offers {
-		if so.Live(now) {
-			live = append(live, &so.Offer)
-		}
-	}
-	b.mu.RUnlock()
-	return search(live, req)
-}
-
-// Live returns every live offer, newest first.
-func (b *Book) Live(now time.Time) []Offer {
-	out := b.Snapshot(now)
-	slices.SortFunc(out, func(x, y Offer) int {
-		if c := y.Issued.Compare(x.Issued); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.Provider, y.Provider); c != 0 {
-			return c
-		}
-		return bytes.Compare(x.Machine[:], y.Machine[:])
-	})
-	return out
-}
-
-// Signed returns up to max live offers with their envelopes, newest first.
-func (b *Book) Signed(now time.Time, max int) []SignedOffer {
-	b.mu.RLock()
-	out := make([]SignedOffer, 0, min(max, len(b.offers)))
-	for _, so := range b.offers {
-		if so.Live(now) {
-			out = append(out, *so)
-		}
-	}
-	b.mu.RUnlock()
-	slices.SortFunc(out, func(x, y SignedOffer) int { return y.Issued.Compare(x.Issued) })
-	if len(out) > max {
-		out = out[:max]
-	}
-	return out
-}
-
-// Prune drops offers (and tombstones) past their expiry and returns them.
-func (b *Book) Prune(now time.Time) []Offer {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []Offer
-	for k, so := range b.offers {
-		if !now.Before(so.Expires) {
-			out = append(out, so.Offer)
-			delete(b.offers, k)
-		}
-	}
-	return out
-}
-
-// Len is the number of entries, tombstones included.
-func (b *Book) Len() int {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	return len(b.offers)
-}
+// Add takes offers into the book as if they had arrived (seeding a book in benchmarks and
+// tests); they must come from SignOffer or DecodeOffer. It returns how many were new.
+func (b *Book) Add(offers []SignedOffer) int { return b.acceptAll(offers) }

@@ -280,3 +280,132 @@ func catalog(own []Configuration, offers []Offer) []Configuration {
 	}
 	return out
 }
+
+// resolve returns a request's configuration: c, or the catalog's called name, with e applied.
+func (b *Book) resolve(c *Configuration, name string, e ConfigEdit) (Configuration, error) {
+	var cfg Configuration
+	switch {
+	case c != nil:
+		cfg = *c
+	case name != "":
+		var err error
+		if cfg, err = b.Config(name); err != nil {
+			return cfg, err
+		}
+	default:
+		return cfg, fmt.Errorf("%w: give a configuration or a configuration name (see `virtuoso configs`)", ErrInvalid)
+	}
+	cfg = e.Apply(cfg)
+	if cfg.Processor == "" {
+		cfg.Processor = defaultProcessor
+	}
+	return cfg, cfg.Validate()
+}
+
+// ConfigView is a catalog entry with its market average.
+type ConfigView struct {
+	Configuration
+	Preconfigured bool           `json:"preconfigured"`
+	Own           bool           `json:"own,omitempty"` // added by this buyer
+	Average       *ConfigAverage `json:"average,omitempty"`
+}
+
+// Configs lists the catalog: standard configurations, the preconfigured ones of the images in
+// live offers, and the buyer's own, each with its market average.
+func (b *Book) Configs() ([]ConfigView, error) {
+	own, err := b.ownConfigs()
+	if err != nil {
+		return nil, err
+	}
+	cat := catalog(own, b.offers.Live(b.now()))
+	out := make([]ConfigView, len(cat))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, c := range cat {
+		out[i] = ConfigView{Configuration: c, Preconfigured: c.Preconfigured(),
+			Own: slices.ContainsFunc(own, func(o Configuration) bool { return o.Name == c.Name })}
+		if a, ok := b.avgs[c.Name]; ok {
+			out[i].Average = &a
+		}
+	}
+	return out, nil
+}
+
+// Config returns the catalog's configuration called name.
+func (b *Book) Config(name string) (Configuration, error) {
+	own, err := b.ownConfigs()
+	if err != nil {
+		return Configuration{}, err
+	}
+	for _, c := range catalog(own, b.offers.Live(b.now())) {
+		if c.Name == name {
+			return c, nil
+		}
+	}
+	return Configuration{}, fmt.Errorf("%w: no configuration %q (see `virtuoso configs`)", ErrNotFound, truncate(name))
+}
+
+// AddConfig keeps an edited configuration in the buyer's catalog under its own name.
+func (b *Book) AddConfig(c Configuration) (Configuration, error) {
+	if c.Processor == "" {
+		c.Processor = defaultProcessor
+	}
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	if slices.ContainsFunc(StandardConfigs(), func(sc Configuration) bool { return sc.Name == c.Name }) {
+		return c, fmt.Errorf("%w: %q is a standard configuration; give the edited one another name", ErrExists, c.Name)
+	}
+	return c, node.PutJSON(b.cfgSpace, c.Name, c)
+}
+
+func (b *Book) ownConfigs() ([]Configuration, error) {
+	var out []Configuration
+	err := b.cfgSpace.List(func(key string, val []byte) error {
+		var c Configuration
+		if err := json.Unmarshal(val, &c); err != nil {
+			return fmt.Errorf("configuration %s: %w", key, err)
+		}
+		out = append(out, c)
+		return nil
+	})
+	return out, err
+}
+
+// SearchQuery is a search by configuration name (with edits) or by full configuration.
+type SearchQuery struct {
+	ConfigName string     `json:"config_name,omitempty"`
+	Edit       ConfigEdit `json:"edit"`
+	SearchRequest
+}
+
+// Search finds the providers that can host a configuration, cheapest first.
+func (b *Book) Search(q SearchQuery) ([]Match, error) {
+	req := q.SearchRequest
+	var c *Configuration
+	if q.ConfigName == "" {
+		c = &req.Config
+	}
+	cfg, err := b.resolve(c, q.ConfigName, q.Edit)
+	if err != nil {
+		return nil, err
+	}
+	req.Config = cfg
+	out, err := b.offers.Search(b.now(), req)
+	if err != nil {
+		return nil, err
+	}
+	self := b.n.ID() // a node does not buy from itself
+	return slices.DeleteFunc(out, func(m Match) bool { return m.Provider == self }), nil
+}
+
+// sortConfigs orders averages like the catalog.
+func sortConfigs(cat []Configuration, avgs map[string]ConfigAverage) []ConfigAverage {
+	out := make([]ConfigAverage, 0, len(cat))
+	for _, c := range cat {
+		if a, ok := avgs[c.Name]; ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -1,72 +1,154 @@
 package market
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/virtuoso-market/virtuoso/internal/nodetest"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 )
 
-// fastOptions are market options for tests on loopback: quick republish and housekeeping.
-func fastOptions() Options {
-	return Options{Republish: time.Second, OfferTTL: time.Minute, Housekeeping: 200 * time.Millisecond,
-		AverageInterval: 500 * time.Millisecond, StoreTimeout: 2 * time.Minute, ControlTimeout: time.Minute}
+// testNode is a node of a market test cluster with the services of its role, assembled as
+// internal/daemon assembles them.
+type testNode struct {
+	*node.Node
+	book  *Book
+	buyer *Buyer
+	prov  *Provider   // nil unless a provider
+	mgr   *vm.Manager // the provider's VM stack
+	drv   *qemu.Driver
 }
 
-// marketCluster starts n nodes; opts(i) gives node i's market options, nil for a node without
-// the market (a bare node, e.g. an attacker).
-func marketCluster(t *testing.T, n int, opts func(i int) *Options) ([]*node.Node, []*Service) {
+// spec is what a test node runs. Provider nodes get a real QEMU VM stack (TCG); with Guest,
+// their VMs are of the test guest, which they also offer as the preconfigured image busybox.
+type spec struct {
+	Provider bool
+	Guest    *qemutest.Guest
+	Book     BookOptions
+	Buyer    BuyerOptions
+	Seller   ProviderOptions
+}
+
+// fast is the spec of a buyer node with quick republishing and housekeeping for loopback.
+func fast() *spec {
+	return &spec{
+		Book:   BookOptions{AverageInterval: 500 * time.Millisecond, Housekeeping: 200 * time.Millisecond},
+		Buyer:  BuyerOptions{StoreTimeout: 2 * time.Minute, ControlTimeout: time.Minute, Housekeeping: 200 * time.Millisecond},
+		Seller: ProviderOptions{Republish: time.Second, OfferTTL: time.Minute, StoreTimeout: 2 * time.Minute, ControlTimeout: time.Minute},
+	}
+}
+
+// seller is fast() as a provider, its VMs of guest g when not nil.
+func seller(g *qemutest.Guest) *spec {
+	s := fast()
+	s.Provider, s.Guest = true, g
+	if g != nil {
+		s.Seller.Images = []Image{{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
+			Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}}
+	}
+	return s
+}
+
+// marketCluster starts n nodes; specOf(i) gives node i's spec, nil for a node without the
+// market (a bare node, e.g. an attacker).
+func marketCluster(t *testing.T, n int, specOf func(i int) *spec) []*testNode {
 	t.Helper()
-	svcs := make([]*Service, n)
-	nodes := nodetest.Cluster(t, n, nodetest.Options{
+	out := make([]*testNode, n)
+	nodetest.Cluster(t, n, nodetest.Options{
 		Protocols: Protocols(),
-		Services: func(i int) []node.Service {
-			o := opts(i)
-			if o == nil {
-				return nil
+		Services: func(i int, n *node.Node) []node.Service {
+			out[i] = &testNode{Node: n}
+			if sp := specOf(i); sp != nil {
+				return out[i].assemble(t, *sp)
 			}
-			svcs[i] = New(*o)
-			return []node.Service{svcs[i]}
+			return nil
 		},
 	})
-	return nodes, svcs
+	return out
 }
 
-// waitFor polls cond until it holds, failing the test with what() after within.
-func waitFor(t testing.TB, within time.Duration, what func() string, cond func() bool) {
+// assemble builds the services of sp over tn's node, in the daemon's order.
+func (tn *testNode) assemble(t *testing.T, sp spec) []node.Service {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", within, what())
+	var svcs []node.Service
+	tn.book = NewBook(sp.Book)
+	tn.buyer = NewBuyer(tn.book, sp.Buyer)
+	svcs = append(svcs, tn.book, tn.buyer)
+	if sp.Provider {
+		cfg := qemu.DefaultConfig(t.TempDir())
+		cfg.Accel = qemu.AccelTCG
+		if sp.Guest != nil {
+			cfg = qemutest.DriverConfig(t, *sp.Guest)
 		}
-		time.Sleep(50 * time.Millisecond)
+		tn.drv = qemutest.NewDriver(t, cfg)
+		inv, err := vm.OpenInventory(tn.Store().Space("vm/inventory/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tn.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: tn.drv, Inventory: inv, Events: tn.Events()}); err != nil {
+			t.Fatal(err)
+		}
+		tn.prov = NewProvider(tn.book, tn.mgr, sp.Seller)
+		svcs = append(svcs, tn.prov)
+	} else {
+		svcs = append(svcs, NotSelling{})
 	}
+	return svcs
 }
 
-// waitOffer waits until every service's book holds a live offer of (p, m) with at least seq.
-func waitOffer(t testing.TB, svcs []*Service, p peer.ID, m MachineID, seq uint64, within time.Duration) {
+// restart closes tn's node and starts a new one on its home with the services of sp, alone
+// (no bootstrap peers) unless cfg says otherwise.
+func (tn *testNode) restart(t *testing.T, sp spec, edit func(*node.Config)) *testNode {
 	t.Helper()
-	missing := func() []int {
-		var out []int
-		for i, s := range svcs {
-			if s == nil {
+	home, cfg := tn.Home(), tn.Config()
+	if err := tn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	n := nodetest.New(t, home, cfg, node.Options{Protocols: Protocols()})
+	fresh := &testNode{Node: n}
+	for _, s := range fresh.assemble(t, sp) {
+		n.Attach(s)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return fresh
+}
+
+// waitOffer waits until every node's book holds a live offer of (p, m) with at least seq.
+func waitOffer(t testing.TB, nodes []*testNode, p peer.ID, m MachineID, seq uint64, within time.Duration) {
+	t.Helper()
+	testwait.Eventually(t, within, func() error {
+		var missing []int
+		for i, tn := range nodes {
+			if tn == nil || tn.book == nil {
 				continue
 			}
-			so, ok := s.book.Get(p, m, time.Now())
-			if !ok || so.Seq < seq {
-				out = append(out, i)
+			if so, ok := tn.book.Get(p, m); !ok || so.Seq < seq {
+				missing = append(missing, i)
 			}
 		}
-		return out
-	}
-	waitFor(t, within, func() string { return fmt.Sprintf("offer of machine %s missing on nodes %v", m, missing()) },
-		func() bool { return len(missing()) == 0 })
+		if len(missing) > 0 {
+			return fmt.Errorf("offer of machine %s missing on nodes %v", m, missing)
+		}
+		return nil
+	})
 }
 
 func testSpec(name string, capacity Resources) MachineSpec {
@@ -80,34 +162,34 @@ func TestOfferReachesEveryBook(t *testing.T) {
 	const provider = 7
 	start := time.Now()
 	defer func() { t.Logf("whole test %v", time.Since(start)) }()
-	_, svcs := marketCluster(t, n, func(i int) *Options {
-		o := fastOptions()
-		o.Provider = i == provider
-		return &o
+	nodes := marketCluster(t, n, func(i int) *spec {
+		if i == provider {
+			return seller(nil)
+		}
+		return fast()
 	})
 	t.Logf("%d nodes started in %v", n, time.Since(start))
-	p := svcs[provider]
-	m, err := p.AddMachine(context.Background(), testSpec("rack-7", Resources{16000, 32768, 1 << 20}))
+	p := nodes[provider]
+	m, err := p.prov.AddMachine(context.Background(), testSpec("rack-7", Resources{16000, 32768, 1 << 20}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	waitOffer(t, svcs, p.n.ID(), m.ID, 1, 60*time.Second)
+	waitOffer(t, nodes, p.ID(), m.ID, 1, 60*time.Second)
 	t.Logf("offer in every book after %v", time.Since(t0))
 
 	terms := m.Terms
 	terms.StoragePrice = 123_456
-	if _, err := p.EditMachine(context.Background(), m.ID, MachineEdit{Terms: &terms}); err != nil {
+	if _, err := p.prov.EditMachine(context.Background(), m.ID, MachineEdit{Terms: &terms}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() string { return "the edited offer did not reach every book" }, func() bool {
-		for _, s := range svcs {
-			so, ok := s.book.Get(p.n.ID(), m.ID, time.Now())
-			if !ok || so.Terms.StoragePrice != 123_456 {
-				return false
+	testwait.Eventually(t, 60*time.Second, func() error {
+		for i, tn := range nodes {
+			if so, ok := tn.book.Get(p.ID(), m.ID); !ok || so.Terms.StoragePrice != 123_456 {
+				return fmt.Errorf("node %d does not have the edited offer", i)
 			}
 		}
-		return true
+		return nil
 	})
 }
 
@@ -117,35 +199,30 @@ func TestOfferReachesEveryBook(t *testing.T) {
 func TestForgedOffersReachNoBook(t *testing.T) {
 	const n = 6
 	const attacker, victim = 5, 1
-	nodes, svcs := marketCluster(t, n, func(i int) *Options {
+	nodes := marketCluster(t, n, func(i int) *spec {
 		if i == attacker {
 			return nil
 		}
-		o := fastOptions()
-		o.Provider = i == victim
-		o.RejectLimit = 1000 // keep the attacker connected: the test counts every rejection
-		return &o
+		s := fast()
+		s.Provider = i == victim
+		s.Book.RejectLimit = 1000 // keep the attacker connected: the test counts every rejection
+		return s
 	})
 	ctx := context.Background()
-	honest := svcs[victim]
-	m, err := honest.AddMachine(ctx, testSpec("victim", Resources{8000, 8192, 100000}))
+	honest := nodes[victim]
+	m, err := honest.prov.AddMachine(ctx, testSpec("victim", Resources{8000, 8192, 100000}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitOffer(t, svcs, honest.n.ID(), m.ID, 1, 30*time.Second)
-	genuine, _ := honest.book.Get(honest.n.ID(), m.ID, time.Now())
+	waitOffer(t, nodes, honest.ID(), m.ID, 1, 30*time.Second)
+	genuine, _ := honest.book.Get(honest.ID(), m.ID)
 
 	att := nodes[attacker]
-	topic, err := att.Topic(OffersTopic, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 30*time.Second, func() string { return "the attacker never joined the topic's mesh" },
-		func() bool { return len(topic.ListPeers()) > 0 })
+	topic := joinMesh(t, att.Node)
 
 	forgedMachine := MachineID{0xf0, 0x0f}
 	// An offer in the victim's name, signed with the attacker's key.
-	o := testOffer(honest.n.ID())
+	o := testOffer(honest.ID())
 	o.Machine, o.Seq, o.Issued, o.Expires = forgedMachine, genuine.Seq+100, time.Now().UTC(), time.Now().UTC().Add(time.Minute)
 	body, _ := jsonMarshalOffer(o)
 	sig, _ := att.PrivKey().Sign(append([]byte(offerDomain), body...))
@@ -177,31 +254,31 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	// the victim off, and the forged offers had every chance to spread too.
 	terms := m.Terms
 	terms.SpeedPrice++
-	if _, err := honest.EditMachine(ctx, m.ID, MachineEdit{Terms: &terms}); err != nil {
+	if _, err := honest.prov.EditMachine(ctx, m.ID, MachineEdit{Terms: &terms}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() string { return "the honest edit did not spread" }, func() bool {
-		for _, s := range svcs {
-			if s == nil {
+	testwait.Eventually(t, 30*time.Second, func() error {
+		for i, tn := range nodes {
+			if tn.book == nil {
 				continue
 			}
-			if so, ok := s.book.Get(honest.n.ID(), m.ID, time.Now()); !ok || so.Terms.SpeedPrice != terms.SpeedPrice {
-				return false
+			if so, ok := tn.book.Get(honest.ID(), m.ID); !ok || so.Terms.SpeedPrice != terms.SpeedPrice {
+				return fmt.Errorf("the honest edit did not reach node %d", i)
 			}
 		}
-		return true
+		return nil
 	})
 	rejected := 0
-	for i, s := range svcs {
-		if s == nil {
+	for i, tn := range nodes {
+		if tn.book == nil {
 			continue
 		}
-		for _, o := range s.Offers() {
+		for _, o := range tn.book.Offers() {
 			if o.Machine == forgedMachine || o.Provider == att.ID() {
 				t.Errorf("node %d holds a forged offer: %+v", i, o)
 			}
 		}
-		rejected += s.Rejected(att.ID())
+		rejected += tn.book.Rejected(att.ID())
 	}
 	if rejected == 0 {
 		t.Fatal("no node ever received (and rejected) the attacker's offers: the test proved nothing")
@@ -213,11 +290,7 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 // book through the direct offers query. The offer checked here was never gossiped at all (a
 // relayed offer of a provider that is not online), so only the query can bring it.
 func TestJoiningNodeCatchesUp(t *testing.T) {
-	nodes, svcs := marketCluster(t, 2, func(i int) *Options {
-		o := fastOptions()
-		o.Republish = time.Hour
-		return &o
-	})
+	nodes := marketCluster(t, 2, func(int) *spec { return fast() })
 	key, absent := testKey(t, 9)
 	o := testOffer(absent)
 	o.Addrs = nil
@@ -226,18 +299,23 @@ func TestJoiningNodeCatchesUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !svcs[1].accept(so) {
+	if !nodes[1].book.accept(so) {
 		t.Fatal("offer not taken")
 	}
 
-	late := New(fastOptions())
 	cfg := node.DefaultConfig(node.ProfileLocal)
 	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
-	cfg.Network.Bootstrap = nodetest.Addrs(nodes[1])
-	nodetest.Start(t, node.Home{Dir: t.TempDir()}, cfg, node.Options{Services: []node.Service{late}, Protocols: Protocols()})
-	waitOffer(t, []*Service{late}, absent, o.Machine, o.Seq, 30*time.Second)
-	if n, err := late.QueryOffers(context.Background(), nodes[1].ID()); err != nil || n != 0 {
+	cfg.Network.Bootstrap = nodetest.Addrs(nodes[1].Node)
+	late := &testNode{Node: nodetest.New(t, node.Home{Dir: t.TempDir()}, cfg, node.Options{Protocols: Protocols()})}
+	for _, s := range late.assemble(t, *fast()) {
+		late.Attach(s)
+	}
+	if err := late.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{late}, absent, o.Machine, o.Seq, 30*time.Second)
+	if n, err := late.book.QueryOffers(context.Background(), nodes[1].ID()); err != nil || n != 0 {
 		t.Fatalf("a second query brought %d new offers (%v); the first had them all", n, err)
 	}
 }
@@ -245,22 +323,107 @@ func TestJoiningNodeCatchesUp(t *testing.T) {
 // TestAveragesFollowNewOffers: a node's market averages take in offers as they arrive, without
 // waiting for the next averaging period (an hour here).
 func TestAveragesFollowNewOffers(t *testing.T) {
-	_, svcs := marketCluster(t, 2, func(i int) *Options {
-		o := fastOptions()
-		o.AverageInterval = time.Hour
-		o.Provider = i == 0
-		return &o
+	nodes := marketCluster(t, 2, func(i int) *spec {
+		s := fast()
+		if i == 0 {
+			s = seller(nil)
+		}
+		s.Book.AverageInterval = time.Hour
+		return s
 	})
-	if _, err := svcs[0].AddMachine(context.Background(), testSpec("rack-1", Resources{16000, 32768, 1 << 20})); err != nil {
+	if _, err := nodes[0].prov.AddMachine(context.Background(), testSpec("rack-1", Resources{16000, 32768, 1 << 20})); err != nil {
 		t.Fatal(err)
 	}
-	providers := func() int {
-		a, err := svcs[1].Averages()
+	testwait.Eventually(t, 20*time.Second, func() error {
+		a, err := nodes[1].book.Averages()
 		if err != nil {
+			return err
+		}
+		if a.Resources.Providers != 1 {
+			return fmt.Errorf("averages over %d providers, want 1", a.Resources.Providers)
+		}
+		return nil
+	})
+}
+
+// joinMesh joins the offers topic on a bare node n, without the market's validator, and
+// waits until it has mesh peers: what an attacker's node does.
+func joinMesh(t *testing.T, n *node.Node) *pubsub.Topic {
+	t.Helper()
+	topic, err := n.Topic(OffersTopic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if len(topic.ListPeers()) == 0 {
+			return errors.New("the node never joined the topic's mesh")
+		}
+		return nil
+	})
+	return topic
+}
+
+// TestNewerNodesAreNotPenalised runs a node of a later release next to today's: its offers
+// carry a field today's nodes do not know, and it also publishes an envelope of a format
+// version they cannot read. The first kind enters every book, verified over its exact bytes;
+// the second is ignored; neither counts against the newer node.
+func TestNewerNodesAreNotPenalised(t *testing.T) {
+	const newer = 2
+	nodes := marketCluster(t, 3, func(i int) *spec {
+		if i == newer {
+			return nil
+		}
+		return fast()
+	})
+	n := nodes[newer]
+	topic := joinMesh(t, n.Node)
+	ctx := context.Background()
+
+	o := testOffer(n.ID())
+	o.Addrs = nil
+	o.Issued, o.Expires = time.Now().UTC().Truncate(time.Millisecond), time.Now().UTC().Add(time.Minute)
+	body, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = withField(body, `"gpus":[{"model":"a100","memory_gb":80}]`)
+	sig, err := n.PrivKey().Sign(append([]byte(offerDomain), body...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := append([]byte{'V', 'O', 2}, encodeEnvelope(offerMagic, body, sig)[3:]...)
+	for range 3 {
+		if err := topic.Publish(ctx, later); err != nil {
 			t.Fatal(err)
 		}
-		return a.Resources.Providers
 	}
-	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("averages over %d providers, want 1", providers()) },
-		func() bool { return providers() == 1 })
+	extended := encodeEnvelope(offerMagic, body, sig)
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if err := topic.Publish(ctx, extended); err != nil {
+			return err
+		}
+		for i, tn := range nodes[:newer] {
+			so, ok := tn.book.Get(n.ID(), o.Machine)
+			if !ok {
+				return fmt.Errorf("node %d has not taken the newer node's offer", i)
+			}
+			if !bytes.Equal(so.Raw, extended) {
+				return fmt.Errorf("node %d keeps the offer in other bytes than were signed", i)
+			}
+		}
+		return nil
+	})
+	for i, tn := range nodes[:newer] {
+		if r := tn.book.Rejected(n.ID()); r != 0 {
+			t.Fatalf("node %d counted %d invalid offers against the newer node", i, r)
+		}
+		if tn.Host().Network().Connectedness(n.ID()) != network.Connected {
+			t.Fatalf("node %d is no longer connected to the newer node", i)
+		}
+	}
+	// The offer travels on unchanged: a joiner catching up from a today's node gets the
+	// newer node's exact bytes too.
+	if added, err := nodes[1].book.QueryOffers(ctx, nodes[0].ID()); err != nil || added != 0 {
+		t.Fatalf("catch-up from a peer holding the same offers: %d new, %v", added, err)
+	}
 }

@@ -13,6 +13,9 @@ import (
 var (
 	// ErrMalformed: bytes that do not decode (bad framing, bad JSON, over a size cap).
 	ErrMalformed = errors.New("malformed message")
+	// ErrUnknownVersion: an envelope of a format version this node does not read (a newer
+	// node's); not the sender's fault.
+	ErrUnknownVersion = errors.New("unknown format version")
 	// ErrInvalid: a well-formed value out of range or inconsistent.
 	ErrInvalid = errors.New("invalid value")
 	// ErrForged: a signature does not verify, or a message claims another author.
@@ -47,35 +50,46 @@ var (
 	ErrInternal = errors.New("internal error")
 )
 
-// Error codes on the wire, one per sentinel.
+// codes name this package's sentinels on the wire and in the local API's error bodies, with
+// the API's HTTP status for each. The vm package's sentinels travel under its own codes
+// (vm.Code). A code, once given, never changes meaning.
 var codes = []struct {
-	code string
-	err  error
+	code   string
+	err    error
+	status int
 }{
-	{"malformed", ErrMalformed},
-	{"invalid", ErrInvalid},
-	{"forged", ErrForged},
-	{"expired", ErrExpired},
-	{"stale", ErrStale},
-	{"no_capacity", ErrNoCapacity},
-	{"not_owner", ErrNotOwner},
-	{"not_found", ErrNotFound},
-	{"unavailable", ErrUnavailable},
-	{"not_provider", ErrNotProvider},
-	{"no_hypervisor", ErrNoHypervisor},
-	{"machine_in_use", ErrMachineInUse},
-	{"locked", ErrLocked},
-	{"image_missing", ErrImageMissing},
-	{"exists", ErrExists},
-	{"pending", ErrPending},
-	{"illegal_action", vm.ErrIllegalAction},
-	{"vm_not_found", vm.ErrNotFound},
-	{"vm_invalid", vm.ErrInvalidConfig},
-	{"too_large", vm.ErrTooLarge},
-	{"console_busy", vm.ErrConsoleBusy},
-	{"suspend_refused", vm.ErrSuspendRefused},
-	{"not_running", vm.ErrNotRunning},
-	{"hypervisor", vm.ErrHypervisor},
+	{"malformed", ErrMalformed, http.StatusBadRequest},
+	{"unknown_version", ErrUnknownVersion, http.StatusBadRequest},
+	{"invalid", ErrInvalid, http.StatusBadRequest},
+	{"forged", ErrForged, http.StatusBadRequest},
+	{"expired", ErrExpired, http.StatusBadRequest},
+	{"stale", ErrStale, http.StatusConflict},
+	{"no_capacity", ErrNoCapacity, http.StatusConflict},
+	{"not_owner", ErrNotOwner, http.StatusForbidden},
+	{"not_found", ErrNotFound, http.StatusNotFound},
+	{"unavailable", ErrUnavailable, http.StatusBadGateway},
+	{"not_provider", ErrNotProvider, http.StatusForbidden},
+	{"no_hypervisor", ErrNoHypervisor, http.StatusInternalServerError},
+	{"machine_in_use", ErrMachineInUse, http.StatusConflict},
+	{"locked", ErrLocked, http.StatusConflict},
+	{"image_missing", ErrImageMissing, http.StatusConflict},
+	{"exists", ErrExists, http.StatusConflict},
+	{"pending", ErrPending, http.StatusConflict},
+	{"internal", ErrInternal, http.StatusInternalServerError},
+}
+
+// code returns err's code and HTTP status: this package's sentinel it matches, else the vm
+// package's, else "internal".
+func code(err error) (string, int) {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status
+		}
+	}
+	if c, status, ok := vm.Code(err); ok {
+		return c, status
+	}
+	return "internal", http.StatusInternalServerError
 }
 
 // WireError is an error as it travels in a response.
@@ -92,13 +106,7 @@ func toWire(err error) *WireError {
 	if err == nil {
 		return nil
 	}
-	code := "internal"
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			code = c.code
-			break
-		}
-	}
+	code, _ := code(err)
 	msg := err.Error()
 	if len(msg) > maxErrorMessage {
 		msg = msg[:maxErrorMessage]
@@ -123,12 +131,16 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return e.Message }
 
-// Is matches the sentinel the code stands for.
+// Is matches the sentinel the code stands for; an unknown code (from a newer node) is
+// ErrInternal.
 func (e *RemoteError) Is(target error) bool {
 	for _, c := range codes {
 		if c.code == e.Code {
 			return c.err == target
 		}
+	}
+	if sentinel := vm.CodeError(e.Code); sentinel != nil {
+		return sentinel == target
 	}
 	return target == ErrInternal
 }
@@ -140,25 +152,14 @@ func truncateN(s string, n int) string {
 	return s
 }
 
-// httpStatus marks err with the HTTP status the local API answers it with.
-func httpStatus(err error) error {
+// httpError marks err with the local API's status and code.
+func httpError(err error) error {
 	if err == nil {
 		return nil
 	}
-	status := http.StatusBadRequest
-	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, vm.ErrNotFound):
-		status = http.StatusNotFound
-	case errors.Is(err, ErrNotOwner), errors.Is(err, ErrNotProvider):
-		status = http.StatusForbidden
-	case errors.Is(err, ErrStale), errors.Is(err, ErrNoCapacity), errors.Is(err, ErrMachineInUse),
-		errors.Is(err, ErrLocked), errors.Is(err, ErrExists), errors.Is(err, vm.ErrIllegalAction),
-		errors.Is(err, vm.ErrConsoleBusy):
-		status = http.StatusConflict
-	case errors.Is(err, ErrUnavailable):
-		status = http.StatusBadGateway
-	case errors.Is(err, ErrNoHypervisor), errors.Is(err, ErrInternal), errors.Is(err, vm.ErrHypervisor):
-		status = http.StatusInternalServerError
+	if _, ok := errors.AsType[*node.HTTPError](err); ok {
+		return err // already marked (a malformed request body)
 	}
-	return node.WithStatus(status, err)
+	code, status := code(err)
+	return node.WithCode(status, code, err)
 }

@@ -15,26 +15,23 @@ import (
 // through the tunnel and complete a VNC handshake, stop.
 func TestFullPath(t *testing.T) {
 	g := qemutest.BuildGuest(t)
-	var stack qemuProvider
-	nodes, svcs := marketCluster(t, 2, func(i int) *Options {
+	nodes := marketCluster(t, 2, func(i int) *spec {
 		if i == 0 {
-			o := providerOptions(t, g, &stack)
-			return &o
+			return seller(&g)
 		}
-		o := fastOptions()
-		return &o
+		return fast()
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	provider, buyer := svcs[0], svcs[1]
-	m, err := provider.AddMachine(ctx, testSpec("qemu-host", Resources{SpeedBogomips: 4000, MemoryMB: 1024, StorageMB: 4096}))
+	provider, buyer := nodes[0], nodes[1]
+	m, err := provider.prov.AddMachine(ctx, testSpec("qemu-host", Resources{SpeedBogomips: 4000, MemoryMB: 1024, StorageMB: 4096}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitOffer(t, svcs, nodes[0].ID(), m.ID, 1, 30*time.Second)
+	waitOffer(t, nodes, provider.ID(), m.ID, 1, 30*time.Second)
 
 	// configs: the provider's image shows up as a preconfigured configuration.
-	cfgs, err := buyer.Configs()
+	cfgs, err := buyer.book.Configs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +46,7 @@ func TestFullPath(t *testing.T) {
 	}
 
 	// search: the one provider, priced exactly.
-	matches, err := buyer.Search(SearchQuery{ConfigName: "busybox", Edit: ConfigEdit{DiskMB: 64}})
+	matches, err := buyer.book.Search(SearchQuery{ConfigName: "busybox", Edit: ConfigEdit{DiskMB: 64}})
 	if err != nil || len(matches) != 1 || matches[0].Machine != m.ID {
 		t.Fatalf("search: %+v, %v", matches, err)
 	}
@@ -59,7 +56,7 @@ func TestFullPath(t *testing.T) {
 	}
 
 	// store at the terms the search showed.
-	v, err := buyer.Store(ctx, StoreRequest{ConfigName: "busybox", Edit: ConfigEdit{DiskMB: 64},
+	v, err := buyer.buyer.Store(ctx, StoreRequest{ConfigName: "busybox", Edit: ConfigEdit{DiskMB: 64},
 		Provider: matches[0].Provider.String(), Machine: m.ID, Terms: &matches[0].Terms})
 	if err != nil {
 		t.Fatal(err)
@@ -69,16 +66,16 @@ func TestFullPath(t *testing.T) {
 	}
 
 	// start: the guest boots on the provider.
-	if v, err = buyer.Control(ctx, v.ID, ActStart); err != nil {
+	if v, err = buyer.buyer.Control(ctx, v.ID, vm.ActionStart); err != nil {
 		t.Fatal(err)
 	}
 	if v.State != (vm.State{Status: vm.StatusStarted, Version: 2}) {
 		t.Fatalf("started: %+v", v.State)
 	}
-	qemutest.WaitSerial(t, ctx, stack.drv, v.ID, "boot", func(out string) bool { return strings.Contains(out, qemutest.Banner) })
+	qemutest.WaitSerial(t, ctx, provider.drv, v.ID, "boot", func(out string) bool { return strings.Contains(out, qemutest.Banner) })
 
 	// console: a VNC handshake through the buyer's loopback port and the libp2p tunnel.
-	sess, err := buyer.Console(ctx, v.ID)
+	sess, err := buyer.buyer.Console(ctx, v.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,16 +99,16 @@ func TestFullPath(t *testing.T) {
 	}
 
 	// stop: the VM is stopped on the provider and the tunnel closes.
-	if v, err = buyer.Control(ctx, v.ID, ActStop); err != nil {
+	if v, err = buyer.buyer.Control(ctx, v.ID, vm.ActionStop); err != nil {
 		t.Fatal(err)
 	}
 	if v.State != (vm.State{Status: vm.StatusStopped, Version: 3}) {
 		t.Fatalf("stopped: %+v", v.State)
 	}
-	if p, _ := stack.drv.Power(ctx, v.ID); p != vm.PowerOff {
+	if p, _ := provider.drv.Power(ctx, v.ID); p != vm.PowerOff {
 		t.Fatalf("hypervisor says %v after stop", p)
 	}
-	if rec, _ := stack.mgr.Get(v.ID); rec.State != v.State || rec.Owner != nodes[1].ID().String() {
+	if rec, _ := provider.mgr.Get(v.ID); rec.State != v.State || rec.Owner != nodes[1].ID().String() {
 		t.Fatalf("provider's record %+v disagrees with the buyer's %+v", rec, v.State)
 	}
 	vctx, vcancel = context.WithTimeout(ctx, 5*time.Second)

@@ -68,7 +68,7 @@ func parseID16(what string, dst *[16]byte, s string) error {
 		return fmt.Errorf("%w: %s id %q: want 32 hex digits", ErrMalformed, what, truncate(s))
 	}
 	if _, err := hex.Decode(dst[:], []byte(s)); err != nil {
-		return fmt.Errorf("%w: %s id %q: %v", ErrMalformed, what, truncate(s), err)
+		return fmt.Errorf("%w: %s id %q: %w", ErrMalformed, what, truncate(s), err)
 	}
 	return nil
 }

@@ -154,7 +154,7 @@ func DecodeOffer(raw []byte) (SignedOffer, error) {
 func verify(id peer.ID, domain string, body, sig []byte) error {
 	pub, err := id.ExtractPublicKey()
 	if err != nil {
-		return fmt.Errorf("%w: no public key in peer id: %v", ErrForged, err)
+		return fmt.Errorf("%w: no public key in peer id: %w", ErrForged, err)
 	}
 	ok, err := pub.Verify(append([]byte(domain), body...), sig)
 	if err != nil || !ok {
@@ -199,7 +199,7 @@ func openBody(what string, raw []byte, magic [3]byte, maxTotal int, doc document
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := decodeStrict(f[0], doc); err != nil {
+	if err := decodeJSON(f[0], doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := doc.Validate(); err != nil {

@@ -6,50 +6,22 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
-	"github.com/virtuoso-market/virtuoso/internal/nodetest"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
-	"github.com/virtuoso-market/virtuoso/vm/qemu"
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 )
-
-// qemuProvider is a provider's real VM stack: the QEMU driver and the manager over the
-// node's inventory, filled in when the node starts.
-type qemuProvider struct {
-	drv *qemu.Driver
-	mgr *vm.Manager
-}
-
-// providerOptions are the options of a provider whose VMs are real QEMU VMs of the test
-// guest, which it also holds as a preconfigured image.
-func providerOptions(t *testing.T, g qemutest.Guest, hold *qemuProvider) Options {
-	o := fastOptions()
-	o.Provider = true
-	o.Manager = func(n *node.Node) (*vm.Manager, error) {
-		d := qemutest.NewDriver(t, qemutest.DriverConfig(t, g))
-		inv, err := vm.OpenInventory(n.Store().Space("vm/inventory/"))
-		if err != nil {
-			return nil, err
-		}
-		mgr, err := vm.NewManager(vm.ManagerConfig{Driver: d, Inventory: inv})
-		if err != nil {
-			return nil, err
-		}
-		hold.drv, hold.mgr = d, mgr
-		return mgr, nil
-	}
-	o.Images = []Image{{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
-		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}}
-	return o
-}
 
 // small is the configuration the store tests use: tiny, with a disk small enough that
 // creating it costs nothing.
@@ -84,7 +56,7 @@ func framed(t *testing.T, v any) []byte {
 	return append(binary.AppendUvarint(nil, uint64(len(b))), b...)
 }
 
-func leaseCount(t *testing.T, p *Service) int {
+func leaseCount(t *testing.T, p *Provider) int {
 	t.Helper()
 	ls, err := p.ProviderLeases()
 	if err != nil {
@@ -92,70 +64,96 @@ func leaseCount(t *testing.T, p *Service) int {
 	}
 	n := 0
 	for _, l := range ls {
-		if l.State != leaseEnded {
+		if l.State != LeaseStateEnded {
 			n++
 		}
 	}
 	return n
 }
 
+// storeCluster is the cluster of TestStoreAndControl: a provider whose VMs are real QEMU VMs
+// of the test guest, two buyers, and a bare node that misbehaves. Each case adds the machines
+// and stores the VMs it needs, so that any case runs alone.
+type storeCluster struct {
+	p, b1, b2, x *testNode
+	pid          peer.ID
+}
+
+func newStoreCluster(t *testing.T) storeCluster {
+	g := qemutest.BuildGuest(t)
+	nodes := marketCluster(t, 4, func(i int) *spec {
+		switch i {
+		case 0:
+			return seller(&g)
+		case 3:
+			return nil
+		}
+		return fast()
+	})
+	return storeCluster{p: nodes[0], b1: nodes[1], b2: nodes[2], x: nodes[3], pid: nodes[0].ID()}
+}
+
+// machine adds a machine of capacity to the provider and waits until the buyers see it.
+func (c storeCluster) machine(t *testing.T, name string, capacity Resources) Machine {
+	t.Helper()
+	m, err := c.p.prov.AddMachine(context.Background(), testSpec(name, capacity))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{c.b1, c.b2}, c.pid, m.ID, 1, 30*time.Second)
+	return m
+}
+
+// roomy is room for several small VMs.
+var roomy = Resources{64000, 65536, 1 << 20}
+
+// store stores a small tiny VM of buyer b on machine m.
+func (c storeCluster) store(t *testing.T, b *testNode, m Machine) VM {
+	t.Helper()
+	v, err := b.buyer.Store(context.Background(), StoreRequest{ConfigName: "tiny", Edit: small, Provider: c.pid.String(), Machine: m.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State.Status != vm.StatusStored || v.LeaseState != LeaseStateActive {
+		t.Fatalf("stored vm: %+v", v)
+	}
+	return v
+}
+
 // TestStoreAndControl runs the provider side against real buyers and a misbehaving peer:
 // capacity race, stale prices, frozen lease terms, ownership, status rules, malformed and
 // forged requests, a provider that vanishes, machine removal, and the book across a restart.
 func TestStoreAndControl(t *testing.T) {
-	g := qemutest.BuildGuest(t)
-	var stack qemuProvider
-	const P, B1, B2, X = 0, 1, 2, 3
-	nodes, svcs := marketCluster(t, 4, func(i int) *Options {
-		switch i {
-		case P:
-			o := providerOptions(t, g, &stack)
-			return &o
-		case X:
-			return nil
-		}
-		o := fastOptions()
-		return &o
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	c := newStoreCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	p, b1, b2 := svcs[P], svcs[B1], svcs[B2]
-	pid := nodes[P].ID()
+	p, b1, b2, pid := c.p, c.b1, c.b2, c.pid
 	tiny := StandardConfigs()[0]
 	need := small.Apply(tiny).Resources()
 
-	measured, err := p.HostDefaults(ctx)
-	if err != nil || measured.SpeedBogomips <= 0 || measured.MemoryMB <= 0 || measured.StorageMB <= 0 {
-		t.Fatalf("host defaults %+v, %v", measured, err)
-	}
-	m0, err := p.AddMachine(ctx, MachineSpec{Name: "measured"})
-	if err != nil || m0.Capacity != measured {
-		t.Fatalf("machine without a capacity: %+v, %v; want the measured %+v", m0.Capacity, err, measured)
-	}
-	if err := p.RemoveMachine(ctx, m0.ID, false); err != nil {
-		t.Fatal(err)
-	}
-	m1, err := p.AddMachine(ctx, testSpec("exactly-one", need))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2, err := p.AddMachine(ctx, testSpec("roomy", Resources{64000, 65536, 1 << 20}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	buyers := []*Service{b1, b2}
-	waitOffer(t, buyers, pid, m1.ID, 1, 30*time.Second)
-	waitOffer(t, buyers, pid, m2.ID, 1, 30*time.Second)
+	t.Run("capacity measured", func(t *testing.T) {
+		measured, err := p.prov.HostDefaults(ctx)
+		if err != nil || measured.SpeedBogomips <= 0 || measured.MemoryMB <= 0 || measured.StorageMB <= 0 {
+			t.Fatalf("host defaults %+v, %v", measured, err)
+		}
+		m0, err := p.prov.AddMachine(ctx, MachineSpec{Name: "measured"})
+		if err != nil || m0.Capacity != measured {
+			t.Fatalf("machine without a capacity: %+v, %v; want the measured %+v", m0.Capacity, err, measured)
+		}
+		if err := p.prov.RemoveMachine(ctx, m0.ID, false); err != nil {
+			t.Fatal(err)
+		}
+	})
 
 	t.Run("capacity race", func(t *testing.T) {
+		m1 := c.machine(t, "exactly-one", need)
+		vmsBefore := len(p.mgr.List())
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
-		for i, b := range buyers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = b.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: pid.String(), Machine: m1.ID})
-			}()
+		for i, b := range []*testNode{b1, b2} {
+			wg.Go(func() {
+				_, errs[i] = b.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: pid.String(), Machine: m1.ID})
+			})
 		}
 		wg.Wait()
 		won := 0
@@ -171,132 +169,137 @@ func TestStoreAndControl(t *testing.T) {
 		if won != 1 {
 			t.Fatalf("%d buyers won the last capacity: %v", won, errs)
 		}
-		views, _ := p.Machines()
+		views, _ := p.prov.Machines()
 		for _, v := range views {
 			if v.ID == m1.ID && (v.VMs != 1 || v.Free != (Resources{})) {
 				t.Fatalf("machine after the race: %+v", v)
 			}
 		}
-		if got := len(stack.mgr.List()); got != 1 {
+		if got := len(p.mgr.List()) - vmsBefore; got != 1 {
 			t.Fatalf("%d vms created for one lease", got)
 		}
 	})
 
-	var vmID vm.ID // b1's VM on m2, stored below
 	t.Run("stale price refused", func(t *testing.T) {
-		matches, err := b1.Search(SearchQuery{ConfigName: "tiny", Edit: small, SearchRequest: SearchRequest{Sort: SortTotal}})
+		m := c.machine(t, "stale", roomy)
+		matches, err := b1.book.Search(SearchQuery{ConfigName: "tiny", Edit: small, SearchRequest: SearchRequest{Sort: SortTotal}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := slices.IndexFunc(matches, func(m Match) bool { return m.Machine == m2.ID })
+		i := slices.IndexFunc(matches, func(x Match) bool { return x.Machine == m.ID })
 		if i < 0 {
-			t.Fatalf("search did not find the roomy machine: %+v", matches)
+			t.Fatalf("search did not find the machine: %+v", matches)
 		}
 		seen := matches[i].Terms
 		edited := seen
 		edited.SpeedPrice += 1_000
-		if _, err := p.EditMachine(ctx, m2.ID, MachineEdit{Terms: &edited}); err != nil {
+		if _, err := p.prov.EditMachine(ctx, m.ID, MachineEdit{Terms: &edited}); err != nil {
 			t.Fatal(err)
 		}
-		before, vmsBefore := leaseCount(t, p), len(stack.mgr.List())
-		_, err = b1.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: pid.String(), Machine: m2.ID, Terms: &seen})
+		before, vmsBefore := leaseCount(t, p.prov), len(p.mgr.List())
+		_, err = b1.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: pid.String(), Machine: m.ID, Terms: &seen})
 		if !errors.Is(err, ErrStale) {
 			t.Fatalf("store at the old price: %v, want ErrStale", err)
 		}
-		if leaseCount(t, p) != before || len(stack.mgr.List()) != vmsBefore {
+		if leaseCount(t, p.prov) != before || len(p.mgr.List()) != vmsBefore {
 			t.Fatal("a refused store left a lease or a vm behind")
 		}
-		mine, _ := b1.VMs(ctx, false)
+		mine, _ := b1.buyer.VMs(ctx, false)
 		for _, v := range mine {
-			if v.Machine == m2.ID {
+			if v.Machine == m.ID {
 				t.Fatalf("buyer kept a record of a refused store: %+v", v)
 			}
 		}
 	})
 
 	t.Run("price edit keeps the lease", func(t *testing.T) {
-		waitFor(t, 30*time.Second, func() string { return "edited offer did not arrive" }, func() bool {
-			so, ok := b1.book.Get(pid, m2.ID, time.Now())
-			return ok && so.Terms.SpeedPrice == testTerms().SpeedPrice+1_000
-		})
-		v, err := b1.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: pid.String(), Machine: m2.ID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		vmID = v.ID
-		if v.State.Status != vm.StatusStored || v.LeaseState != LeaseActive {
-			t.Fatalf("stored vm: %+v", v)
-		}
+		m := c.machine(t, "edited", roomy)
+		v := c.store(t, b1, m)
 		frozen := v.Terms
 		again := frozen
 		again.SpeedPrice, again.StoragePrice = 1, 1
-		if _, err := p.EditMachine(ctx, m2.ID, MachineEdit{Terms: &again}); err != nil {
+		if _, err := p.prov.EditMachine(ctx, m.ID, MachineEdit{Terms: &again}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 30*time.Second, func() string { return "second edit did not arrive" }, func() bool {
-			so, ok := b1.book.Get(pid, m2.ID, time.Now())
-			return ok && so.Terms == again
+		testwait.Eventually(t, 30*time.Second, func() error {
+			if so, ok := b1.book.Get(pid, m.ID); !ok || so.Terms != again {
+				return errors.New("the edited offer did not arrive")
+			}
+			return nil
 		})
-		now, err := b1.Control(ctx, vmID, ActStatus)
+		now, err := b1.buyer.Status(ctx, v.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if now.Terms != frozen || now.Quote != v.Quote {
 			t.Fatalf("buyer's lease changed with the price: %+v, want %+v", now.Terms, frozen)
 		}
-		pls, _ := p.ProviderLeases()
-		for _, pl := range pls {
-			if pl.Lease.VM == vmID && pl.Lease.Terms != frozen {
-				t.Fatalf("provider's lease changed with the price: %+v", pl.Lease.Terms)
-			}
+		l, err := p.prov.Lease(v.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sl, err := l.Signed(); err != nil || sl.Terms != frozen {
+			t.Fatalf("provider's lease changed with the price: %+v, %v", sl.Terms, err)
 		}
 	})
 
 	t.Run("non-owner refused", func(t *testing.T) {
-		for _, action := range []string{ActStart, ActDelete, ActStatus, ActConsole} {
+		v := c.store(t, b1, c.machine(t, "owned", roomy))
+		for _, req := range []controlRequest{{VM: v.ID, Action: vm.ActionStart}, {VM: v.ID, Action: vm.ActionDelete}, {VM: v.ID}, {VM: v.ID, Action: vm.ActionView}} {
 			var resp controlResponse
-			if err := b2.request(ctx, peerAddr{id: pid}, ControlID, time.Minute, controlRequest{VM: vmID, Action: action}, &resp); err != nil {
+			if err := b2.buyer.request(ctx, peerAddr{id: pid}, ControlID, time.Minute, req, &resp); err != nil {
 				t.Fatal(err)
 			}
 			if err := resp.Error.err(); !errors.Is(err, ErrNotOwner) {
-				t.Fatalf("%s by another buyer: %v, want ErrNotOwner", action, err)
+				t.Fatalf("%q by another buyer: %v, want ErrNotOwner", req.Action.Verb(), err)
 			}
 		}
 		var cresp consoleResponse
-		if err := rawRequest(t, nodes[B2], nodes[P], ConsoleID, framed(t, consoleRequest{VM: vmID}), &cresp); err != nil {
+		if err := rawRequest(t, b2.Node, p.Node, ConsoleID, framed(t, consoleRequest{VM: v.ID}), &cresp); err != nil {
 			t.Fatal(err)
 		}
 		if err := cresp.Error.err(); !errors.Is(err, ErrNotOwner) {
 			t.Fatalf("console tunnel by another buyer: %v", err)
 		}
-		if _, err := b2.Control(ctx, vmID, ActStart); !errors.Is(err, ErrNotFound) {
+		if _, err := b2.buyer.Control(ctx, v.ID, vm.ActionStart); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("b2 acting on a vm it has no lease of: %v", err)
 		}
-		if rec, _ := stack.mgr.Get(vmID); rec.State.Status != vm.StatusStored {
+		if rec, _ := p.mgr.Get(v.ID); rec.State.Status != vm.StatusStored {
 			t.Fatalf("vm changed: %+v", rec.State)
 		}
 	})
 
 	t.Run("illegal action for the status", func(t *testing.T) {
-		for _, action := range []string{ActSuspend, ActStop, ActResume} {
-			if _, err := b1.Control(ctx, vmID, action); !errors.Is(err, vm.ErrIllegalAction) {
-				t.Fatalf("%s on a stored vm: %v, want vm.ErrIllegalAction", action, err)
+		v := c.store(t, b1, c.machine(t, "illegal", roomy))
+		for _, a := range []vm.Action{vm.ActionSuspend, vm.ActionStop, vm.ActionResume} {
+			_, err := b1.buyer.Control(ctx, v.ID, a)
+			if !errors.Is(err, vm.ErrIllegalAction) {
+				t.Fatalf("%s on a stored vm: %v, want vm.ErrIllegalAction", a.Verb(), err)
+			}
+			// The buyer reads the words it typed, and what it can do instead.
+			if want := "cannot " + a.Verb() + ": the vm is stored (possible now: start, migrate, rm)"; !strings.Contains(err.Error(), want) {
+				t.Fatalf("%s on a stored vm: %q, want it to say %q", a.Verb(), err, want)
 			}
 		}
-		if _, err := b1.Console(ctx, vmID); !errors.Is(err, vm.ErrIllegalAction) {
+		if _, err := b1.buyer.Console(ctx, v.ID); !errors.Is(err, vm.ErrIllegalAction) {
 			t.Fatalf("console of a stored vm: %v", err)
 		}
-		if _, err := b1.Control(ctx, vmID, "reboot"); !errors.Is(err, ErrInvalid) {
-			t.Fatalf("unknown action: %v", err)
+		if _, err := b1.buyer.Control(ctx, v.ID, vm.ActionMigrate); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("an action that is no control action: %v", err)
+		}
+		if _, err := b1.buyer.ResumeFresh(ctx, v.ID); !errors.Is(err, vm.ErrIllegalAction) {
+			t.Fatalf("resume fresh of a stored vm: %v, want vm.ErrIllegalAction", err)
 		}
 	})
 
 	t.Run("malformed and forged requests", func(t *testing.T) {
-		x := nodes[X]
-		leasesBefore, vmsBefore := leaseCount(t, p), len(stack.mgr.List())
-		proposal := func(edit func(*Lease), key func() []byte) []byte {
-			l := Lease{ID: NewLeaseID(), VM: vm.NewID(), Buyer: x.ID(), Provider: pid, Machine: m2.ID,
-				Config: small.Apply(tiny), Terms: again(t, p, m2.ID), Created: time.Now().UTC()}
+		x := c.x
+		m := c.machine(t, "attacked", roomy)
+		v := c.store(t, b1, m)
+		leasesBefore, vmsBefore := leaseCount(t, p.prov), len(p.mgr.List())
+		proposal := func(edit func(*Lease)) []byte {
+			l := Lease{ID: NewLeaseID(), VM: vm.NewID(), Buyer: x.ID(), Provider: pid, Machine: m.ID,
+				Config: small.Apply(tiny), Terms: m.Terms, Created: time.Now().UTC()}
 			if edit != nil {
 				edit(&l)
 			}
@@ -315,21 +318,23 @@ func TestStoreAndControl(t *testing.T) {
 			{"store: not json", StoreID, append(binary.AppendUvarint(nil, 5), "{nope"...), ErrMalformed},
 			{"store: oversized frame", StoreID, huge, ErrMalformed},
 			{"store: lease not an envelope", StoreID, framed(t, storeRequest{Lease: []byte("hello")}), ErrMalformed},
-			{"store: buyer is someone else", StoreID, proposal(func(l *Lease) { l.Buyer = nodes[B1].ID() }, nil), ErrForged},
-			{"store: for another provider", StoreID, proposal(func(l *Lease) { l.Provider = nodes[B1].ID() }, nil), ErrInvalid},
-			{"store: dated an hour ago", StoreID, proposal(func(l *Lease) { l.Created = l.Created.Add(-time.Hour) }, nil), ErrExpired},
-			{"store: unknown machine", StoreID, proposal(func(l *Lease) { l.Machine = MachineID{0xee} }, nil), ErrNotFound},
-			{"store: free of charge", StoreID, proposal(func(l *Lease) { l.Terms.SpeedPrice = 0 }, nil), ErrStale},
-			{"store: too large", StoreID, proposal(func(l *Lease) { l.Config.MemoryMB = 1 << 20 }, nil), ErrNoCapacity},
-			{"control: unknown action", ControlID, framed(t, map[string]any{"vm": vmID, "action": "reboot"}), ErrMalformed},
-			{"control: unknown field", ControlID, framed(t, map[string]any{"vm": vmID, "action": "start", "as": "root"}), ErrMalformed},
-			{"control: unknown vm", ControlID, framed(t, controlRequest{VM: vm.NewID(), Action: ActStart}), ErrNotFound},
+			{"store: lease of a newer format", StoreID, framed(t, storeRequest{Lease: []byte("VL\x02later")}), ErrUnknownVersion},
+			{"store: buyer is someone else", StoreID, proposal(func(l *Lease) { l.Buyer = b1.ID() }), ErrForged},
+			{"store: for another provider", StoreID, proposal(func(l *Lease) { l.Provider = b1.ID() }), ErrInvalid},
+			{"store: dated an hour ago", StoreID, proposal(func(l *Lease) { l.Created = l.Created.Add(-time.Hour) }), ErrExpired},
+			{"store: unknown machine", StoreID, proposal(func(l *Lease) { l.Machine = MachineID{0xee} }), ErrNotFound},
+			{"store: free of charge", StoreID, proposal(func(l *Lease) { l.Terms.SpeedPrice = 0 }), ErrStale},
+			{"store: too large", StoreID, proposal(func(l *Lease) { l.Config.MemoryMB = 1 << 20 }), ErrNoCapacity},
+			{"control: unknown action", ControlID, framed(t, map[string]any{"vm": v.ID, "action": "reboot"}), ErrMalformed},
+			{"control: not a control action", ControlID, framed(t, controlRequest{VM: v.ID, Action: vm.ActionMigrationDone}), ErrNotOwner},
+			{"control: fresh start", ControlID, framed(t, controlRequest{VM: v.ID, Action: vm.ActionStart, Fresh: true}), ErrMalformed},
+			{"control: unknown vm", ControlID, framed(t, controlRequest{VM: vm.NewID(), Action: vm.ActionStart}), ErrNotFound},
 			{"control: oversized", ControlID, huge, ErrMalformed},
 			{"console: not json", ConsoleID, append(binary.AppendUvarint(nil, 1), '['), ErrMalformed},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				var resp errorReply
-				if err := rawRequest(t, x, nodes[P], tc.id, tc.frame, &resp); err != nil {
+				if err := rawRequest(t, x.Node, p.Node, tc.id, tc.frame, &resp); err != nil {
 					t.Fatalf("no error answer: %v", err)
 				}
 				if err := resp.Error.err(); !errors.Is(err, tc.want) {
@@ -337,14 +342,30 @@ func TestStoreAndControl(t *testing.T) {
 				}
 			})
 		}
-		if leaseCount(t, p) != leasesBefore || len(stack.mgr.List()) != vmsBefore {
+		// The owner asking for an action the control protocol does not carry is refused by
+		// the provider, and nothing changes.
+		var resp controlResponse
+		if err := b1.buyer.request(ctx, peerAddr{id: pid}, ControlID, time.Minute, controlRequest{VM: v.ID, Action: vm.ActionMigrationDone}, &resp); err != nil {
+			t.Fatal(err)
+		}
+		if err := resp.Error.err(); !errors.Is(err, vm.ErrIllegalAction) {
+			t.Fatalf("migrationdone over control: %v, want vm.ErrIllegalAction", err)
+		}
+		if leaseCount(t, p.prov) != leasesBefore || len(p.mgr.List()) != vmsBefore {
 			t.Fatal("a refused request left a lease or a vm behind")
+		}
+		if rec, _ := p.mgr.Get(v.ID); rec.State != v.State {
+			t.Fatalf("the attacked vm changed: %+v, was %+v", rec.State, v.State)
 		}
 	})
 
 	t.Run("provider vanishes mid-request", func(t *testing.T) {
-		x := nodes[X]
-		// x poses as a provider with a valid offer, then drops every store request midway.
+		// A fresh identity poses as a provider with a valid offer, then drops every store
+		// request midway.
+		x := marketCluster(t, 1, func(int) *spec { return nil })[0]
+		if err := b1.Host().Connect(ctx, peer.AddrInfo{ID: x.ID(), Addrs: x.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
 		o := testOffer(x.ID())
 		o.Images, o.Addrs = nil, nil
 		o.Issued, o.Expires = time.Now().UTC(), time.Now().UTC().Add(time.Minute)
@@ -352,22 +373,22 @@ func TestStoreAndControl(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !b1.accept(so) {
+		if !b1.book.accept(so) {
 			t.Fatal("offer not taken")
 		}
 		x.Host().SetStreamHandler(StoreID, func(st network.Stream) {
 			readFrame(bufio.NewReader(st), maxFrameBytes)
 			st.Reset()
 		})
-		_, err = b1.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: x.ID().String(), Machine: o.Machine})
+		_, err = b1.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: x.ID().String(), Machine: o.Machine})
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("store on a vanishing provider: %v, want ErrUnavailable", err)
 		}
-		mine, _ := b1.VMs(ctx, false)
+		mine, _ := b1.buyer.VMs(ctx, false)
 		var pending *VM
 		for i, v := range mine {
 			if v.Provider == x.ID() {
-				if v.LeaseState != LeasePending {
+				if v.LeaseState != LeaseStatePending {
 					t.Fatalf("unconfirmed store recorded as %s", v.LeaseState)
 				}
 				pending = &mine[i]
@@ -382,56 +403,103 @@ func TestStoreAndControl(t *testing.T) {
 			writeJSON(st, errorReply{Error: toWire(ErrNotFound)})
 			st.Close()
 		})
-		if _, err := b1.recoverLease(ctx, pending.ID); !errors.Is(err, ErrNotFound) {
+		if _, err := b1.buyer.recoverLease(ctx, pending.ID); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("recover: %v", err)
 		}
-		mine, _ = b1.VMs(ctx, false)
+		mine, _ = b1.buyer.VMs(ctx, false)
 		if slices.ContainsFunc(mine, func(v VM) bool { return v.Provider == x.ID() }) {
 			t.Fatal("the pending record survived the provider's answer")
 		}
 	})
 
 	t.Run("machine removal", func(t *testing.T) {
-		if err := p.RemoveMachine(ctx, m2.ID, false); !errors.Is(err, ErrMachineInUse) {
+		m := c.machine(t, "removed", roomy)
+		v := c.store(t, b1, m)
+		if err := p.prov.RemoveMachine(ctx, m.ID, false); !errors.Is(err, ErrMachineInUse) {
 			t.Fatalf("remove a machine storing a vm: %v, want ErrMachineInUse", err)
 		}
-		if err := p.RemoveMachine(ctx, m2.ID, true); err != nil {
+		if err := p.prov.RemoveMachine(ctx, m.ID, true); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := stack.mgr.Get(vmID); !errors.Is(err, vm.ErrNotFound) {
+		if _, err := p.mgr.Get(v.ID); !errors.Is(err, vm.ErrNotFound) {
 			t.Fatalf("evicted vm still there: %v", err)
 		}
-		waitFor(t, 30*time.Second, func() string { return "the buyer was not told its lease ended" }, func() bool {
-			mine, _ := b1.VMs(ctx, false)
-			i := slices.IndexFunc(mine, func(v VM) bool { return v.ID == vmID })
-			return i >= 0 && mine[i].LeaseState == LeaseEnded && mine[i].Note != ""
+		testwait.Eventually(t, 30*time.Second, func() error {
+			mine, _ := b1.buyer.VMs(ctx, false)
+			i := slices.IndexFunc(mine, func(x VM) bool { return x.ID == v.ID })
+			if i < 0 || mine[i].LeaseState != LeaseStateEnded || mine[i].Note == "" {
+				return errors.New("the buyer was not told its lease ended")
+			}
+			return nil
 		})
-		waitFor(t, 30*time.Second, func() string { return "the withdrawn offer is still live" }, func() bool {
-			_, ok := b1.book.Get(pid, m2.ID, time.Now())
-			return !ok
+		testwait.Eventually(t, 30*time.Second, func() error {
+			if _, ok := b1.book.Get(pid, m.ID); ok {
+				return errors.New("the withdrawn offer is still live")
+			}
+			return nil
 		})
+	})
+
+	t.Run("events", func(t *testing.T) {
+		pev, bev := p.Events().Subscribe(0), b1.Events().Subscribe(0)
+		defer pev.Close()
+		defer bev.Close()
+		m := c.machine(t, "evented", roomy)
+		v := c.store(t, b1, m)
+		for _, a := range []vm.Action{vm.ActionStart, vm.ActionStop, vm.ActionDelete} {
+			if _, err := b1.buyer.Control(ctx, v.ID, a); err != nil {
+				t.Fatalf("%s: %v", a.Verb(), err)
+			}
+		}
+		if err := p.prov.RemoveMachine(ctx, m.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		// What each node's subscribers learnt, in order, about this machine and this vm.
+		seen := func(sub *node.Subscription) string {
+			var out []string
+			for {
+				ev, ok := sub.Next()
+				if !ok {
+					return strings.Join(out, " ")
+				}
+				switch e := ev.(type) {
+				case MachineChanged:
+					if e.Machine.ID == m.ID {
+						out = append(out, "machine-"+string(e.Change))
+					}
+				case LeaseCreated:
+					if e.Lease.VM == v.ID && e.Lease.Complete() {
+						out = append(out, "lease-created")
+					}
+				case LeaseEnded:
+					if e.VM == v.ID && e.Lease == v.Lease && e.Buyer == b1.ID() && e.Provider == pid {
+						out = append(out, "lease-ended")
+					}
+				case vm.StatusChanged:
+					if e.VM == v.ID && e.Owner == b1.ID().String() && e.Lease == v.Lease.String() && !e.Time.IsZero() {
+						out = append(out, fmt.Sprintf("%s/%d", e.State.Status, e.State.Version))
+					}
+				case VMChanged:
+					if e.VM.ID == v.ID {
+						out = append(out, "vm:"+e.VM.LeaseState+":"+e.VM.State.Status.String())
+					}
+				}
+			}
+		}
+		if got, want := seen(pev), "machine-added stored/1 lease-created started/2 stopped/3 deleted/4 lease-ended machine-removed"; got != want {
+			t.Fatalf("provider's events:\n got %s\nwant %s", got, want)
+		}
+		if got, want := seen(bev), "vm:pending:registered vm:active:stored lease-created vm:active:started vm:active:stopped vm:ended:deleted lease-ended"; got != want {
+			t.Fatalf("buyer's events:\n got %s\nwant %s", got, want)
+		}
 	})
 
 	t.Run("book survives a restart", func(t *testing.T) {
-		n := nodes[B2]
-		home, cfg := n.Home(), n.Config()
-		if err := n.Close(); err != nil {
-			t.Fatal(err)
-		}
-		cfg.Network.Bootstrap = nil // alone: whatever it knows comes from its store
-		svc := New(fastOptions())
-		nodetest.Start(t, home, cfg, node.Options{Services: []node.Service{svc}})
-		if _, ok := svc.book.Get(pid, m1.ID, time.Now()); !ok {
-			t.Fatalf("restarted node's book is missing the offer: %+v", svc.Offers())
+		m := c.machine(t, "remembered", roomy)
+		alone := func(cfg *node.Config) { cfg.Network.Bootstrap = nil } // what it knows comes from its store
+		b2 := b2.restart(t, *fast(), alone)
+		if _, ok := b2.book.Get(pid, m.ID); !ok {
+			t.Fatalf("restarted node's book is missing the offer: %+v", b2.book.Offers())
 		}
 	})
-}
-
-// again returns machine id's current terms on provider p.
-func again(t *testing.T, p *Service, id MachineID) Terms {
-	m, err := p.machine(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.Terms
 }

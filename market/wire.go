@@ -52,6 +52,9 @@ func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byt
 	if len(b) > maxTotal {
 		return nil, fmt.Errorf("%w: %d bytes, over the %d-byte cap", ErrMalformed, len(b), maxTotal)
 	}
+	if len(b) >= len(magic) && bytes.Equal(b[:len(magic)-1], magic[:len(magic)-1]) && b[len(magic)-1] != magic[len(magic)-1] {
+		return nil, fmt.Errorf("%w: %c%c version %d envelope; this node reads version %d", ErrUnknownVersion, magic[0], magic[1], b[len(magic)-1], magic[2])
+	}
 	if len(b) < len(magic) || !bytes.Equal(b[:len(magic)], magic[:]) {
 		return nil, fmt.Errorf("%w: not a %c%c version %d envelope", ErrMalformed, magic[0], magic[1], magic[2])
 	}
@@ -74,12 +77,14 @@ func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byt
 	return out, nil
 }
 
-// decodeStrict decodes one JSON value, refusing unknown fields and trailing data.
-func decodeStrict(b []byte, v any) error {
+// decodeJSON decodes one JSON value, refusing trailing data. Unknown fields are ignored, so
+// that a newer node may add optional fields to a body or a message without being refused by
+// older ones; a change that older nodes must not misread takes a new envelope version or
+// protocol ID instead.
+func decodeJSON(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: trailing data after the JSON value", ErrMalformed)
@@ -146,5 +151,5 @@ func readJSON(r *bufio.Reader, v any) error {
 	if err != nil {
 		return err
 	}
-	return decodeStrict(b, v)
+	return decodeJSON(b, v)
 }

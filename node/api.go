@@ -30,10 +30,14 @@ type API struct {
 	maxBody int64
 }
 
-// HTTPError carries the status an API error is answered with.
+// HTTPError carries the status and the code an API error is answered with. The client's
+// errors are HTTPErrors too, so a caller branches on Code (or Status), never on the message.
 type HTTPError struct {
 	Status int
-	Err    error
+	// Code names the error for programs ("not_found", "state_unusable", ...): each package
+	// that answers the API gives its sentinel errors one. Empty: derived from Status.
+	Code string
+	Err  error
 }
 
 func (e *HTTPError) Error() string { return e.Err.Error() }
@@ -42,9 +46,38 @@ func (e *HTTPError) Unwrap() error { return e.Err }
 // WithStatus marks err to be answered with status.
 func WithStatus(status int, err error) error { return &HTTPError{Status: status, Err: err} }
 
+// WithCode marks err to be answered with status and code.
+func WithCode(status int, code string, err error) error {
+	return &HTTPError{Status: status, Code: code, Err: err}
+}
+
 // ErrorBody is the JSON of every error answer.
 type ErrorBody struct {
-	Error string `json:"error"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// statusCode is the code of an error marked with a status only.
+func statusCode(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return "bad_request"
+	case http.StatusUnauthorized:
+		return "unauthorized"
+	case http.StatusForbidden:
+		return "forbidden"
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusConflict:
+		return "conflict"
+	case http.StatusRequestEntityTooLarge:
+		return "too_large"
+	case http.StatusBadGateway:
+		return "unavailable"
+	case http.StatusServiceUnavailable:
+		return "service_unavailable"
+	}
+	return "internal"
 }
 
 func newAPI(n *Node, reg *prometheus.Registry) (*API, error) {
@@ -141,12 +174,12 @@ func DecodeJSON(r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return WithStatus(http.StatusRequestEntityTooLarge, fmt.Errorf("request body too large: %w", err))
+			return WithCode(http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("request body too large: %w", err))
 		}
-		return WithStatus(http.StatusBadRequest, fmt.Errorf("malformed JSON body: %w", err))
+		return WithCode(http.StatusBadRequest, "malformed", fmt.Errorf("malformed JSON body: %w", err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return WithStatus(http.StatusBadRequest, errors.New("malformed JSON body: trailing data after the object"))
+		return WithCode(http.StatusBadRequest, "malformed", errors.New("malformed JSON body: trailing data after the object"))
 	}
 	return nil
 }
@@ -160,15 +193,18 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-// WriteError writes err as an ErrorBody with its status.
+// WriteError writes err as an ErrorBody with its status and code.
 func WriteError(w http.ResponseWriter, err error) {
-	status := http.StatusBadRequest
+	status, code := http.StatusBadRequest, ""
 	if he, ok := errors.AsType[*HTTPError](err); ok {
-		status = he.Status
+		status, code = he.Status, he.Code
 	} else if errors.Is(err, ErrNotFound) {
 		status = http.StatusNotFound
 	}
-	WriteJSON(w, status, ErrorBody{Error: err.Error()})
+	if code == "" {
+		code = statusCode(status)
+	}
+	WriteJSON(w, status, ErrorBody{Code: code, Message: err.Error()})
 }
 
 // Identity is what /v1/id answers.

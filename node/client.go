@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,7 +65,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("node API at %s does not answer (%v): is `virtuoso node` running on this home?", c.base, err)
+		return fmt.Errorf("node API at %s does not answer (%w): is `virtuoso node` running on this home?", c.base, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerSize))
@@ -73,10 +74,10 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	}
 	if resp.StatusCode >= 300 {
 		var eb ErrorBody
-		if json.Unmarshal(raw, &eb) == nil && eb.Error != "" {
-			return WithStatus(resp.StatusCode, errors.New(eb.Error))
+		if json.Unmarshal(raw, &eb) == nil && eb.Message != "" {
+			return WithCode(resp.StatusCode, cmp.Or(eb.Code, statusCode(resp.StatusCode)), errors.New(eb.Message))
 		}
-		return WithStatus(resp.StatusCode, fmt.Errorf("%s %s: %s", method, path, resp.Status))
+		return WithCode(resp.StatusCode, statusCode(resp.StatusCode), fmt.Errorf("%s %s: %s", method, path, resp.Status))
 	}
 	if out == nil {
 		return nil

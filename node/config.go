@@ -194,7 +194,7 @@ func (c Config) Validate() error {
 func ParseBootstrap(s string, loopbackOnly bool) (peer.AddrInfo, error) {
 	a, err := ma.NewMultiaddr(s)
 	if err != nil {
-		return peer.AddrInfo{}, fmt.Errorf("bootstrap address %q is not a multiaddr (%v): write it like /ip4/127.0.0.1/tcp/4710/p2p/12D3KooW…", s, err)
+		return peer.AddrInfo{}, fmt.Errorf("bootstrap address %q is not a multiaddr (%w): write it like /ip4/127.0.0.1/tcp/4710/p2p/12D3KooW…", s, err)
 	}
 	info, err := peer.AddrInfoFromP2pAddr(a)
 	if err != nil {

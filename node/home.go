@@ -89,11 +89,11 @@ func (h Home) Identity() (crypto.PrivKey, error) {
 		return nil, fmt.Errorf("no identity at %s: run `virtuoso init --home %s` first: %w", h.KeyPath(), h.Dir, ErrNotInitialized)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("identity key %s is unreadable (%v): check its owner and mode 0600", h.KeyPath(), err)
+		return nil, fmt.Errorf("identity key %s is unreadable (%w): check its owner and mode 0600", h.KeyPath(), err)
 	}
 	priv, err := crypto.UnmarshalPrivateKey(raw)
 	if err != nil {
-		return nil, fmt.Errorf("identity key %s is corrupt (%v): restore it from a backup; a new identity is a new peer ID", h.KeyPath(), err)
+		return nil, fmt.Errorf("identity key %s is corrupt (%w): restore it from a backup; a new identity is a new peer ID", h.KeyPath(), err)
 	}
 	if priv.Type() != crypto.Ed25519 {
 		return nil, fmt.Errorf("identity key %s is %s, not ed25519: restore the original key", h.KeyPath(), priv.Type())

@@ -67,13 +67,14 @@ type Options struct {
 
 // Node is one participant of the marketplace.
 type Node struct {
-	home  Home
-	cfg   Config
-	opts  Options
-	log   *slog.Logger
-	priv  crypto.PrivKey
-	id    peer.ID
-	store *Store
+	home   Home
+	cfg    Config
+	opts   Options
+	log    *slog.Logger
+	priv   crypto.PrivKey
+	id     peer.ID
+	store  *Store
+	events *Events
 
 	host    host.Host
 	dht     *dht.IpfsDHT
@@ -120,7 +121,7 @@ func New(home Home, cfg Config, opts Options) (*Node, error) {
 	}
 	return &Node{
 		home: home, cfg: cfg, opts: opts, log: log.With("peer", id.String()),
-		priv: priv, id: id, store: store, topics: map[string]*pubsub.Topic{},
+		priv: priv, id: id, store: store, events: NewEvents(), topics: map[string]*pubsub.Topic{},
 	}, nil
 }
 
@@ -141,6 +142,9 @@ func (n *Node) Logger() *slog.Logger { return n.log }
 
 // Store is the node's database.
 func (n *Node) Store() *Store { return n.store }
+
+// Events is the node's event stream; usable from New on.
+func (n *Node) Events() *Events { return n.events }
 
 // Host is the libp2p host; nil before Start.
 func (n *Node) Host() host.Host { return n.host }
@@ -262,7 +266,7 @@ func (n *Node) startHost(reg prometheus.Registerer) error {
 func listenError(err error) error {
 	var opErr *net.OpError
 	if errors.As(err, &opErr) || errors.Is(err, os.ErrPermission) {
-		return fmt.Errorf("cannot listen (%v): the port is in use or not allowed; change network.listen in config.toml or stop the other program", err)
+		return fmt.Errorf("cannot listen (%w): the port is in use or not allowed; change network.listen in config.toml or stop the other program", err)
 	}
 	return fmt.Errorf("start host: %w", err)
 }
@@ -386,8 +390,8 @@ func (n *Node) Topic(name string, validator pubsub.ValidatorEx, opts ...pubsub.V
 // called. The error is Close's.
 func (n *Node) Done() <-chan struct{} { return n.failed }
 
-// Close stops the API (so no request reaches a closing service), the services in reverse order,
-// then the network and the store. Calling it again returns the first call's result.
+// Close stops the API (so no request reaches a closing service), the services in reverse order
+// (those that never started too), then the network and the store. Calling it again returns the first call's result.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() { n.closeErr = n.close() })
 	return n.closeErr
@@ -402,6 +406,15 @@ func (n *Node) close() error {
 	for _, s := range slices.Backward(n.started) {
 		if err := s.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %T: %w", s, err))
+		}
+	}
+	// Services that never started (the node was not started, or its start failed first)
+	// are closed too: what they hold was built before Start.
+	for _, s := range slices.Backward(n.opts.Services) {
+		if !slices.Contains(n.started, s) {
+			if err := s.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %T: %w", s, err))
+			}
 		}
 	}
 	n.topicsMu.Lock()

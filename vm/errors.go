@@ -1,6 +1,9 @@
 package vm
 
-import "errors"
+import (
+	"errors"
+	"net/http"
+)
 
 // Sentinel errors. Drivers and the Manager wrap them with context; callers test with errors.Is.
 var (
@@ -46,3 +49,52 @@ var (
 	// ErrInvalidMAC: text that is not a MAC address.
 	ErrInvalidMAC = errors.New("invalid mac address")
 )
+
+// codes name the sentinel errors for programs: the local API's error bodies and the market's
+// wire errors carry them, so a CLI, a web page or a remote node can branch on the code and
+// tell the user the remedy. A code, once given, never changes meaning.
+var codes = []struct {
+	code   string
+	err    error
+	status int // the local API's HTTP status
+}{
+	{"vm_not_found", ErrNotFound, http.StatusNotFound},
+	{"vm_exists", ErrExists, http.StatusConflict},
+	{"illegal_action", ErrIllegalAction, http.StatusConflict},
+	{"unknown_action", ErrUnknownAction, http.StatusBadRequest},
+	{"unknown_status", ErrUnknownStatus, http.StatusBadRequest},
+	{"vm_invalid", ErrInvalidConfig, http.StatusBadRequest},
+	{"too_large", ErrTooLarge, http.StatusBadRequest},
+	{"console_busy", ErrConsoleBusy, http.StatusConflict},
+	// Before missing_file: a lost state file is both, and the remedy is the state's.
+	{"state_unusable", ErrStateUnusable, http.StatusConflict},
+	{"missing_file", ErrMissingFile, http.StatusConflict},
+	{"suspend_refused", ErrSuspendRefused, http.StatusConflict},
+	{"not_running", ErrNotRunning, http.StatusConflict},
+	{"running", ErrRunning, http.StatusConflict},
+	{"unsupported", ErrUnsupported, http.StatusBadRequest},
+	{"invalid_id", ErrInvalidID, http.StatusBadRequest},
+	{"invalid_mac", ErrInvalidMAC, http.StatusBadRequest},
+	{"hypervisor", ErrHypervisor, http.StatusInternalServerError},
+}
+
+// Code returns the code of the first of this package's sentinels that err matches, and the
+// local API's HTTP status for it; ok is false when err matches none.
+func Code(err error) (code string, status int, ok bool) {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status, true
+		}
+	}
+	return "", 0, false
+}
+
+// CodeError returns the sentinel a code stands for, or nil.
+func CodeError(code string) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,10 +240,7 @@ func TestManagerFaults(t *testing.T) {
 		return strings.Count(out, qemutest.Banner) > boots
 	})
 
-	var seen []string
-	for _, r := range p.changes {
-		seen = append(seen, r.State.Status.String()+"/"+strconv.Itoa(int(r.State.Version)))
-	}
+	seen := p.seen(t, id, false)
 	want := "stored/1 started/2 suspended/3 started/4 stopped/5 started/6 stopped/7 started/8 stopped/9 started/10 suspended/11 started/12"
 	if got := strings.Join(seen, " "); got != want {
 		t.Fatalf("changes seen: %s, want %s", got, want)

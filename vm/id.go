@@ -53,7 +53,7 @@ func ParseID(text string) (ID, error) {
 		return id, fmt.Errorf("%w: %q: want 32 hex digits or a UUID", ErrInvalidID, truncate(text))
 	}
 	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
-		return ID{}, fmt.Errorf("%w: %q: %v", ErrInvalidID, truncate(text), err)
+		return ID{}, fmt.Errorf("%w: %q: %w", ErrInvalidID, truncate(text), err)
 	}
 	return id, nil
 }
@@ -121,7 +121,7 @@ func ParseMAC(text string) (MAC, error) {
 		return m, fmt.Errorf("%w: %q", ErrInvalidMAC, text)
 	}
 	if _, err := hex.Decode(m[:], []byte(s)); err != nil {
-		return MAC{}, fmt.Errorf("%w: %q: %v", ErrInvalidMAC, text, err)
+		return MAC{}, fmt.Errorf("%w: %q: %w", ErrInvalidMAC, text, err)
 	}
 	return m, nil
 }

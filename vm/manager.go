@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // ManagerConfig configures a Manager.
@@ -15,11 +16,28 @@ type ManagerConfig struct {
 	Driver    Driver     // required
 	Inventory *Inventory // required
 	Logger    *slog.Logger
-	// OnChange, if set, is called after every change of a VM's status (with the new record)
-	// and after a VM is deleted (with its last record, State.Status StatusDeleted), so the
-	// node can tell the buyer and the ledger. It runs on the caller's goroutine while the VM
-	// is locked: it must not call back into the Manager for the same VM.
-	OnChange func(Record)
+	// Events, if set, receives a StatusChanged after every change of a VM's status and after
+	// a VM is deleted (Status StatusDeleted), so that the ledger, the web UI and the buyer's
+	// notices learn of it. Publish is called while the VM is locked: it must not block (the
+	// node's event stream queues).
+	Events Publisher
+}
+
+// Publisher takes events; *node.Events is one.
+type Publisher interface {
+	Publish(event any)
+}
+
+// StatusChanged is the event of a VM whose status changed on this provider.
+type StatusChanged struct {
+	VM    ID     `json:"vm"`
+	Owner string `json:"owner,omitempty"` // the buyer's peer ID
+	Lease string `json:"lease,omitempty"`
+	State State  `json:"state"` // the new status and version
+	// Cause is the action that changed it ("startmachine"; "stopmachine" also for a VM found
+	// powered off).
+	Cause Action    `json:"cause"`
+	Time  time.Time `json:"time"`
 }
 
 // Manager is the provider's control of its VMs: it checks every action against the VM's
@@ -28,10 +46,10 @@ type ManagerConfig struct {
 // store) and the migration server. Actions on one VM are serialised; different VMs proceed in
 // parallel.
 type Manager struct {
-	drv      Driver
-	inv      *Inventory
-	log      *slog.Logger
-	onChange func(Record)
+	drv    Driver
+	inv    *Inventory
+	log    *slog.Logger
+	events Publisher
 
 	mu    sync.Mutex
 	locks map[ID]*sync.Mutex
@@ -45,7 +63,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, onChange: cfg.OnChange, locks: make(map[ID]*sync.Mutex)}, nil
+	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, events: cfg.Events, locks: make(map[ID]*sync.Mutex)}, nil
 }
 
 // Driver returns the driver, for callers that need an optional capability (Importer...).
@@ -116,7 +134,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Record, error)
 		return Record{}, err
 	}
 	m.log.Info("vm stored", "vm", id, "version", st.Version)
-	m.changed(rec)
+	m.changed(rec, ActionStore)
 	return rec, nil
 }
 
@@ -190,7 +208,7 @@ func (m *Manager) transition(ctx context.Context, id ID, a Action, op func(conte
 		return rec, err
 	}
 	m.log.Info("vm status", "vm", id, "action", a.String(), "status", next.Status.String(), "version", next.Version)
-	m.changed(upd)
+	m.changed(upd, a)
 	return upd, nil
 }
 
@@ -224,13 +242,14 @@ func (m *Manager) recordOff(rec Record) (Record, error) {
 		return rec, err
 	}
 	m.log.Warn("started vm found powered off; recorded stopped", "vm", rec.ID, "version", next.Version)
-	m.changed(upd)
+	m.changed(upd, ActionStop)
 	return upd, nil
 }
 
-func (m *Manager) changed(rec Record) {
-	if m.onChange != nil {
-		m.onChange(rec)
+// changed publishes rec's new state, caused by action a (lock held).
+func (m *Manager) changed(rec Record, a Action) {
+	if m.events != nil {
+		m.events.Publish(StatusChanged{VM: rec.ID, Owner: rec.Owner, Lease: rec.Lease, State: rec.State, Cause: a, Time: time.Now().UTC()})
 	}
 }
 
@@ -350,7 +369,7 @@ func (m *Manager) Delete(ctx context.Context, id ID) (Record, error) {
 	rec.State = next
 	m.log.Info("vm deleted", "vm", id)
 	if !rec.Cached {
-		m.changed(rec)
+		m.changed(rec, ActionDelete)
 	}
 	return rec, nil
 }
@@ -382,6 +401,7 @@ func (m *Manager) FinishMigration(ctx context.Context, id ID, moved bool) (Recor
 		return rec, err
 	}
 	m.log.Info("vm moved away; files kept as a cache", "vm", id, "version", next.Version)
+	m.changed(rec, ActionMigrationDone)
 	return rec, nil
 }
 
@@ -426,7 +446,7 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (Record, error) {
 		return Record{}, err
 	}
 	m.log.Info("vm arrived", "vm", req.ID, "status", next.Status.String(), "version", next.Version, "peer", req.Origin)
-	m.changed(rec)
+	m.changed(rec, ActionMigrationDone)
 	return rec, nil
 }
 
@@ -499,4 +519,14 @@ func (m *Manager) observeOne(ctx context.Context, id ID, restart bool) (rec Reco
 		}
 	}
 	return rec, false, nil
+}
+
+// DescribeHost measures what the host can give (HostDescriber); drivers that cannot measure
+// it answer ErrUnsupported.
+func (m *Manager) DescribeHost(ctx context.Context) (Host, error) {
+	hd, ok := m.drv.(HostDescriber)
+	if !ok {
+		return Host{}, fmt.Errorf("the %s driver cannot measure the host: %w", m.drv.Name(), ErrUnsupported)
+	}
+	return hd.DescribeHost(ctx)
 }

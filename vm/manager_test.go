@@ -26,7 +26,7 @@ type provider struct {
 	drv     *qemu.Driver
 	inv     *vm.Inventory
 	mgr     *vm.Manager
-	changes []vm.Record
+	changes *node.Subscription // the vm.StatusChanged events the manager published
 }
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
@@ -49,11 +49,32 @@ func (p *provider) open(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.drv = qemutest.NewDriver(t, p.drvCfg)
-	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger,
-		OnChange: func(r vm.Record) { p.changes = append(p.changes, r) }})
+	events := node.NewEvents()
+	p.changes = events.Subscribe(0)
+	t.Cleanup(p.changes.Close)
+	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger, Events: events})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// seen takes the status changes published so far, as "status/version" (with causes:
+// "cause:status/version"); each must be of vm id and dated.
+func (p *provider) seen(t *testing.T, id vm.ID, causes bool) []string {
+	t.Helper()
+	var out []string
+	for ev, ok := p.changes.Next(); ok; ev, ok = p.changes.Next() {
+		c := ev.(vm.StatusChanged)
+		if c.VM != id || c.Time.IsZero() {
+			t.Fatalf("event %+v: not of vm %s, or no time", c, id)
+		}
+		s := c.State.Status.String() + "/" + strconv.Itoa(int(c.State.Version))
+		if causes {
+			s = c.Cause.String() + ":" + s
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func wantState(t *testing.T, rec vm.Record, status vm.Status, version uint64) {
@@ -215,11 +236,7 @@ func TestManagerLifecycle(t *testing.T) {
 	}
 
 	// b's observers saw each status change in order.
-	var seen []string
-	for _, r := range b.changes {
-		seen = append(seen, r.State.Status.String()+"/"+strconv.Itoa(int(r.State.Version)))
-	}
-	if got, want := strings.Join(seen, " "), "suspended/9 started/10 stopped/11 deleted/12"; got != want {
+	if got, want := strings.Join(b.seen(t, id, true), " "), "migrationdone:suspended/9 resumemachine:started/10 stopmachine:stopped/11 deletemachine:deleted/12"; got != want {
 		t.Fatalf("changes seen on b: %s, want %s", got, want)
 	}
 }

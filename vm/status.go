@@ -122,18 +122,26 @@ var actionNames = [...]string{
 	ActionMigrationFailed: "migrationfailed",
 }
 
-// actionAliases are the short forms accepted from the CLI ("virtuoso vm start ID").
-var actionAliases = map[string]Action{
-	"search":  ActionSearchProvider,
-	"edit":    ActionEdit,
-	"start":   ActionStart,
-	"stop":    ActionStop,
-	"view":    ActionView,
-	"console": ActionView,
-	"suspend": ActionSuspend,
-	"resume":  ActionResume,
-	"delete":  ActionDelete,
+// actionVerbs are the actions' short forms, the CLI's words ("virtuoso vm start ID"): what
+// a user types and what messages to users say.
+var actionVerbs = [...]string{
+	ActionSearchProvider:  "search",
+	ActionEdit:            "edit",
+	ActionStart:           "start",
+	ActionStop:            "stop",
+	ActionView:            "console",
+	ActionSuspend:         "suspend",
+	ActionResume:          "resume",
+	ActionMigrate:         "migrate",
+	ActionMigrationStatus: "migration-status",
+	ActionDelete:          "rm",
+	ActionStore:           "store",
+	ActionMigrationDone:   "migration-done",
+	ActionMigrationFailed: "migration-failed",
 }
+
+// actionAliases are further short forms accepted from users.
+var actionAliases = map[string]Action{"view": ActionView, "delete": ActionDelete}
 
 // AllActions lists every valid action in declaration order.
 func AllActions() []Action {
@@ -161,13 +169,22 @@ func (a Action) String() string {
 	return actionNames[a]
 }
 
-// ParseAction parses an action name as String writes it, or one of the CLI short forms
-// ("start", "stop", "view", "console", "suspend", "resume", "delete", "search", "edit"). Case and
-// surrounding space are ignored. An unknown name gives an *UnknownActionError.
+// Verb is the action's short form, the word of the CLI command that performs it ("start",
+// "console", "rm"): what messages to users say.
+func (a Action) Verb() string {
+	if !a.Valid() {
+		return a.String()
+	}
+	return actionVerbs[a]
+}
+
+// ParseAction parses an action name as String writes it, or its Verb ("start", "console",
+// "rm", ...), or "view" or "delete". Case and surrounding space are ignored. An unknown name
+// gives an *UnknownActionError.
 func ParseAction(text string) (Action, error) {
 	name := strings.ToLower(strings.TrimSpace(text))
 	for a := ActionSearchProvider; a.Valid(); a++ {
-		if actionNames[a] == name {
+		if actionNames[a] == name || actionVerbs[a] == name {
 			return a, nil
 		}
 	}
@@ -215,8 +232,7 @@ type IllegalActionError struct {
 }
 
 func (e *IllegalActionError) Error() string {
-	return fmt.Sprintf("action %s is not allowed while the vm is %s (allowed: %s)",
-		e.Action, e.Status, joinActions(Actions(e.Status)))
+	return fmt.Sprintf("cannot %s: the vm is %s (possible now: %s)", e.Action.Verb(), e.Status, joinActions(Actions(e.Status)))
 }
 
 // Is makes errors.Is(err, ErrIllegalAction) true.
@@ -334,7 +350,7 @@ func joinActions(as []Action) string {
 	}
 	names := make([]string, len(as))
 	for i, a := range as {
-		names[i] = a.String()
+		names[i] = a.Verb()
 	}
 	return strings.Join(names, ", ")
 }

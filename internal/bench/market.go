@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 )
@@ -139,7 +140,7 @@ func (a *arrivals) count(seq uint64) int {
 
 func propagation(ctx context.Context, dir string, opts MarketOptions, offers []market.SignedOffer, res *MarketResult) error {
 	arr := &arrivals{seen: map[uint64]map[int]time.Time{}, ch: make(chan struct{}, 1)}
-	var provider *market.Service
+	var provider *daemon.Node
 	var nodes []*node.Node
 	defer func() {
 		for _, n := range slices.Backward(nodes) {
@@ -148,24 +149,23 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	}()
 	start := time.Now()
 	for i := range opts.Nodes {
-		svc := market.New(market.Options{
-			Logger: opts.Log, Provider: i == 0,
+		dopts := daemon.Options{
+			Book: market.BookOptions{OnOffer: func(o market.Offer) { arr.add(i, o) }},
 			// Periodic republishing would blur the figures: every offer here is published once.
-			Republish: time.Hour, OfferTTL: time.Hour,
-			OnOffer: func(o market.Offer) { arr.add(i, o) },
-		})
-		if i == 0 {
-			provider = svc
+			Provider: market.ProviderOptions{Republish: time.Hour, OfferTTL: time.Hour},
 		}
-		n, err := startBenchNode(ctx, filepath.Join(dir, fmt.Sprintf("node-%02d", i)), nodes, opts.Log, svc)
+		n, err := startBenchNode(ctx, filepath.Join(dir, fmt.Sprintf("node-%02d", i)), nodes, opts.Log, i == 0, dopts)
 		if err != nil {
 			return err
 		}
-		nodes = append(nodes, n)
+		if i == 0 {
+			provider = n
+		}
+		nodes = append(nodes, n.Node)
 	}
 	res.StartupDuration = time.Since(start)
 
-	m, err := provider.AddMachine(ctx, market.MachineSpec{Name: "bench", Capacity: market.Resources{SpeedBogomips: 64000, MemoryMB: 262144, StorageMB: 1 << 30}})
+	m, err := provider.Provider.AddMachine(ctx, market.MachineSpec{Name: "bench", Capacity: market.Resources{SpeedBogomips: 64000, MemoryMB: 262144, StorageMB: 1 << 30}})
 	if err != nil {
 		return err
 	}
@@ -176,13 +176,13 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	}
 	terms := m.Terms
 	publish := func() (uint64, time.Time, error) {
-		before := latestSeq(provider, nodes[0].ID(), m.ID)
+		before := latestSeq(provider.Book, nodes[0].ID(), m.ID)
 		terms.StoragePrice++
 		t0 := time.Now()
-		if _, err := provider.EditMachine(ctx, m.ID, market.MachineEdit{Terms: &terms}); err != nil {
+		if _, err := provider.Provider.EditMachine(ctx, m.ID, market.MachineEdit{Terms: &terms}); err != nil {
 			return 0, t0, err
 		}
-		seq, err := waitNewSeq(ctx, provider, nodes[0].ID(), m.ID, before)
+		seq, err := waitNewSeq(ctx, provider.Book, nodes[0].ID(), m.ID, before)
 		return seq, t0, err
 	}
 	formed := false
@@ -217,27 +217,24 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	}
 
 	// Catch-up: the provider's book gets the synthetic offers; a new node asks for them.
-	now := time.Now()
-	for _, so := range offers {
-		provider.Book().Put(so, now)
-	}
-	joiner := market.New(market.Options{Logger: opts.Log, Republish: time.Hour})
+	provider.Book.Add(offers)
 	// Join without a bootstrap peer so that nothing arrives before the timed catch-up: the
 	// joiner queries the provider as soon as the connection is identified.
-	jn, err := startBenchNode(ctx, filepath.Join(dir, "joiner"), nil, opts.Log, joiner)
+	jn, err := startBenchNode(ctx, filepath.Join(dir, "joiner"), nil, opts.Log, false, daemon.Options{})
 	if err != nil {
 		return err
 	}
-	nodes = append(nodes, jn)
-	want := min(provider.Book().Len(), market.MaxQueryOffers)
+	joiner := jn.Book
+	nodes = append(nodes, jn.Node)
+	want := min(provider.Book.Len(), market.MaxQueryOffers)
 	t0 := time.Now()
 	if err := jn.Host().Connect(ctx, peer.AddrInfo{ID: nodes[0].ID(), Addrs: nodes[0].Host().Addrs()}); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(2 * time.Minute)
-	for joiner.Book().Len() < want {
+	for joiner.Len() < want {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("catch-up: the joining node has %d of %d offers after 2m", joiner.Book().Len(), want)
+			return fmt.Errorf("catch-up: the joining node has %d of %d offers after 2m", joiner.Len(), want)
 		}
 		select {
 		case <-ctx.Done():
@@ -246,19 +243,19 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 		}
 	}
 	res.Catchup = time.Since(t0)
-	res.CatchupOffers = joiner.Book().Len()
+	res.CatchupOffers = joiner.Len()
 	return nil
 }
 
-func latestSeq(s *market.Service, p peer.ID, m market.MachineID) uint64 {
-	if so, ok := s.Book().Get(p, m, time.Now()); ok {
+func latestSeq(b *market.Book, p peer.ID, m market.MachineID) uint64 {
+	if so, ok := b.Get(p, m); ok {
 		return so.Seq
 	}
 	return 0
 }
 
 // waitNewSeq waits for the provider's own book to hold a newer offer of m than before.
-func waitNewSeq(ctx context.Context, s *market.Service, p peer.ID, m market.MachineID, before uint64) (uint64, error) {
+func waitNewSeq(ctx context.Context, s *market.Book, p peer.ID, m market.MachineID, before uint64) (uint64, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if seq := latestSeq(s, p, m); seq > before {
@@ -317,8 +314,8 @@ func waitSeq(ctx context.Context, arr *arrivals, seq uint64, n int, within time.
 const roundTimeout = 10 * time.Second
 
 // startBenchNode starts a node on loopback with fast discovery, bootstrapped from the first
-// of peers.
-func startBenchNode(ctx context.Context, dir string, peers []*node.Node, log *slog.Logger, svcs ...node.Service) (*node.Node, error) {
+// of peers; a provider's VMs are emulated (TCG), so that no accelerator probe runs.
+func startBenchNode(ctx context.Context, dir string, peers []*node.Node, log *slog.Logger, provider bool, opts daemon.Options) (*daemon.Node, error) {
 	home := node.Home{Dir: dir}
 	cfg := node.DefaultConfig(node.ProfileLocal)
 	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
@@ -328,10 +325,13 @@ func startBenchNode(ctx context.Context, dir string, peers []*node.Node, log *sl
 			cfg.Network.Bootstrap = append(cfg.Network.Bootstrap, fmt.Sprintf("%s/p2p/%s", a, peers[0].ID()))
 		}
 	}
+	cfg.Roles.Provider = provider
+	cfg.Provider.Accel = "tcg"
 	if err := home.Init(cfg, false); err != nil {
 		return nil, err
 	}
-	n, err := node.New(home, cfg, node.Options{Logger: log, Services: svcs, Protocols: market.Protocols(), Fast: true, Version: "bench"})
+	opts.Options = node.Options{Logger: log, Fast: true, Version: "bench"}
+	n, err := daemon.New(home, cfg, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -389,13 +389,11 @@ func verifyTime(offers []market.SignedOffer) time.Duration {
 	return time.Since(t0) / time.Duration(k)
 }
 
-// searchTimes times searches as a node runs them: a snapshot of the live book, then the
-// search, for several configurations and orders.
+// searchTimes times searches over the offers, for several configurations and orders.
 func searchTimes(offers []market.SignedOffer, n int) ([]time.Duration, int, error) {
-	book := market.NewBook()
-	now := time.Now()
-	for _, so := range offers {
-		book.Put(so, now)
+	live := make([]market.Offer, len(offers))
+	for i, so := range offers {
+		live[i] = so.Offer
 	}
 	cfgs := market.StandardConfigs()
 	sorts := []string{market.SortTotal, market.SortStorage, market.SortRunning}
@@ -404,7 +402,7 @@ func searchTimes(offers []market.SignedOffer, n int) ([]time.Duration, int, erro
 	for i := range n {
 		req := market.SearchRequest{Config: cfgs[i%len(cfgs)], Sort: sorts[i%len(sorts)], Limit: 20}
 		t0 := time.Now()
-		ms, err := book.Search(time.Now(), req)
+		ms, err := market.Search(live, req)
 		out = append(out, time.Since(t0))
 		if err != nil {
 			return nil, 0, err

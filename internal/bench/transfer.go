@@ -33,6 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/internal/progress"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
@@ -155,12 +156,12 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 	}
 
 	// Two real nodes on loopback, each with its own home, as providers run them.
-	srcNode, err := startBenchNode(ctx, filepath.Join(work, "node-src"), nil, opts.Log)
+	srcNode, err := startBenchNode(ctx, filepath.Join(work, "node-src"), nil, opts.Log, false, daemon.Options{})
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
 	}
 	defer srcNode.Close()
-	dstNode, err := startBenchNode(ctx, filepath.Join(work, "node-dst"), nil, opts.Log)
+	dstNode, err := startBenchNode(ctx, filepath.Join(work, "node-dst"), nil, opts.Log, false, daemon.Options{})
 	if err != nil {
 		return fmt.Errorf("bench transfer: %w", err)
 	}

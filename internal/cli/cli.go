@@ -66,7 +66,7 @@ func Run(args []string, env Env) int {
 			case errors.Is(err, errUsage):
 				return 2
 			default:
-				fmt.Fprintf(env.Stderr, "virtuoso %s: %v\n", c.name, oneLine(err))
+				printFailure(env, c.name, err)
 				return 1
 			}
 		}

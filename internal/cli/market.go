@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/market"
+	"github.com/virtuoso-market/virtuoso/vm"
 )
 
 // marketCommands are the marketplace commands: the buyer's catalog, offers, averages, search,
@@ -319,6 +320,7 @@ status allows, and only for you.
 
   virtuoso vm ls
   virtuoso vm status|start|stop|suspend|resume|rm ID     # ID or a unique prefix
+  virtuoso vm resume --fresh ID   # the saved memory state is lost: boot from the disk
   virtuoso vm console ID     # a loopback VNC address tunnelled to the provider, and a one-time password
 
   virtuoso vm --local …      # this provider's own hypervisor (create, ls, start, …)`
@@ -356,31 +358,34 @@ func runMarketVM(ctx context.Context, env Env, args []string) error {
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "VM\tCONFIG\tPROVIDER\tSTATUS\tVERSION\tLEASE\tRUNNING\tSTORAGE\tACTIONS")
+		var warnings []string
 		for _, v := range vms {
 			lease := v.LeaseState
 			if v.Note != "" {
 				lease += ": " + v.Note
 			}
+			if v.Health != "" {
+				warnings = append(warnings, fmt.Sprintf("vm %s: %s", v.ID, v.Health))
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s/%s\t%s/%s\t%s\n", v.ID, v.Config.Name, shortPeer(v.Provider.String()),
 				v.State.Status, v.State.Version, lease, v.Quote.RunningPrice, secs(v.Quote.RunningSecs),
-				v.Quote.StoragePrice, secs(v.Quote.StorageSecs), strings.Join(v.Actions, " "))
+				v.Quote.StoragePrice, secs(v.Quote.StorageSecs), verbs(v.Actions))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, w := range warnings {
+			fmt.Fprintf(env.Stdout, "warning: %s\n", w)
+		}
+		return nil
 	}
-	action := sub
-	if sub == "rm" {
-		action = market.ActDelete
-	}
-	known := false
-	for _, a := range market.ControlActions() {
-		known = known || a == action
-	}
-	if !known {
-		fmt.Fprintf(env.Stderr, "virtuoso vm: unknown action %q; use ls, status, start, stop, suspend, resume, console or rm\n", sub)
-		return errUsage
+	action, err := vmAction(env, sub)
+	if err != nil {
+		return err
 	}
 	f := newFlags(env, "vm "+sub)
 	asJSON := f.Bool("json", false, "print JSON")
+	fresh := freshFlag(f, action)
 	pos, err := f.parseArgs(args, fmt.Sprintf("%s your VM through its provider.", sub), "ID")
 	if err != nil {
 		return err
@@ -389,11 +394,27 @@ func runMarketVM(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	path := "/v1/market/vms/" + url.PathEscape(pos[0]) + "/" + action
-	if action == market.ActConsole {
+	id := pos[0]
+	path := "/v1/market/vms/" + url.PathEscape(id)
+	if action == 0 { // status
+		var v market.VM
+		if err := c.Get(ctx, path, &v); err != nil {
+			return vmFailed(id, err)
+		}
+		if *asJSON {
+			return printJSON(env, v)
+		}
+		printVMState(env, v.ID, v.State, v.Health)
+		return nil
+	}
+	path += "/" + action.Verb()
+	if fresh != nil && *fresh {
+		path += "?fresh=true"
+	}
+	if action == vm.ActionView {
 		var s market.ConsoleSession
 		if err := c.Post(ctx, path, nil, &s); err != nil {
-			return err
+			return vmFailed(id, err)
 		}
 		if *asJSON {
 			return printJSON(env, s)
@@ -403,12 +424,12 @@ func runMarketVM(ctx context.Context, env Env, args []string) error {
 	}
 	var v market.VM
 	if err := c.Post(ctx, path, nil, &v); err != nil {
-		return err
+		return vmFailed(id, err)
 	}
 	if *asJSON {
 		return printJSON(env, v)
 	}
-	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", v.ID, v.State.Status, v.State.Version)
+	printVMState(env, v.ID, v.State, v.Health)
 	return nil
 }
 

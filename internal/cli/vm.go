@@ -6,10 +6,11 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/vm"
 )
 
@@ -36,18 +37,55 @@ func runVM(ctx context.Context, env Env, args []string) error {
 		return vmCreate(ctx, env, args)
 	case "ls", "list":
 		return vmList(ctx, env, args)
-	case "rm":
-		return vmAct(ctx, env, "rm", "delete", args)
-	case "start", "stop", "suspend", "resume", "console":
-		return vmAct(ctx, env, sub, sub, args)
 	}
-	fmt.Fprintf(env.Stderr, "virtuoso vm: unknown action %q; use create, ls, start, stop, suspend, resume, console or rm\n", sub)
-	return errUsage
+	action, err := vmAction(env, sub)
+	if err != nil {
+		return err
+	}
+	return vmAct(ctx, env, sub, action, args)
+}
+
+// vmAction is the action of a `virtuoso vm` subcommand, in the vm package's vocabulary; 0 is
+// status.
+func vmAction(env Env, sub string) (vm.Action, error) {
+	if sub == "status" {
+		return 0, nil
+	}
+	a, err := vm.ParseAction(sub)
+	if err == nil && slices.Contains(market.ControlActions(), a) {
+		return a, nil
+	}
+	fmt.Fprintf(env.Stderr, "virtuoso vm: unknown action %q; use ls, status, %s\n", sub, verbs(market.ControlActions()))
+	return 0, errUsage
+}
+
+// verbs are the actions' CLI words.
+func verbs(as []vm.Action) string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.Verb()
+	}
+	return strings.Join(out, " ")
+}
+
+// freshFlag is resume's --fresh; nil for other actions.
+func freshFlag(f *flags, a vm.Action) *bool {
+	if a != vm.ActionResume {
+		return nil
+	}
+	return f.Bool("fresh", false, "the saved memory state is lost or damaged: boot the VM from its disk instead (what was in its memory is lost)")
+}
+
+func printVMState(env Env, id vm.ID, st vm.State, health string) {
+	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", id, st.Status, st.Version)
+	if health != "" {
+		fmt.Fprintf(env.Stdout, "warning: %s\n", health)
+	}
 }
 
 func vmCreate(ctx context.Context, env Env, args []string) error {
 	f := newFlags(env, "vm create")
-	var req daemon.CreateVM
+	var req vm.CreateVM
 	f.StringVar(&req.Name, "name", "", "a name for the VM")
 	f.Int64Var(&req.MemoryMB, "memory", 256, "memory in MB")
 	f.Int64Var(&req.DiskMB, "disk", 1024, "disk size in MB")
@@ -94,46 +132,44 @@ func vmList(ctx context.Context, env Env, args []string) error {
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tVERSION\tMEMORY\tDISK\tNAME\tACTIONS")
 	for _, r := range recs {
-		var acts []string
-		for _, a := range vm.Actions(r.State.Status) {
-			acts = append(acts, a.String())
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMB\t%dMB\t%s\t%s\n", r.ID, r.State.Status, r.State.Version,
-			r.Config.MemoryMB, r.Config.DiskMB, r.Config.Name, strings.Join(acts, ","))
+			r.Config.MemoryMB, r.Config.DiskMB, r.Config.Name, verbs(vm.Actions(r.State.Status)))
 	}
 	return tw.Flush()
 }
 
-func vmAct(ctx context.Context, env Env, name, action string, args []string) error {
+func vmAct(ctx context.Context, env Env, name string, action vm.Action, args []string) error {
 	f := newFlags(env, "vm "+name)
-	var fresh *bool
-	if name == "resume" {
-		fresh = f.Bool("fresh", false, "the saved memory state is lost or damaged: boot the VM from its disk instead (what was in its memory is lost)")
-	}
+	fresh := freshFlag(f, action)
 	pos, err := f.parseArgs(args, fmt.Sprintf("%s the VM; the provider refuses what its status does not allow.", name), "ID")
 	if err != nil {
 		return err
 	}
 	id := pos[0]
-	if fresh != nil && *fresh {
-		action = "resume-fresh"
-	}
 	c, err := f.client()
 	if err != nil {
 		return err
 	}
-	if action == "console" {
-		var ans daemon.ConsoleAnswer
-		if err := c.Post(ctx, "/v1/vms/"+url.PathEscape(id)+"/view", nil, &ans); err != nil {
-			return err
+	path := "/v1/vms/" + url.PathEscape(id)
+	var rec vm.Record
+	switch {
+	case action == 0:
+		err = c.Get(ctx, path, &rec)
+	case action == vm.ActionView:
+		var ans vm.ConsoleAnswer
+		if err := c.Post(ctx, path+"/console", nil, &ans); err != nil {
+			return localVMFailed(id, err)
 		}
 		fmt.Fprintf(env.Stdout, "VNC %s password %s\n", ans.Console.Addr, ans.Console.Password)
 		return nil
+	case fresh != nil && *fresh:
+		err = c.Post(ctx, path+"/resume?fresh=true", nil, &rec)
+	default:
+		err = c.Post(ctx, path+"/"+action.Verb(), nil, &rec)
 	}
-	var rec vm.Record
-	if err := c.Post(ctx, "/v1/vms/"+url.PathEscape(id)+"/"+action, nil, &rec); err != nil {
-		return err
+	if err != nil {
+		return localVMFailed(id, err)
 	}
-	fmt.Fprintf(env.Stdout, "%s %s (version %d)\n", rec.ID, rec.State.Status, rec.State.Version)
+	printVMState(env, rec.ID, rec.State, "")
 	return nil
 }

@@ -1,16 +1,15 @@
 // Package daemon assembles a full node from its configuration: the network core from package
-// node, plus the services each role switched on brings (provider, coordinator, the buyer's
-// market view). The CLI and the demo build nodes only through it.
+// node, then, in dependency order, the VM stack of a provider, the market's Book, Buyer and
+// Provider, each handed what it consumes. The CLI and the demo build nodes only through it.
 package daemon
 
 import (
-	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
-	"github.com/virtuoso-market/virtuoso/vm"
 )
 
 // Options tune a node beyond its config.
@@ -19,49 +18,72 @@ type Options struct {
 	// Images are OS images a provider offers for preconfigured VMs, besides those described in
 	// its home's images/ directory.
 	Images []market.Image
+	// Book, Buyer and Provider tune the market's services (timings; their loggers default to
+	// the node's).
+	Book     market.BookOptions
+	Buyer    market.BuyerOptions
+	Provider market.ProviderOptions
 }
 
 // Node is a node with the services of its roles.
 type Node struct {
 	*node.Node
-	// Provider is the VM stack of a provider node; nil on other nodes.
-	Provider *Provider
-	// Market is the marketplace: every node's offer book and search, a provider's machines.
-	Market *market.Service
+	// Book is every node's offer book, catalog, search and averages.
+	Book *market.Book
+	// Buyer is every node's side of the VMs it bought.
+	Buyer *market.Buyer
+	// VMs is a provider's VM stack; nil on other nodes.
+	VMs *VMs
+	// Provider sells a provider's machines; nil on other nodes.
+	Provider *market.Provider
 }
 
 // New builds the node of home with the services of its roles; Start it to run it.
-func New(home node.Home, cfg node.Config, opts Options) (*Node, error) {
+func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	nopts := opts.Options
 	nopts.Protocols = slices.Concat(nopts.Protocols, market.Protocols())
 	n, err := node.New(home, cfg, nopts)
 	if err != nil {
 		return nil, err
 	}
-	d := &Node{Node: n}
-	images := opts.Images
-	if cfg.Roles.Provider {
-		d.Provider = &Provider{}
-		n.Attach(d.Provider)
-		own, err := market.ScanImages(home.Path("images"))
+	defer func() {
 		if err != nil {
 			n.Close()
+		}
+	}()
+	d = &Node{Node: n}
+	logger := n.Logger()
+	if cfg.Roles.Provider {
+		if d.VMs, err = newVMs(n); err != nil {
+			return nil, err
+		}
+		n.Attach(d.VMs)
+	}
+	opts.Book.Logger = cmpLogger(opts.Book.Logger, logger)
+	d.Book = market.NewBook(opts.Book)
+	n.Attach(d.Book)
+	opts.Buyer.Logger = cmpLogger(opts.Buyer.Logger, logger)
+	d.Buyer = market.NewBuyer(d.Book, opts.Buyer)
+	n.Attach(d.Buyer)
+	if cfg.Roles.Provider {
+		own, err := market.ScanImages(home.Path("images"))
+		if err != nil {
 			return nil, fmt.Errorf("provider images: %w", err)
 		}
-		images = append(own, images...)
+		popts := opts.Provider
+		popts.Logger = cmpLogger(popts.Logger, logger)
+		popts.Images = slices.Concat(own, opts.Images, popts.Images)
+		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
+		n.Attach(d.Provider)
+	} else {
+		n.Attach(market.NotSelling{})
 	}
-	// The market starts after the provider's VM stack, whose manager it stores VMs with.
-	d.Market = market.New(market.Options{
-		Logger:   opts.Logger,
-		Provider: cfg.Roles.Provider,
-		Images:   images,
-		Manager: func(*node.Node) (*vm.Manager, error) {
-			if d.Provider == nil || d.Provider.Manager() == nil {
-				return nil, errors.New("the provider's VM stack is not started")
-			}
-			return d.Provider.Manager(), nil
-		},
-	})
-	n.Attach(d.Market)
 	return d, nil
+}
+
+func cmpLogger(l, def *slog.Logger) *slog.Logger {
+	if l == nil {
+		return def
+	}
+	return l
 }

@@ -110,7 +110,7 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 		if !r.Provider {
 			continue
 		}
-		if _, err := m.Nodes[i].Market.EnsureMachine(ctx, market.DemoMachine(provider)); err != nil {
+		if _, err := m.Nodes[i].Provider.EnsureMachine(ctx, market.DemoMachine(provider)); err != nil {
 			return nil, fmt.Errorf("%s machine: %w", r.Name, err)
 		}
 		provider++
@@ -148,9 +148,9 @@ func (m *Marketplace) Print(w io.Writer) {
 func (m *Marketplace) Close() error {
 	var errs []error
 	for _, n := range slices.Backward(m.Nodes) {
-		if n.Provider != nil {
+		if n.VMs != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			errs = append(errs, n.Provider.StopAll(ctx))
+			errs = append(errs, n.VMs.StopAll(ctx))
 			cancel()
 		}
 		errs = append(errs, n.Close())

@@ -18,8 +18,9 @@ import (
 type Options struct {
 	// Configure edits each node's config before it starts (index i of n).
 	Configure func(i int, cfg *node.Config)
-	// Services returns the services node i runs.
-	Services func(i int) []node.Service
+	// Services returns the services node i runs, built over its node n (not yet started:
+	// its store and event stream are usable).
+	Services func(i int, n *node.Node) []node.Service
 	// Protocols are passed to every node.
 	Protocols []node.ProtocolLimit
 	// Logs sends the nodes' logs to the test log at this level; unset keeps them quiet.
@@ -41,13 +42,17 @@ func Cluster(t testing.TB, n int, opts Options) []*node.Node {
 		if opts.Configure != nil {
 			opts.Configure(i, &cfg)
 		}
-		var svcs []node.Service
-		if opts.Services != nil {
-			svcs = opts.Services(i)
-		}
-		nodes[i] = Start(t, node.Home{Dir: t.TempDir()}, cfg, node.Options{
-			Services: svcs, Protocols: opts.Protocols, Logger: logger(t, opts.Logs, i), Fast: true, Version: "test",
+		nodes[i] = New(t, node.Home{Dir: t.TempDir()}, cfg, node.Options{
+			Protocols: opts.Protocols, Logger: logger(t, opts.Logs, i), Version: "test",
 		})
+		if opts.Services != nil {
+			for _, s := range opts.Services(i, nodes[i]) {
+				nodes[i].Attach(s)
+			}
+		}
+		if err := nodes[i].Start(context.Background()); err != nil {
+			t.Fatalf("start node %d: %v", i, err)
+		}
 	}
 	return nodes
 }
@@ -55,6 +60,17 @@ func Cluster(t testing.TB, n int, opts Options) []*node.Node {
 // Start initialises home with cfg (unless it already holds a node) and starts a node on it,
 // closed at the end of the test.
 func Start(t testing.TB, home node.Home, cfg node.Config, opts node.Options) *node.Node {
+	t.Helper()
+	n := New(t, home, cfg, opts)
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	return n
+}
+
+// New initialises home with cfg (unless it already holds a node) and builds a node on it with
+// fast settings, not yet started, closed at the end of the test.
+func New(t testing.TB, home node.Home, cfg node.Config, opts node.Options) *node.Node {
 	t.Helper()
 	if _, err := os.Stat(home.KeyPath()); err != nil {
 		if err := home.Init(cfg, false); err != nil {
@@ -65,10 +81,6 @@ func Start(t testing.TB, home node.Home, cfg node.Config, opts node.Options) *no
 	n, err := node.New(home, cfg, opts)
 	if err != nil {
 		t.Fatalf("new node: %v", err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		n.Close()
-		t.Fatalf("start node: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := n.Close(); err != nil {

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,25 +12,52 @@ import (
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
-	"github.com/virtuoso-market/virtuoso/internal/nodetest"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 )
 
+// startNode builds a node with daemon.New from the default local config edited by edit and
+// starts it on loopback; it is closed at the end of the test.
+func startNode(t *testing.T, edit func(*node.Config), opts daemon.Options) *daemon.Node {
+	t.Helper()
+	home := node.Home{Dir: t.TempDir()}
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
+	if edit != nil {
+		edit(&cfg)
+	}
+	if err := home.Init(cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	opts.Fast = true
+	n, err := daemon.New(home, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestProviderAPI drives a real QEMU guest through a provider node's local API, the way
-// `virtuoso vm …` does, and checks the API's answers to bad requests.
+// `virtuoso vm --local …` does, and checks the API's answers to bad requests.
 func TestProviderAPI(t *testing.T) {
 	guest := qemutest.BuildGuest(t)
-	prov := &daemon.Provider{}
-	n := nodetest.Cluster(t, 1, nodetest.Options{
-		Configure: func(_ int, cfg *node.Config) {
-			cfg.Roles.Provider = true
-			cfg.Provider.Accel = "tcg"
-			cfg.Provider.ImageDirs = []string{guest.Dir}
-		},
-		Services: func(int) []node.Service { return []node.Service{prov} },
-	})[0]
+	n := startNode(t, func(cfg *node.Config) {
+		cfg.Roles.Provider = true
+		cfg.Provider.Accel = "tcg"
+		cfg.Provider.ImageDirs = []string{guest.Dir}
+	}, daemon.Options{})
+	prov := n.VMs
 	// Provider VMs outlive their node on purpose: stop what a failed test left running.
 	t.Cleanup(func() { prov.StopAll(context.Background()) })
 	c, err := node.Dial(n.Home())
@@ -40,7 +68,7 @@ func TestProviderAPI(t *testing.T) {
 	defer cancel()
 
 	var rec vm.Record
-	err = c.Post(ctx, "/v1/vms", daemon.CreateVM{Name: "try", MemoryMB: 128, DiskMB: 64, SpeedBogomips: 1000,
+	err = c.Post(ctx, "/v1/vms", vm.CreateVM{Name: "try", MemoryMB: 128, DiskMB: 64, SpeedBogomips: 1000,
 		Image: guest.Disk, Kernel: guest.Kernel, Initrd: guest.Initrd, Cmdline: guest.Cmdline}, &rec)
 	if err != nil {
 		t.Fatal(err)
@@ -63,8 +91,8 @@ func TestProviderAPI(t *testing.T) {
 	}
 	step("start", vm.StatusStarted)
 
-	var con daemon.ConsoleAnswer
-	if err := c.Post(ctx, "/v1/vms/"+id+"/view", nil, &con); err != nil {
+	var con vm.ConsoleAnswer
+	if err := c.Post(ctx, "/v1/vms/"+id+"/console", nil, &con); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := qemutest.VNCSession(ctx, con.Console.Addr, con.Console.Password); err != nil {
@@ -74,19 +102,19 @@ func TestProviderAPI(t *testing.T) {
 	for _, tc := range []struct {
 		name, method, path string
 		status             int
-		says               string
+		code, says         string
 	}{
-		{"unknown action", "POST", "/v1/vms/" + id + "/explode", 400, "unknown action"},
-		{"illegal for status", "POST", "/v1/vms/" + id + "/resume", 409, "started"},
-		{"malformed id", "POST", "/v1/vms/not-an-id/start", 400, "id"},
-		{"unknown vm", "GET", "/v1/vms/" + vm.NewID().String(), 404, "not found"},
-		{"delete while running", "POST", "/v1/vms/" + id + "/delete", 409, ""},
+		{"unknown action", "POST", "/v1/vms/" + id + "/explode", 400, "unknown_action", "unknown action"},
+		{"illegal for status", "POST", "/v1/vms/" + id + "/resume", 409, "illegal_action", "cannot resume: the vm is started"},
+		{"malformed id", "POST", "/v1/vms/not-an-id/start", 400, "invalid_id", "id"},
+		{"unknown vm", "GET", "/v1/vms/" + vm.NewID().String(), 404, "vm_not_found", "not found"},
+		{"delete while running", "POST", "/v1/vms/" + id + "/rm", 409, "illegal_action", "cannot rm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := c.Do(ctx, tc.method, tc.path, nil, nil)
 			he, ok := errors.AsType[*node.HTTPError](err)
-			if !ok || he.Status != tc.status || !strings.Contains(strings.ToLower(err.Error()), tc.says) {
-				t.Fatalf("%s %s: %v; want status %d saying %q", tc.method, tc.path, err, tc.status, tc.says)
+			if !ok || he.Status != tc.status || he.Code != tc.code || !strings.Contains(strings.ToLower(err.Error()), tc.says) {
+				t.Fatalf("%s %s: %v; want status %d, code %s, saying %q", tc.method, tc.path, err, tc.status, tc.code, tc.says)
 			}
 		})
 	}
@@ -106,35 +134,31 @@ func TestProviderAPI(t *testing.T) {
 	}
 	os.Remove(state)
 	err = c.Post(ctx, "/v1/vms/"+id+"/resume", nil, nil)
-	if he, ok := errors.AsType[*node.HTTPError](err); !ok || he.Status != http.StatusConflict || !strings.Contains(err.Error(), "resume it fresh") {
-		t.Fatalf("resume without its state: %v; want 409 offering a fresh resume", err)
+	if he, ok := errors.AsType[*node.HTTPError](err); !ok || he.Status != http.StatusConflict || he.Code != "state_unusable" || !strings.Contains(err.Error(), "resume it fresh") {
+		t.Fatalf("resume without its state: %v; want 409 state_unusable offering a fresh resume", err)
 	}
 	os.WriteFile(state, saved, 0o600)
 	step("resume", vm.StatusStarted)
 	step("suspend", vm.StatusSuspended)
 	os.Remove(state)
-	step("resume-fresh", vm.StatusStarted)
+	step("resume?fresh=true", vm.StatusStarted)
 
 	// A QEMU that dies is noticed by the provider on its own: the VM is recorded stopped.
 	qemutest.Kill(t, prov.Driver(), rec.ID)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.Eventually(t, 30*time.Second, func() error {
 		var got vm.Record
 		if err := c.Get(ctx, "/v1/vms/"+id, &got); err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if got.State.Status == vm.StatusStopped && got.State.Version == rec.State.Version+1 {
-			rec = got
-			break
+		if got.State.Status != vm.StatusStopped || got.State.Version != rec.State.Version+1 {
+			return fmt.Errorf("after its QEMU was killed the VM is still %s v%d", got.State.Status, got.State.Version)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after its QEMU was killed the VM is still %s v%d", got.State.Status, got.State.Version)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		rec = got
+		return nil
+	})
 	step("start", vm.StatusStarted)
 	step("stop", vm.StatusStopped)
-	step("delete", vm.StatusDeleted)
+	step("rm", vm.StatusDeleted)
 	var list []vm.Record
 	if err := c.Get(ctx, "/v1/vms", &list); err != nil || len(list) != 0 {
 		t.Fatalf("after delete: %d VMs listed, %v", len(list), err)
