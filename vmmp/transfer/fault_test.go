@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 )
 
 func TestResumeAfterSourceKilled(t *testing.T) {
@@ -583,12 +584,12 @@ func TestStaleSourceCacheRecovers(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("fetch: %v, want ErrCorrupt", err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); exists(sigPath(src)); {
-		if time.Now().After(deadline) {
-			t.Fatal("the source kept the cache that failed verification")
+	testwait.Eventually(t, 10*time.Second, func() error {
+		if exists(sigPath(src)) {
+			return errors.New("the source kept the cache that failed verification")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	p.mustFetch(t, []string{"disk.img"})
 }
 
