@@ -132,7 +132,11 @@ func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWrite
 		acc := accept{files: []acceptFile{{size: int64(len(data)), mode: 0o644}}}
 		_ = fw.write(frameAccept, acc.marshal())
 		_ = fw.flush()
-		go func() { // drain the signature and the verdict
+		// Drain the signature and the verdict until the destination closes or resets its end,
+		// which it does once it has judged the instructions.
+		destDone := make(chan struct{})
+		go func() {
+			defer close(destDone)
 			for {
 				if _, _, err := fr.read(); err != nil {
 					return
@@ -142,7 +146,7 @@ func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWrite
 		bad(fw, data, c.sig)
 		_ = fw.flush()
 		_ = st.CloseWrite()
-		time.Sleep(100 * time.Millisecond)
+		<-destDone // closing earlier would cut off the verdict
 	})
 	tb.Cleanup(func() { h.RemoveStreamHandler(ID) })
 }
