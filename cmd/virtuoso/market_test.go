@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 )
 
 // TestBuyerCommands walks the buyer's path with the CLI against two node processes: a provider
@@ -27,18 +30,15 @@ func TestBuyerCommands(t *testing.T) {
 
 	// The offer reaches the buyer's book over gossip (or its catch-up query).
 	var command string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.Eventually(t, 30*time.Second, func() error {
 		out = mustRun(t, "search", "--home", buyer, "--config", "tiny", "--sort", "storage")
-		if i := strings.Index(out, "virtuoso store "); i >= 0 {
-			command = strings.TrimSpace(out[i:])
-			break
+		i := strings.Index(out, "virtuoso store ")
+		if i < 0 {
+			return fmt.Errorf("search did not find the provider's machine:\n%s", out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("search never found the provider's machine:\n%s", out)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		command = strings.TrimSpace(out[i:])
+		return nil
+	})
 	if !strings.Contains(out, "rack-1") {
 		t.Fatalf("search result does not name the machine:\n%s", out)
 	}

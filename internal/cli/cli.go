@@ -37,7 +37,7 @@ func commands() []command {
 	return append(marketCommands(), []command{
 		{"init", "[--home DIR] [--profile local|public] [--bootstrap ADDR]… [--provider] [--coordinator] [--force]", "create a node's home: identity, API token and config", runInit},
 		{"node", "[--home DIR] [--bootstrap ADDR]… [--api ADDR] [--provider] [--coordinator]", "run the node until Ctrl-C", runNode},
-		{"id", "[--home DIR] [--json]", "print the node's peer ID and listen addresses", runID},
+		{"id", "[--home DIR] [--json]", "print the node's peer ID and addresses (configured ones when it is stopped)", runID},
 		{"peers", "[--home DIR] [--json]", "list connected peers with addresses and latency", runPeers},
 		{"demo", "[--dir DIR]", "run a whole local marketplace on loopback until Ctrl-C", runDemo},
 		{"bench", "transfer [flags]", "measure against the tools a user would otherwise use", runBench},

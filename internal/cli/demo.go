@@ -30,6 +30,7 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	fmt.Fprintf(env.Stdout, "Virtuoso demo marketplace in %s\n\n", *dir)
 	m.Print(env.Stdout)
 	<-ctx.Done()
-	fmt.Fprintln(env.Stdout, "stopping the marketplace…")
-	return m.Close()
+	stop() // a second Ctrl-C now ends the process at once
+	fmt.Fprintln(env.Stdout, "stopping the marketplace… (Ctrl-C again to leave running VMs running; the next demo re-attaches them)")
+	return m.Stop(env.Stdout)
 }

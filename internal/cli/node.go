@@ -105,16 +105,26 @@ func runNode(ctx context.Context, env Env, args []string) error {
 	return nil
 }
 
+// idReport is what `virtuoso id` prints. A running node reports its real addresses; a stopped
+// one has none, so only its identity and the listen addresses of its config are shown.
+type idReport struct {
+	node.Identity
+	Running bool `json:"running"`
+	// ConfiguredListen are the config's listen addresses, given when the node is not running;
+	// a port 0 in them is picked when the node starts.
+	ConfiguredListen []string `json:"configured_listen,omitempty"`
+}
+
 func runID(ctx context.Context, env Env, args []string) error {
 	f := newFlags(env, "id")
 	asJSON := f.Bool("json", false, "print JSON")
-	if err := f.parse(args, "Print the node's peer ID and listen addresses (the running node's actual ones, or the configured ones when it is stopped)."); err != nil {
+	if err := f.parse(args, "Print the node's peer ID and addresses. When the node is not running, print the peer ID of its home and the listen addresses of its config."); err != nil {
 		return err
 	}
 	home := f.homeDir()
-	var id node.Identity
-	if c, err := f.client(); err == nil && c.Get(ctx, "/v1/id", &id) == nil {
-		// The running node knows its real addresses.
+	var rep idReport
+	if c, err := f.client(); err == nil && c.Get(ctx, "/v1/id", &rep.Identity) == nil {
+		rep.Running = true
 	} else {
 		cfg, err := home.Config()
 		if err != nil {
@@ -128,15 +138,28 @@ func runID(ctx context.Context, env Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		id = node.Identity{PeerID: pid, Addrs: cfg.Network.Listen, Profile: cfg.Profile,
+		rep.Identity = node.Identity{PeerID: pid, Profile: cfg.Profile,
 			Provider: cfg.Roles.Provider, Coordinator: cfg.Roles.Coordinator}
+		rep.ConfiguredListen = cfg.Network.Listen
 	}
 	if *asJSON {
-		return printJSON(env, id)
+		return printJSON(env, rep)
 	}
-	fmt.Fprintf(env.Stdout, "peer ID  %s\n", id.PeerID)
-	for _, a := range id.Addrs {
-		fmt.Fprintf(env.Stdout, "address  %s\n", a)
+	fmt.Fprintf(env.Stdout, "peer ID  %s\n", rep.PeerID)
+	if rep.Running {
+		for _, a := range rep.Addrs {
+			fmt.Fprintf(env.Stdout, "address  %s\n", a)
+		}
+		return nil
+	}
+	start := "virtuoso node"
+	if home.Dir != node.DefaultHomeDir() {
+		start += " --home " + home.Dir
+	}
+	fmt.Fprintf(env.Stdout, "node     not running; start it with `%s`\n", start)
+	fmt.Fprintln(env.Stdout, "configured listen addresses (port 0 is picked when the node starts):")
+	for _, a := range rep.ConfiguredListen {
+		fmt.Fprintf(env.Stdout, "  %s\n", a)
 	}
 	return nil
 }

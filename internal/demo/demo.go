@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -145,14 +147,40 @@ func (m *Marketplace) Print(w io.Writer) {
 }
 
 // Close stops the providers' VMs and every node, last started first.
-func (m *Marketplace) Close() error {
-	var errs []error
-	for _, n := range slices.Backward(m.Nodes) {
-		if n.VMs != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			errs = append(errs, n.VMs.StopAll(ctx))
-			cancel()
+func (m *Marketplace) Close() error { return m.Stop(io.Discard) }
+
+// Stop is Close telling w which VMs it waits for. The providers stop their VMs side by side;
+// a guest that does not act on the ACPI power button (one still booting) holds its VM's stop
+// until the driver gives up on it and quits QEMU.
+func (m *Marketplace) Stop(w io.Writer) error {
+	errs := make([]error, len(m.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range m.Nodes {
+		if n.VMs == nil {
+			continue
 		}
+		var started []string
+		for _, r := range n.VMs.Manager().List() {
+			if r.State.Status == vm.StatusStarted {
+				started = append(started, r.ID.String())
+			}
+		}
+		if len(started) == 0 {
+			continue
+		}
+		what := "VM " + started[0] + ", waiting for its guest"
+		if len(started) > 1 {
+			what = "VMs " + strings.Join(started, ", ") + ", waiting for their guests"
+		}
+		fmt.Fprintf(w, "%s: stopping %s to power off…\n", Roles[i].Name, what)
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			errs[i] = n.VMs.StopAll(ctx)
+		})
+	}
+	wg.Wait()
+	for _, n := range slices.Backward(m.Nodes) {
 		errs = append(errs, n.Close())
 	}
 	m.Nodes = nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 )
 
@@ -102,8 +103,7 @@ func Addrs(n *node.Node) []string {
 // WaitConnected waits until every node has a connection to every other, or fails the test.
 func WaitConnected(t testing.TB, nodes []*node.Node, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
+	testwait.Eventually(t, within, func() error {
 		missing := 0
 		for _, a := range nodes {
 			for _, b := range nodes {
@@ -112,14 +112,11 @@ func WaitConnected(t testing.TB, nodes []*node.Node, within time.Duration) {
 				}
 			}
 		}
-		if missing == 0 {
-			return
+		if missing > 0 {
+			return fmt.Errorf("%d of %d node pairs are still not connected", missing, len(nodes)*(len(nodes)-1))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, %d of %d node pairs are still not connected", within, missing, len(nodes)*(len(nodes)-1))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func logger(t testing.TB, level *slog.Level, i int) *slog.Logger {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 )
 
 func TestResumeAfterSourceKilled(t *testing.T) {
@@ -131,7 +132,11 @@ func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWrite
 		acc := accept{files: []acceptFile{{size: int64(len(data)), mode: 0o644}}}
 		_ = fw.write(frameAccept, acc.marshal())
 		_ = fw.flush()
-		go func() { // drain the signature and the verdict
+		// Drain the signature and the verdict until the destination closes or resets its end,
+		// which it does once it has judged the instructions.
+		destDone := make(chan struct{})
+		go func() {
+			defer close(destDone)
 			for {
 				if _, _, err := fr.read(); err != nil {
 					return
@@ -141,7 +146,7 @@ func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWrite
 		bad(fw, data, c.sig)
 		_ = fw.flush()
 		_ = st.CloseWrite()
-		time.Sleep(100 * time.Millisecond)
+		<-destDone // closing earlier would cut off the verdict
 	})
 	tb.Cleanup(func() { h.RemoveStreamHandler(ID) })
 }
@@ -583,12 +588,12 @@ func TestStaleSourceCacheRecovers(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("fetch: %v, want ErrCorrupt", err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); exists(sigPath(src)); {
-		if time.Now().After(deadline) {
-			t.Fatal("the source kept the cache that failed verification")
+	testwait.Eventually(t, 10*time.Second, func() error {
+		if exists(sigPath(src)) {
+			return errors.New("the source kept the cache that failed verification")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	p.mustFetch(t, []string{"disk.img"})
 }
 
