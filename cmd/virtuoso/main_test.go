@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
 )
 
 // binary is the virtuoso binary built once for the process-level tests.
@@ -86,21 +88,17 @@ func startNode(t testing.TB, home string, extra ...string) {
 			t.Errorf("node %s did not stop within 15s of SIGINT", home)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if code, _, _ := run(t, "peers", "--home", home); code == 0 {
-			return
-		}
+	testwait.Eventually(t, 30*time.Second, func() error {
 		select {
 		case err := <-exited:
 			t.Fatalf("node %s exited: %v\n%s", home, err, logs.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node %s API not up after 30s\n%s", home, logs.String())
+		if code, _, _ := run(t, "peers", "--home", home); code != 0 {
+			return fmt.Errorf("node %s API not up\n%s", home, logs.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 type identity struct {
@@ -133,24 +131,22 @@ func TestThreeNodesFindEachOther(t *testing.T) {
 	}
 	for i, h := range homes {
 		want := slices.Delete(slices.Clone(ids), i, i+1)
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		testwait.Eventually(t, 20*time.Second, func() error {
 			var peers []struct {
 				PeerID string `json:"peer_id"`
 			}
-			json.Unmarshal([]byte(mustRun(t, "peers", "--home", h, "--json")), &peers)
+			if err := json.Unmarshal([]byte(mustRun(t, "peers", "--home", h, "--json")), &peers); err != nil {
+				return err
+			}
 			var got []string
 			for _, p := range peers {
 				got = append(got, p.PeerID)
 			}
-			if !slices.ContainsFunc(want, func(w string) bool { return !slices.Contains(got, w) }) {
-				break
+			if slices.ContainsFunc(want, func(w string) bool { return !slices.Contains(got, w) }) {
+				return fmt.Errorf("peers of %s = %v; want %v", h, got, want)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("peers of %s = %v; want %v", h, got, want)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 }
 
