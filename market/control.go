@@ -163,7 +163,7 @@ func (b *Buyer) control(ctx context.Context, req controlRequest) (VM, controlRes
 		if req.Action != 0 {
 			what = req.Action.Verb()
 		}
-		return v, resp, fmt.Errorf("%s vm %s on %s: %w", what, id, sl.Provider.ShortString(), err)
+		return v, resp, fmt.Errorf("%s on provider %s: %w", what, Short(sl.Provider), err)
 	}
 	return v, resp, verr
 }

@@ -86,7 +86,7 @@ func (b *Book) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 	defer st.Reset() // a no-op after Close
 	st.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := writeJSON(st, queryRequest{Max: MaxQueryOffers}); err != nil {
-		return 0, fmt.Errorf("%w: query %s: %w", ErrUnavailable, p.ShortString(), err)
+		return 0, fmt.Errorf("%w: query %s: %w", ErrUnavailable, Short(p), err)
 	}
 	st.CloseWrite()
 	r := bufio.NewReader(st)
@@ -104,14 +104,14 @@ func (b *Book) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 			if errors.Is(err, ErrMalformed) {
 				b.penalise(p)
 			}
-			return added, fmt.Errorf("query %s: %w", p.ShortString(), err)
+			return added, fmt.Errorf("query %s: %w", Short(p), err)
 		}
 		if len(raw) == 0 {
 			break
 		}
 		if i >= MaxQueryOffers {
 			b.penalise(p)
-			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, p.ShortString(), MaxQueryOffers)
+			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, Short(p), MaxQueryOffers)
 		}
 		so, err := DecodeOffer(raw)
 		if err != nil {

@@ -84,12 +84,12 @@ func (b *base) open(ctx context.Context, p peerAddr, id protocol.ID) (network.St
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: cannot reach %s: %w", ErrUnavailable, p.id.ShortString(), err)
+			return nil, fmt.Errorf("%w: cannot reach %s: %w", ErrUnavailable, Short(p.id), err)
 		}
 	}
 	st, err := h.NewStream(ctx, p.id, id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: open %s: %w", ErrUnavailable, p.id.ShortString(), id, err)
+		return nil, fmt.Errorf("%w: %s: open %s: %w", ErrUnavailable, Short(p.id), id, err)
 	}
 	if err := st.Scope().SetService(serviceName); err != nil {
 		st.Reset()
@@ -147,20 +147,20 @@ func (b *base) request(ctx context.Context, p peerAddr, id protocol.ID, timeout 
 	st.SetDeadline(time.Now().Add(timeout))
 	if err := writeJSON(st, req); err != nil {
 		st.Reset()
-		return fmt.Errorf("%w: send to %s: %w", ErrUnavailable, p.id.ShortString(), err)
+		return fmt.Errorf("%w: send to %s: %w", ErrUnavailable, Short(p.id), err)
 	}
 	st.CloseWrite()
 	if err := readJSON(bufio.NewReader(st), resp); err != nil {
 		st.Reset()
 		if errors.Is(err, ErrMalformed) {
-			return fmt.Errorf("answer of %s: %w", p.id.ShortString(), err)
+			return fmt.Errorf("answer of %s: %w", Short(p.id), err)
 		}
-		return fmt.Errorf("%w: %s did not answer: %w", ErrUnavailable, p.id.ShortString(), err)
+		return fmt.Errorf("%w: %s did not answer: %w", ErrUnavailable, Short(p.id), err)
 	}
 	st.Close()
 	if c, ok := resp.(checked); ok {
 		if err := c.check(); err != nil {
-			return fmt.Errorf("answer of %s: %w", p.id.ShortString(), err)
+			return fmt.Errorf("answer of %s: %w", Short(p.id), err)
 		}
 	}
 	return nil
@@ -172,4 +172,14 @@ func signal(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// Short is a peer ID shortened for people to read ("12D3KooW…J5KttS"): the prefix all
+// ed25519 peer IDs share and the tail that tells them apart.
+func Short(p peer.ID) string {
+	s := p.String()
+	if len(s) > 16 {
+		return s[:8] + "…" + s[len(s)-6:]
+	}
+	return s
 }

@@ -80,7 +80,7 @@ func (b *Buyer) findOffer(provider string, machine MachineID) (SignedOffer, erro
 		if so, ok := b.book.offers.Get(p, machine, now); ok {
 			return so, nil
 		}
-		return SignedOffer{}, fmt.Errorf("%w: no live offer of machine %s from %s; search again", ErrNotFound, machine, p.ShortString())
+		return SignedOffer{}, fmt.Errorf("%w: no live offer of machine %s from %s; search again", ErrNotFound, machine, Short(p))
 	}
 	var found []SignedOffer
 	for _, so := range b.book.offers.Signed(now, 1<<30) {
@@ -148,11 +148,11 @@ func (b *Buyer) Store(ctx context.Context, req StoreRequest) (VM, error) {
 			return v, nil
 		}
 		b.notePending(key, err)
-		return VM{}, fmt.Errorf("store on %s: %w (the store is pending: `virtuoso vm ls` shows whether the provider stored it)", p.id.ShortString(), err)
+		return VM{}, fmt.Errorf("store on %s: %w (the store is pending: `virtuoso vm ls` shows whether the provider stored it)", Short(p.id), err)
 	}
 	if resp.Error != nil {
 		b.forget(sl.VM)
-		return VM{}, fmt.Errorf("provider %s refused the store: %w", p.id.ShortString(), resp.Error.err())
+		return VM{}, fmt.Errorf("provider %s refused the store: %w", Short(p.id), resp.Error.err())
 	}
 	full, err := DecodeLease(resp.Lease)
 	if err == nil && (!full.Complete() || !bytes.Equal(full.Body, sl.Body)) {
@@ -160,7 +160,7 @@ func (b *Buyer) Store(ctx context.Context, req StoreRequest) (VM, error) {
 	}
 	if err != nil {
 		b.notePending(key, err)
-		return VM{}, fmt.Errorf("store on %s: bad answer: %w", p.id.ShortString(), err)
+		return VM{}, fmt.Errorf("store on %s: bad answer: %w", Short(p.id), err)
 	}
 	b.log.Info("vm stored", "vm", sl.VM, "lease", sl.ID, "peer", p.id, "machine", sl.Machine)
 	return b.activate(bl, full, resp.State)
@@ -218,7 +218,7 @@ func (b *Buyer) recoverLease(ctx context.Context, id vm.ID) (VM, error) {
 	}
 	if errors.Is(err, ErrNotFound) {
 		b.forget(id)
-		return VM{}, fmt.Errorf("provider %s did not store vm %s: %w", sl.Provider.ShortString(), id, err)
+		return VM{}, fmt.Errorf("provider %s did not store vm %s: %w", Short(sl.Provider), id, err)
 	}
 	if err != nil {
 		return VM{}, err

@@ -124,7 +124,7 @@ func runOffers(ctx context.Context, env Env, args []string) error {
 	for _, o := range offers {
 		t := o.Terms
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d / %d MB / %d MB\t%s per %d\t%s per %d MB\t%s per %d MB\t%s run, %s store\t%d Mbps\n",
-			shortPeer(o.Provider.String()), o.Machine.String()[:8], o.Name, o.Free.SpeedBogomips, o.Free.MemoryMB, o.Free.StorageMB,
+			market.Short(o.Provider), o.Machine.String()[:8], o.Name, o.Free.SpeedBogomips, o.Free.MemoryMB, o.Free.StorageMB,
 			t.SpeedPrice, t.SpeedUnit, t.MemoryPrice, t.MemoryUnit, t.StoragePrice, t.StorageUnit,
 			secs(t.RunningSecs), secs(t.StorageSecs), o.NetworkMbps)
 	}
@@ -238,7 +238,7 @@ func runSearch(ctx context.Context, env Env, args []string) error {
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tPROVIDER\tMACHINE\tNAME\tRUNNING\tSTORAGE\tPROFILE STORAGE\tPROFILE RUNNING\tPROFILE TOTAL")
 	for i, m := range matches {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s per %s\t%s per %s\t%s\t%s\t%s\n", i+1, shortPeer(m.Provider.String()), m.Machine.String()[:8], m.Name,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s per %s\t%s per %s\t%s\t%s\t%s\n", i+1, market.Short(m.Provider), m.Machine.String()[:8], m.Name,
 			m.Quote.RunningPrice, secs(m.Quote.RunningSecs), m.Quote.StoragePrice, secs(m.Quote.StorageSecs),
 			m.Cost.Storage, m.Cost.Running, m.Cost.Total)
 	}
@@ -308,7 +308,7 @@ func runStore(ctx context.Context, env Env, args []string) error {
 	if printed, err := f.call(ctx, http.MethodPost, "/v1/market/store", req, &v, *asJSON); printed || err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "stored vm %s on %s (machine %s), lease %s\n", v.ID, shortPeer(v.Provider.String()), v.Machine.String()[:8], v.Lease)
+	fmt.Fprintf(env.Stdout, "stored vm %s on %s (machine %s), lease %s\n", v.ID, market.Short(v.Provider), v.Machine.String()[:8], v.Lease)
 	fmt.Fprintf(env.Stdout, "charged %s per %s while running, %s per %s while stored; these prices are frozen in the lease\n",
 		v.Quote.RunningPrice, secs(v.Quote.RunningSecs), v.Quote.StoragePrice, secs(v.Quote.StorageSecs))
 	fmt.Fprintf(env.Stdout, "start it: virtuoso vm start %s\n", v.ID.String()[:8])
@@ -367,7 +367,7 @@ func runMarketVM(ctx context.Context, env Env, args []string) error {
 			if v.Health != "" {
 				warnings = append(warnings, fmt.Sprintf("vm %s: %s", v.ID, v.Health))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s/%s\t%s/%s\t%s\n", v.ID, v.Config.Name, shortPeer(v.Provider.String()),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s/%s\t%s/%s\t%s\n", v.ID, v.Config.Name, market.Short(v.Provider),
 				v.State.Status, v.State.Version, lease, v.Quote.RunningPrice, secs(v.Quote.RunningSecs),
 				v.Quote.StoragePrice, secs(v.Quote.StorageSecs), verbs(v.Actions))
 		}
@@ -683,13 +683,6 @@ func secs(s int64) string {
 		return fmt.Sprintf("%dm", d/time.Minute)
 	}
 	return d.String()
-}
-
-func shortPeer(id string) string {
-	if len(id) > 16 {
-		return id[:8] + "…" + id[len(id)-6:]
-	}
-	return id
 }
 
 func orDash(s string) string {
