@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -75,10 +76,36 @@ type RolesConfig struct {
 
 // ProviderConfig is the hypervisor side of a provider node.
 type ProviderConfig struct {
+	// Driver is the hypervisor VMs run on: DriverQEMU (this machine) or DriverVSphere.
+	Driver      string   `toml:"driver"`
 	Accel       string   `toml:"accel"`
 	VNCPorts    [2]int   `toml:"vnc_ports"`
 	MaxConsoles int      `toml:"max_consoles"`
 	ImageDirs   []string `toml:"image_dirs"`
+	// VSphere is where VMs run when Driver is DriverVSphere.
+	VSphere VSphereConfig `toml:"vsphere"`
+}
+
+// Hypervisor drivers of a provider.
+const (
+	DriverQEMU    = "qemu"
+	DriverVSphere = "vsphere"
+)
+
+// VSphereConfig is the vCenter or ESXi host a vSphere provider runs its VMs on.
+type VSphereConfig struct {
+	// URL of the SDK endpoint, https://host/sdk, without credentials.
+	URL      string `toml:"url"`
+	Username string `toml:"username"`
+	// PasswordFile holds the password (keep it mode 0600), so that config.toml holds none.
+	PasswordFile string `toml:"password_file"`
+	// Insecure accepts a certificate that does not verify (a self-signed ESXi host's).
+	Insecure     bool   `toml:"insecure"`
+	Datacenter   string `toml:"datacenter"`
+	Datastore    string `toml:"datastore"`
+	ResourcePool string `toml:"resource_pool"`
+	Folder       string `toml:"folder"`
+	Network      string `toml:"network"`
 }
 
 // LogConfig sets logging.
@@ -100,7 +127,7 @@ func DefaultConfig(p Profile) Config {
 		},
 		API: APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
 		Provider: ProviderConfig{
-			Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
+			Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
 		},
 		Log: LogConfig{Level: "info", Format: "text"},
 	}
@@ -165,6 +192,21 @@ func (c Config) Validate() error {
 	}
 	if c.API.MaxBodyBytes < 1<<10 || c.API.MaxBodyBytes > 64<<20 {
 		bad("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.API.MaxBodyBytes)
+	}
+	switch c.Provider.Driver {
+	case DriverQEMU:
+	case DriverVSphere:
+		v := c.Provider.VSphere
+		if u, err := url.Parse(v.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+			bad("provider.vsphere.url %q is not the SDK address: use https://HOST/sdk, with the user in username and the password in the file password_file", v.URL)
+		} else if ip, err := netip.ParseAddr(u.Hostname()); local && (err != nil || !ip.IsLoopback()) {
+			bad("provider.vsphere.url %q is not on loopback, and the local profile reaches nothing else: use the public profile", v.URL)
+		}
+		if v.Username == "" || v.PasswordFile == "" {
+			bad("provider.vsphere needs username and password_file (a file holding the password)")
+		}
+	default:
+		bad("provider.driver %q is unknown: use %q (QEMU on this machine) or %q", c.Provider.Driver, DriverQEMU, DriverVSphere)
 	}
 	switch c.Provider.Accel {
 	case "auto", "kvm", "tcg":
@@ -303,6 +345,8 @@ provider = {{.Roles.Provider}}
 coordinator = {{.Roles.Coordinator}}
 
 [provider]
+# Where VMs run: "qemu" on this machine, or "vsphere" on the host of [provider.vsphere].
+driver = "{{.Provider.Driver}}"
 # Virtualisation: "auto" uses KVM when it works and falls back to TCG; "kvm" or "tcg" force one.
 accel = "{{.Provider.Accel}}"
 # VNC console ports [first, last], on 127.0.0.1 only: one per running VM.
@@ -311,6 +355,20 @@ vnc_ports = [{{index .Provider.VNCPorts 0}}, {{index .Provider.VNCPorts 1}}]
 max_consoles = {{.Provider.MaxConsoles}}
 # Directories whose disk images and kernels VMs may start from, besides the home's images/.
 image_dirs = {{list .Provider.ImageDirs}}
+
+[provider.vsphere]
+# With driver = "vsphere": the SDK address https://HOST/sdk, the user, and a file holding the
+# password (mode 0600). insecure accepts a self-signed certificate. Empty inventory names take
+# the only datacenter, datastore and resource pool there is, the root VM folder, "VM Network".
+url = "{{.Provider.VSphere.URL}}"
+username = "{{.Provider.VSphere.Username}}"
+password_file = "{{.Provider.VSphere.PasswordFile}}"
+insecure = {{.Provider.VSphere.Insecure}}
+datacenter = "{{.Provider.VSphere.Datacenter}}"
+datastore = "{{.Provider.VSphere.Datastore}}"
+resource_pool = "{{.Provider.VSphere.ResourcePool}}"
+folder = "{{.Provider.VSphere.Folder}}"
+network = "{{.Provider.VSphere.Network}}"
 
 [log]
 # debug, info, warn or error.

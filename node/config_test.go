@@ -50,6 +50,14 @@ func TestValidateSaysWhatIsWrong(t *testing.T) {
 		{"api not host:port", func(c *Config) { c.API.Listen = "localhost" }, "not host:port"},
 		{"tiny body cap", func(c *Config) { c.API.MaxBodyBytes = 1 }, "max_body_bytes"},
 		{"bad accel", func(c *Config) { c.Provider.Accel = "warp" }, `provider.accel "warp"`},
+		{"bad driver", func(c *Config) { c.Provider.Driver = "xen" }, `provider.driver "xen"`},
+		{"vsphere without url", func(c *Config) { c.Provider.Driver = DriverVSphere }, "provider.vsphere.url"},
+		{"vsphere credentials in the url", func(c *Config) {
+			c.Provider.Driver, c.Provider.VSphere = DriverVSphere, VSphereConfig{URL: "https://root:pw@127.0.0.1/sdk", Username: "root", PasswordFile: "pw"}
+		}, "password_file"},
+		{"vsphere off loopback in the local profile", func(c *Config) {
+			c.Provider.Driver, c.Provider.VSphere = DriverVSphere, VSphereConfig{URL: "https://10.0.0.9/sdk", Username: "root", PasswordFile: "pw"}
+		}, "not on loopback"},
 		{"inverted vnc ports", func(c *Config) { c.Provider.VNCPorts = [2]int{5999, 5910} }, "provider.vnc_ports"},
 		{"no consoles", func(c *Config) { c.Provider.MaxConsoles = 0 }, "provider.max_consoles"},
 		{"bad level", func(c *Config) { c.Log.Level = "loud" }, `level "loud" is unknown`},

@@ -4,20 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/vm/vsphere"
 )
 
-// VMs is a provider node's VM stack (a node.Service): the QEMU driver (its VMs outlive the
-// node and are re-attached at start), the inventory in the node's store, the Manager that
-// enforces the statuses and publishes their changes on the node's event stream, and the
-// Manager's local /v1/vms API through which the provider tries its hypervisor.
+// VMs is a provider node's VM stack (a node.Service): the hypervisor driver its config names
+// (QEMU on this machine, whose VMs outlive the node and are re-attached at start, or vSphere),
+// the inventory in the node's store, the Manager that enforces the statuses and publishes their
+// changes on the node's event stream, and the Manager's local /v1/vms API through which the
+// provider tries its hypervisor.
 type VMs struct {
-	drv     *qemu.Driver
+	drv     vm.Driver
+	close   func() error
 	mgr     *vm.Manager
 	stop    context.CancelFunc
 	stopped chan struct{}
@@ -30,10 +35,33 @@ const powerCheckInterval = 5 * time.Second
 
 // newVMs builds the stack of node n from its config; nothing runs until Start.
 func newVMs(n *node.Node) (*VMs, error) {
-	home, cfg := n.Home(), n.Config().Provider
+	s := &VMs{}
+	var err error
+	switch cfg := n.Config().Provider; cfg.Driver {
+	case node.DriverVSphere:
+		err = s.openVSphere(n, cfg)
+	default:
+		err = s.openQEMU(n, cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("provider: %w", err)
+	}
+	inv, err := vm.OpenInventory(n.Store().Space("vm/inventory/"))
+	if err == nil {
+		s.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: s.drv, Inventory: inv, Logger: n.Logger(), Events: n.Events()})
+	}
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *VMs) openQEMU(n *node.Node, cfg node.ProviderConfig) error {
+	home := n.Home()
 	images := home.Path("images")
 	if err := os.MkdirAll(images, 0o700); err != nil {
-		return nil, fmt.Errorf("provider images dir: %w", err)
+		return fmt.Errorf("images dir: %w", err)
 	}
 	qc := qemu.DefaultConfig(home.Path("vms"))
 	qc.Detach = true // a restarted node re-attaches to its running VMs
@@ -44,23 +72,48 @@ func newVMs(n *node.Node) (*VMs, error) {
 	qc.Logger = n.Logger()
 	drv, err := qemu.New(qc)
 	if err != nil {
-		return nil, fmt.Errorf("provider: %w", err)
+		return err
 	}
-	inv, err := vm.OpenInventory(n.Store().Space("vm/inventory/"))
+	s.drv, s.close = drv, drv.Close
+	return nil
+}
+
+// vsphereLogin bounds the login to vSphere when the node is built.
+const vsphereLogin = 30 * time.Second
+
+func (s *VMs) openVSphere(n *node.Node, cfg node.ProviderConfig) error {
+	vc := cfg.VSphere
+	u, err := url.Parse(vc.URL)
 	if err != nil {
-		drv.Close()
-		return nil, err
+		return fmt.Errorf("provider.vsphere.url: %w", err)
 	}
-	mgr, err := vm.NewManager(vm.ManagerConfig{Driver: drv, Inventory: inv, Logger: n.Logger(), Events: n.Events()})
+	pw, err := os.ReadFile(vc.PasswordFile)
 	if err != nil {
-		drv.Close()
-		return nil, err
+		return fmt.Errorf("vsphere password: %w", err)
 	}
-	return &VMs{drv: drv, mgr: mgr}, nil
+	u.User = url.UserPassword(vc.Username, strings.TrimRight(string(pw), "\r\n"))
+	c := vsphere.Default()
+	c.URL, c.Insecure = u, vc.Insecure
+	c.Datacenter, c.Datastore, c.ResourcePool, c.Folder, c.Network = vc.Datacenter, vc.Datastore, vc.ResourcePool, vc.Folder, vc.Network
+	c.ConsolePorts = cfg.VNCPorts
+	c.Logger = n.Logger()
+	ctx, cancel := context.WithTimeout(context.Background(), vsphereLogin)
+	defer cancel()
+	drv, err := vsphere.New(ctx, c)
+	if err != nil {
+		return err
+	}
+	s.drv = drv
+	s.close = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return drv.Close(ctx)
+	}
+	return nil
 }
 
 // Driver is the provider's hypervisor driver.
-func (s *VMs) Driver() *qemu.Driver { return s.drv }
+func (s *VMs) Driver() vm.Driver { return s.drv }
 
 // Manager is the provider's VM manager.
 func (s *VMs) Manager() *vm.Manager { return s.mgr }
@@ -121,5 +174,5 @@ func (s *VMs) Close() error {
 		s.stop()
 		<-s.stopped
 	}
-	return s.drv.Close()
+	return s.close()
 }

@@ -15,7 +15,9 @@ import (
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+	"github.com/vmware/govmomi/simulator"
 )
 
 // startNode builds a node with daemon.New from the default local config edited by edit and
@@ -58,6 +60,7 @@ func TestProviderAPI(t *testing.T) {
 		cfg.Provider.ImageDirs = []string{guest.Dir}
 	}, daemon.Options{})
 	prov := n.VMs
+	qd := prov.Driver().(*qemu.Driver)
 	// Provider VMs outlive their node on purpose: stop what a failed test left running.
 	t.Cleanup(func() { prov.StopAll(context.Background()) })
 	c, err := node.Dial(n.Home())
@@ -126,7 +129,7 @@ func TestProviderAPI(t *testing.T) {
 	step("suspend", vm.StatusSuspended)
 	// A saved state that is gone: resume says so and changes nothing; resume-fresh boots the
 	// VM from its disk.
-	dir := prov.Driver().Dir(rec.ID)
+	dir := qd.Dir(rec.ID)
 	state := filepath.Join(dir, "memory.zst")
 	saved, err := os.ReadFile(state)
 	if err != nil {
@@ -144,7 +147,7 @@ func TestProviderAPI(t *testing.T) {
 	step("resume?fresh=true", vm.StatusStarted)
 
 	// A QEMU that dies is noticed by the provider on its own: the VM is recorded stopped.
-	qemutest.Kill(t, prov.Driver(), rec.ID)
+	qemutest.Kill(t, qd, rec.ID)
 	testwait.Eventually(t, 30*time.Second, func() error {
 		var got vm.Record
 		if err := c.Get(ctx, "/v1/vms/"+id, &got); err != nil {
@@ -165,5 +168,74 @@ func TestProviderAPI(t *testing.T) {
 	}
 	if err := c.Get(ctx, "/v1/vms/"+id, nil); err == nil {
 		t.Fatal("deleted VM still answers")
+	}
+}
+
+// TestVSphereProvider: a provider whose config names a vSphere host runs its VMs there — here
+// govmomi's simulator on loopback — through the same Manager and local API, and its market
+// measures the host for a machine's capacity.
+func TestVSphereProvider(t *testing.T) {
+	model := simulator.ESX()
+	model.Machine = 0
+	if err := model.Create(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(model.Remove)
+	server := model.Service.NewServer()
+	t.Cleanup(server.Close)
+	user := server.URL.User.Username()
+	pw, _ := server.URL.User.Password()
+	pwFile := filepath.Join(t.TempDir(), "vsphere.password")
+	if err := os.WriteFile(pwFile, []byte(pw+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sdk := *server.URL
+	sdk.User = nil
+	n := startNode(t, func(cfg *node.Config) {
+		cfg.Roles.Provider = true
+		cfg.Provider.Driver = node.DriverVSphere
+		cfg.Provider.VSphere = node.VSphereConfig{URL: sdk.String(), Username: user, PasswordFile: pwFile, Insecure: true}
+	}, daemon.Options{})
+	if got := n.VMs.Driver().Name(); got != "vsphere" {
+		t.Fatalf("driver %q, want vsphere", got)
+	}
+	c, err := node.Dial(n.Home())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var rec vm.Record
+	if err := c.Post(ctx, "/v1/vms", vm.CreateVM{Name: "esx", MemoryMB: 256, DiskMB: 1024, SpeedBogomips: 1000}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		action string
+		want   vm.Status
+	}{{"start", vm.StatusStarted}, {"suspend", vm.StatusSuspended}, {"resume", vm.StatusStarted}, {"stop", vm.StatusStopped}} {
+		var got vm.Record
+		if err := c.Post(ctx, "/v1/vms/"+rec.ID.String()+"/"+step.action, nil, &got); err != nil {
+			t.Fatalf("%s: %v", step.action, err)
+		}
+		if got.State.Status != step.want || got.Driver != "vsphere" {
+			t.Fatalf("%s: %+v", step.action, got)
+		}
+	}
+	host, err := n.Provider.HostDefaults(ctx)
+	if err != nil || host.MemoryMB <= 0 {
+		t.Fatalf("the vSphere host measured as %+v, %v", host, err)
+	}
+
+	// A password file that is not there is a clear error when the node is built.
+	home := node.Home{Dir: t.TempDir()}
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	cfg.Roles.Provider = true
+	cfg.Provider.Driver = node.DriverVSphere
+	cfg.Provider.VSphere = node.VSphereConfig{URL: sdk.String(), Username: user, PasswordFile: pwFile + ".gone", Insecure: true}
+	if err := home.Init(cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.New(home, cfg, daemon.Options{}); err == nil || !strings.Contains(err.Error(), "vsphere password") {
+		t.Fatalf("a node whose vSphere password file is missing: %v", err)
 	}
 }
