@@ -159,7 +159,7 @@ func (c Config) Validate() error {
 }
 
 // Driver runs VMs as QEMU processes. It implements vm.Driver, vm.StateDiscarder,
-// vm.Reattacher, vm.Importer and vm.HostDescriber. Methods are safe for concurrent use; operations on one VM are serialised.
+// vm.Reattacher, vm.Importer, vm.HostDescriber and vm.ProgressReporter. Methods are safe for concurrent use; operations on one VM are serialised.
 type Driver struct {
 	cfg Config
 	log *slog.Logger
@@ -206,6 +206,10 @@ type runtimeState struct {
 	VNCPort   int    `json:"vnc_port,omitempty"`
 	Accel     string `json:"accel"`
 	Console   bool   `json:"console,omitempty"`
+	// Launched and SerialStart: when QEMU was started and how long serial.log was then, so that
+	// Progress sees what the guest printed since.
+	Launched    time.Time `json:"launched"`
+	SerialStart int64     `json:"serial_start"`
 }
 
 // File names inside a VM's directory.
