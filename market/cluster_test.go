@@ -98,7 +98,8 @@ func (tn *testNode) assemble(t *testing.T, sp spec) []node.Service {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tn.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: tn.drv, Inventory: inv, Events: tn.Events()}); err != nil {
+		// A guest is reported stalled after 2 s without a sign of running, not 60.
+		if tn.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: tn.drv, Inventory: inv, Events: tn.Events(), StallAfter: 2 * time.Second}); err != nil {
 			t.Fatal(err)
 		}
 		tn.prov = NewProvider(tn.book, tn.mgr, sp.Seller)

@@ -219,10 +219,7 @@ func (p *Provider) execute(ctx context.Context, from peer.ID, req controlRequest
 	default:
 		err = fmt.Errorf("%w: %s is not done over the control protocol", vm.ErrIllegalAction, req.Action.Verb())
 	}
-	resp.State = rec.State
-	if rec.State.Status == vm.StatusStarted {
-		resp.Health = p.vms.Health(id)
-	}
+	resp.State, resp.Health = rec.State, rec.Health
 	if err != nil {
 		return resp, err
 	}

@@ -29,9 +29,6 @@ type Hypervisor interface {
 	Console(ctx context.Context, id vm.ID) (vm.Record, vm.Console, error)
 	Delete(ctx context.Context, id vm.ID) (vm.Record, error)
 	DescribeHost(ctx context.Context) (vm.Host, error)
-	// Health is a warning about a started VM's guest when it shows no sign of running, empty
-	// when all is well.
-	Health(id vm.ID) string
 }
 
 // ProviderOptions configure the Provider. The zero value takes the defaults below.

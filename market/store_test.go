@@ -440,6 +440,38 @@ func TestStoreAndControl(t *testing.T) {
 		})
 	})
 
+	t.Run("stalled guest reported to its owner", func(t *testing.T) {
+		// A bare configuration has nothing on its disk to boot: QEMU runs, the guest never
+		// does. The provider sees it (the node's power check calls CheckPower) and the buyer
+		// is told when it asks for the VM's status.
+		v := c.store(t, b1, c.machine(t, "stalled", roomy))
+		if _, err := b1.buyer.Control(ctx, v.ID, vm.ActionStart); err != nil {
+			t.Fatal(err)
+		}
+		testwait.Eventually(t, 30*time.Second, func() error {
+			if _, err := p.mgr.CheckPower(ctx); err != nil {
+				return err
+			}
+			got, err := b1.buyer.Status(ctx, v.ID)
+			if err != nil {
+				return err
+			}
+			if got.State.Status != vm.StatusStarted || !strings.Contains(got.Health, "the guest may not be running") {
+				return fmt.Errorf("buyer sees the stalled vm as %s, health %q", got.State.Status, got.Health)
+			}
+			mine, _ := b1.buyer.VMs(ctx, false)
+			if i := slices.IndexFunc(mine, func(x VM) bool { return x.ID == v.ID }); i < 0 || mine[i].Health == "" {
+				return errors.New("the buyer's list does not keep the warning")
+			}
+			return nil
+		})
+		// Stopping clears it.
+		got, err := b1.buyer.Control(ctx, v.ID, vm.ActionStop)
+		if err != nil || got.Health != "" {
+			t.Fatalf("stopped vm: health %q, %v", got.Health, err)
+		}
+	})
+
 	t.Run("events", func(t *testing.T) {
 		pev, bev := p.Events().Subscribe(0), b1.Events().Subscribe(0)
 		defer pev.Close()

@@ -17,6 +17,11 @@
 // becomes stopped, one version up, at Reconcile, CheckPower, or the next action on it. A VM whose
 // saved memory state is lost can be resumed fresh (Manager.ResumeFresh), booting from its disk.
 //
+// A started VM can also run while its guest does not (a broken accelerator, nothing to boot):
+// drivers that can tell (ProgressReporter) let Manager.CheckHealth, and CheckPower for every
+// started VM, put a sentence for the owner in Record.Health once the guest has shown no sign of
+// running for ManagerConfig.StallAfter.
+//
 // Wire and CLI forms: statuses and actions travel as their lower-case report names
 // ("started", "suspendmachine"); IDs as UUID text; MAC addresses as colon-separated hex.
 package vm

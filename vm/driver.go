@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Config is what a VM is created from: the configuration a buyer chose, as the marketplace sends
@@ -216,4 +217,22 @@ type Host struct {
 // fill in the capacity it offers.
 type HostDescriber interface {
 	DescribeHost(ctx context.Context) (Host, error)
+}
+
+// Progress is what a driver saw of a running VM's guest since the VM was last started or
+// resumed: whether its operating system shows signs of running. A hypervisor process can run,
+// and burn a core, while its guest is stuck: under an accelerator that cannot run it, or with a
+// disk that has nothing to boot.
+type Progress struct {
+	Since time.Time // when the VM was last started or resumed
+	// Sign names what showed the guest running ("console output", "virtio-blk driver ready");
+	// empty while nothing has.
+	Sign  string
+	Accel string // how the guest's CPU is run ("kvm", "tcg"), when the driver knows
+}
+
+// ProgressReporter is implemented by drivers that can tell whether a running VM's guest makes
+// progress. Progress of a VM that is not running fails with ErrNotRunning.
+type ProgressReporter interface {
+	Progress(ctx context.Context, id ID) (Progress, error)
 }

@@ -33,6 +33,10 @@ type Record struct {
 	Origin string `json:"origin,omitempty"`
 	// ConsolePort is the port of the open console session, 0 when none is open.
 	ConsolePort int `json:"console_port,omitempty"`
+	// Health is empty while nothing is known to be wrong with a started VM; otherwise it tells
+	// the owner, in a sentence, that the VM runs but its guest shows no sign of running (see
+	// Manager.CheckHealth). Any status change clears it.
+	Health string `json:"health,omitempty"`
 	// Cached marks the copy an origin keeps after the VM moved away: not this provider's to
 	// run, kept so that a later return transfers only what changed.
 	Cached  bool      `json:"cached,omitempty"`

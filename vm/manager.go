@@ -21,6 +21,9 @@ type ManagerConfig struct {
 	// notices learn of it. Publish is called while the VM is locked: it must not block (the
 	// node's event stream queues).
 	Events Publisher
+	// StallAfter is how long a started VM's guest may show no sign of running (see
+	// ProgressReporter) before its record's Health says so; 60 s if zero.
+	StallAfter time.Duration
 }
 
 // Publisher takes events; *node.Events is one.
@@ -40,6 +43,10 @@ type StatusChanged struct {
 	Time  time.Time `json:"time"`
 }
 
+// DefaultStallAfter is ManagerConfig.StallAfter's default: a Linux guest prints on its console
+// or starts a device driver within seconds under KVM and within a minute under TCG.
+const DefaultStallAfter = 60 * time.Second
+
 // Manager is the provider's control of its VMs: it checks every action against the VM's
 // status (the statusrelations table), has the driver carry it out, and records the new status
 // and version in the inventory. The node's local API and the CLI call it; so do the market (on
@@ -50,6 +57,7 @@ type Manager struct {
 	inv    *Inventory
 	log    *slog.Logger
 	events Publisher
+	stall  time.Duration
 
 	mu    sync.Mutex
 	locks map[ID]*sync.Mutex
@@ -63,7 +71,11 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, events: cfg.Events, locks: make(map[ID]*sync.Mutex)}, nil
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = DefaultStallAfter
+	}
+	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, events: cfg.Events, stall: cfg.StallAfter,
+		locks: make(map[ID]*sync.Mutex)}, nil
 }
 
 // Driver returns the driver, for callers that need an optional capability (Importer...).
@@ -203,7 +215,7 @@ func (m *Manager) transition(ctx context.Context, id ID, a Action, op func(conte
 	if a == ActionStop || a == ActionSuspend {
 		upd.ConsolePort = 0
 	}
-	upd.State = next
+	upd.State, upd.Health = next, "" // what was observed of the guest no longer holds
 	if upd, err = m.inv.Put(upd); err != nil {
 		return rec, err
 	}
@@ -237,7 +249,7 @@ func (m *Manager) recordOff(rec Record) (Record, error) {
 		return rec, fmt.Errorf("vm %s: %w", rec.ID, err)
 	}
 	upd := rec
-	upd.State, upd.ConsolePort = next, 0
+	upd.State, upd.ConsolePort, upd.Health = next, 0, ""
 	if upd, err = m.inv.Put(upd); err != nil {
 		return rec, err
 	}
@@ -460,8 +472,60 @@ func (m *Manager) Reconcile(ctx context.Context) ([]Record, error) { return m.ob
 // CheckPower records every started VM that the driver finds powered off as stopped, as
 // Reconcile does, but without re-attaching or touching console sessions: a node calls it
 // periodically so that a VM whose guest shut down or whose hypervisor process died is not
-// billed as running until its owner next acts on it. It returns the records it changed.
+// billed as running until its owner next acts on it. It returns the records whose status it
+// changed. It also refreshes the Health of every started VM that keeps running (see
+// CheckHealth); a change of Health alone is not returned.
 func (m *Manager) CheckPower(ctx context.Context) ([]Record, error) { return m.observe(ctx, false) }
+
+// CheckHealth looks at the guest of started VM id now and records what it found in the VM's
+// Health, which it returns: empty when the guest shows signs of running, or is too recently
+// started to tell, or when the driver cannot tell (no ProgressReporter); otherwise a sentence
+// for the VM's owner, e.g. "no console output and no sign of an operating system within 60s of start:
+// the guest may not be running (accelerator kvm)". A VM that is not started has an empty
+// Health. CheckPower calls it for every started VM.
+func (m *Manager) CheckHealth(ctx context.Context, id ID) (Record, error) {
+	defer m.lock(id)()
+	rec, err := m.inv.Get(id)
+	if err != nil {
+		return rec, err
+	}
+	return m.checkHealth(ctx, rec)
+}
+
+// checkHealth refreshes rec.Health (lock held).
+func (m *Manager) checkHealth(ctx context.Context, rec Record) (Record, error) {
+	health := ""
+	if pr, ok := m.drv.(ProgressReporter); ok && rec.State.Status == StatusStarted && !rec.Cached {
+		p, err := pr.Progress(ctx, rec.ID)
+		if err != nil && !errors.Is(err, ErrNotRunning) {
+			return rec, fmt.Errorf("vm %s: guest progress: %w", rec.ID, err)
+		}
+		if err == nil {
+			health = healthOf(p, m.stall, time.Now())
+		}
+	}
+	if health == rec.Health {
+		return rec, nil
+	}
+	if health != "" && rec.Health == "" {
+		m.log.Warn("vm guest shows no progress", "vm", rec.ID, "health", health)
+	}
+	rec.Health = health
+	return m.inv.Put(rec)
+}
+
+// healthOf is the Health sentence for what a driver saw of a guest at now.
+func healthOf(p Progress, stall time.Duration, now time.Time) string {
+	if p.Sign != "" || p.Since.IsZero() || now.Sub(p.Since) < stall {
+		return ""
+	}
+	accel := ""
+	if p.Accel != "" {
+		accel = " (accelerator " + p.Accel + ")"
+	}
+	return fmt.Sprintf("no console output and no sign of an operating system within %ds of start: the guest may not be running%s",
+		int(stall.Round(time.Second)/time.Second), accel)
+}
 
 func (m *Manager) observe(ctx context.Context, restart bool) ([]Record, error) {
 	var changed []Record
@@ -510,6 +574,10 @@ func (m *Manager) observeOne(ctx context.Context, id ID, restart bool) (rec Reco
 		return rec, err == nil, err
 	case rec.State.Status == StatusSuspended && p == PowerOff && restart:
 		m.log.Warn("suspended vm has no saved memory state: resuming fails until it is put back; resuming fresh boots it from its disk", "vm", id)
+	case rec.State.Status == StatusStarted && p == PowerRunning:
+		if rec, err = m.checkHealth(ctx, rec); err != nil {
+			return rec, false, err
+		}
 	}
 	if restart && rec.ConsolePort != 0 {
 		m.drv.CloseConsole(ctx, id) // the password of the previous process must stop working

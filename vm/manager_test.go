@@ -27,6 +27,7 @@ type provider struct {
 	inv     *vm.Inventory
 	mgr     *vm.Manager
 	changes *node.Subscription // the vm.StatusChanged events the manager published
+	stall   time.Duration // ManagerConfig.StallAfter
 }
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
@@ -52,7 +53,7 @@ func (p *provider) open(t *testing.T) {
 	events := node.NewEvents()
 	p.changes = events.Subscribe(0)
 	t.Cleanup(p.changes.Close)
-	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger, Events: events})
+	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger, Events: events, StallAfter: p.stall})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,5 +250,60 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 	if err := os.WriteFile(dst, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestManagerHealth causes a VM whose guest makes no progress (a bare VM: its empty disk has
+// nothing to boot) and checks that its record says so once StallAfter has passed, while the
+// test guest beside it is healthy; stopping clears the verdict.
+func TestManagerHealth(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := &provider{storeAt: t.TempDir(), drvCfg: qemutest.DriverConfig(t, g), stall: 15 * time.Second}
+	p.open(t)
+
+	guest, bare := vm.NewID(), vm.NewID()
+	for _, cfg := range []vm.Config{
+		g.Config(guest, 128, 64),
+		{ID: bare, Name: "bare", MemoryMB: 64, DiskMB: 16, MAC: vm.MACFor(bare)},
+	} {
+		if _, err := p.mgr.Create(ctx, vm.CreateRequest{Config: cfg, Owner: "buyer-peer"}); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		if _, err := p.mgr.Start(ctx, cfg.ID); err != nil {
+			t.Fatalf("start: %v", err)
+		}
+	}
+	started := time.Now()
+	if rec, err := p.mgr.CheckHealth(ctx, bare); err != nil || rec.Health != "" {
+		t.Fatalf("health right after start = %q, %v; want none yet", rec.Health, err)
+	}
+	qemutest.WaitSerial(t, ctx, p.drv, guest, "boot", func(out string) bool { return strings.Contains(out, qemutest.Banner) })
+	time.Sleep(time.Until(started.Add(p.stall + time.Second)))
+
+	changed, err := p.mgr.CheckPower(ctx)
+	if err != nil || len(changed) != 0 {
+		t.Fatalf("check power = %v, %v; want no status change", changed, err)
+	}
+	rec, err := p.mgr.Get(bare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bare vm health: %q", rec.Health)
+	if want := "no console output and no sign of an operating system within 15s of start: the guest may not be running (accelerator tcg)"; rec.Health != want {
+		t.Fatalf("bare vm health = %q, want %q", rec.Health, want)
+	}
+	wantState(t, rec, vm.StatusStarted, 2)
+	if rec, err := p.mgr.Get(guest); err != nil || rec.Health != "" {
+		t.Fatalf("test guest health = %q, %v; want healthy", rec.Health, err)
+	}
+
+	rec, err = p.mgr.Stop(ctx, bare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Health != "" {
+		t.Fatalf("stopped vm health = %q, want none", rec.Health)
 	}
 }

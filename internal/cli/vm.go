@@ -135,7 +135,15 @@ func vmList(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMB\t%dMB\t%s\t%s\n", r.ID, r.State.Status, r.State.Version,
 			r.Config.MemoryMB, r.Config.DiskMB, r.Config.Name, verbs(vm.Actions(r.State.Status)))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Health != "" {
+			fmt.Fprintf(env.Stdout, "warning: vm %s: %s\n", r.ID, r.Health)
+		}
+	}
+	return nil
 }
 
 func vmAct(ctx context.Context, env Env, name string, action vm.Action, args []string) error {
@@ -170,6 +178,6 @@ func vmAct(ctx context.Context, env Env, name string, action vm.Action, args []s
 	if err != nil {
 		return localVMFailed(id, err)
 	}
-	printVMState(env, rec.ID, rec.State, "")
+	printVMState(env, rec.ID, rec.State, rec.Health)
 	return nil
 }

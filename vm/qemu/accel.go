@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -19,11 +20,12 @@ const (
 	AccelTCG  = "tcg"
 )
 
-// probeSector is a boot sector that proves a CPU model works under an accelerator: it runs
-// CPUID leaf 1 and reports through QEMU's isa-debug-exit device (port 0xf4) whether SSE3 is
-// present (exit code 33) or not (35). A KVM that cannot run guests hangs, aborts, or, as on
-// some nested hosts, runs with a CPU model missing basic features that every x86-64 Linux
-// kernel expects; all three fail the probe.
+// probeSector is the fallback probe, for a driver with no kernel to probe with: a boot sector
+// that runs CPUID leaf 1 and reports through QEMU's isa-debug-exit device (port 0xf4) whether
+// SSE3 is present (exit code 33) or not (35). It catches a KVM that hangs, aborts or lacks basic
+// CPU features in real mode, but not one that fails later: on some nested hosts it passes while
+// a Linux kernel never gets past its decompressor. The kernel probe (probeKernel) is the one
+// to trust.
 var probeSector = func() []byte {
 	code := []byte{
 		0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
@@ -46,6 +48,10 @@ var probeSector = func() []byte {
 // probeExitOK is isa-debug-exit's exit status for a write of 0x10: (0x10 << 1) | 1.
 const probeExitOK = 33
 
+// probeVersion is part of the cache key: a record made by an older, weaker probe is not
+// trusted. Version 1 was the boot sector alone.
+const probeVersion = "probe/2"
+
 // accelRecord caches a probe's outcome in the driver's directory, keyed by what would change it.
 type accelRecord struct {
 	Key   string `json:"key"`
@@ -54,7 +60,8 @@ type accelRecord struct {
 }
 
 // resolveAccel returns the accelerator to use: the configured one, or for AccelAuto the
-// outcome of a probe, cached in dir/accel.json for this kernel, QEMU binary and CPU model.
+// outcome of a probe, cached in dir/accel.json for this host kernel, QEMU binary, CPU model,
+// machine type and probe kernel.
 func resolveAccel(ctx context.Context, cfg Config) (accel, note string, err error) {
 	switch cfg.Accel {
 	case AccelKVM, AccelTCG:
@@ -72,13 +79,14 @@ func resolveAccel(ctx context.Context, cfg Config) (accel, note string, err erro
 		}
 	}
 	rec := accelRecord{Key: key, Accel: AccelTCG}
-	if perr := probeKVM(ctx, cfg); perr != nil {
-		rec.Note = "kvm probe failed: " + perr.Error()
-	} else {
-		rec.Accel, rec.Note = AccelKVM, "kvm probe passed"
-	}
+	passed, perr := probeKVM(ctx, cfg)
 	if ctx.Err() != nil {
 		return "", "", fmt.Errorf("probe accelerator: %w", ctx.Err())
+	}
+	if perr != nil {
+		rec.Note = "kvm probe failed: " + perr.Error()
+	} else {
+		rec.Accel, rec.Note = AccelKVM, "kvm probe passed: "+passed
 	}
 	if b, err := json.Marshal(rec); err == nil {
 		writeFileAtomic(cache, b)
@@ -90,18 +98,90 @@ func probeKey(cfg Config) string {
 	release, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	var bin string
 	if path, err := exec.LookPath(cfg.QEMU); err == nil {
-		if fi, err := os.Stat(path); err == nil {
-			bin = fmt.Sprintf("%s:%d:%d", path, fi.Size(), fi.ModTime().Unix())
-		}
+		bin = fileStamp(path)
 	}
-	return strings.TrimSpace(string(release)) + "|" + bin + "|" + cfg.CPU
+	kernel := "sector"
+	if cfg.ProbeKernel != "" {
+		kernel = fileStamp(cfg.ProbeKernel)
+	}
+	return strings.Join([]string{probeVersion, strings.TrimSpace(string(release)), bin, cfg.CPU, cfg.Machine, kernel}, "|")
 }
 
-// probeKVM boots probeSector under KVM with the configured CPU model.
-func probeKVM(ctx context.Context, cfg Config) error {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		return fmt.Errorf("no /dev/kvm: %w", err)
+// fileStamp identifies a file's version by path, size and modification time.
+func fileStamp(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return path + ":absent"
 	}
+	return fmt.Sprintf("%s:%d:%d", path, fi.Size(), fi.ModTime().Unix())
+}
+
+// probeKVM tries KVM with the configured CPU model and machine type: it boots cfg.ProbeKernel
+// when there is one, else the boot sector. It returns what passed, or why it failed.
+func probeKVM(ctx context.Context, cfg Config) (string, error) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return "", fmt.Errorf("no /dev/kvm: %w", err)
+	}
+	if cfg.ProbeKernel == "" {
+		if err := probeSectorKVM(ctx, cfg); err != nil {
+			return "", err
+		}
+		return "boot sector ran (no kernel to probe with: guests may still hang; set the qemu driver's probe kernel, e.g. install linux-image-amd64)", nil
+	}
+	return probeKernel(ctx, cfg, AccelKVM)
+}
+
+// kernelBanner is the first line every Linux kernel prints on its console.
+const kernelBanner = "Linux version "
+
+// probeKernel boots cfg.ProbeKernel under accel with no root file system and no initramfs,
+// its console on a serial port read here. A kernel that runs prints its banner, initialises
+// the machine (memory, CPUs, timers, devices), finds no root to mount and panics; with
+// panic=-1 and -no-reboot that ends QEMU. The probe passes only if both the banner and that
+// exit come within cfg.ProbeTimeout: proof that a real guest kernel makes progress under the
+// accelerator, where a boot sector would only prove that the first instructions run. Under KVM
+// this takes a second or two; under TCG about ten, so the bound is meant for KVM.
+func probeKernel(ctx context.Context, cfg Config, accel string) (string, error) {
+	if _, err := os.Stat(cfg.ProbeKernel); err != nil {
+		return "", fmt.Errorf("probe kernel: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.ProbeTimeout)
+	defer cancel()
+	args := []string{"-accel", accel, "-machine", cfg.Machine, "-m", "128", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "stdio", "-kernel", cfg.ProbeKernel, "-append", "console=ttyS0 panic=-1 loglevel=7"}
+	if cfg.CPU != "" {
+		args = append(args, "-cpu", cfg.CPU)
+	}
+	cmd := exec.CommandContext(ctx, cfg.QEMU, args...)
+	cmd.SysProcAttr = childAttr(false)
+	cmd.WaitDelay = time.Second
+	var out, qemuErr limitedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &qemuErr
+	start := time.Now()
+	err := cmd.Run()
+	took := time.Since(start).Round(10 * time.Millisecond)
+	console := out.String()
+	banner := strings.Contains(console, kernelBanner)
+	why := strings.TrimSpace(qemuErr.String())
+	if why != "" {
+		why = " (qemu: " + oneLine(why, 200) + ")"
+	}
+	switch {
+	case ctx.Err() != nil && !banner:
+		return "", fmt.Errorf("kernel %s printed nothing on its console under %s within %s%s", cfg.ProbeKernel, accel, cfg.ProbeTimeout, why)
+	case ctx.Err() != nil:
+		return "", fmt.Errorf("kernel %s started but did not finish booting under %s within %s; last console line: %q%s", cfg.ProbeKernel, accel, cfg.ProbeTimeout, lastLine(console), why)
+	case err != nil:
+		return "", fmt.Errorf("qemu failed (%v)%s", err, why)
+	case !banner:
+		return "", fmt.Errorf("kernel %s ended without printing its banner%s", cfg.ProbeKernel, why)
+	}
+	return fmt.Sprintf("kernel %s booted to its root-mount panic in %s", cfg.ProbeKernel, took), nil
+}
+
+// probeSectorKVM boots probeSector under KVM.
+func probeSectorKVM(ctx context.Context, cfg Config) error {
 	f, err := os.CreateTemp(cfg.Dir, ".probe-*.img")
 	if err != nil {
 		return err
@@ -116,7 +196,7 @@ func probeKVM(ctx context.Context, cfg Config) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.ProbeTimeout)
 	defer cancel()
-	args := []string{"-accel", "kvm", "-m", "16", "-nodefaults", "-no-user-config", "-display", "none",
+	args := []string{"-accel", "kvm", "-machine", cfg.Machine, "-m", "16", "-nodefaults", "-no-user-config", "-display", "none",
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=1",
 		"-drive", "file=" + f.Name() + ",format=raw,if=ide", "-no-reboot"}
 	if cfg.CPU != "" {
@@ -125,19 +205,70 @@ func probeKVM(ctx context.Context, cfg Config) error {
 	cmd := exec.CommandContext(ctx, cfg.QEMU, args...)
 	cmd.SysProcAttr = childAttr(false)
 	cmd.WaitDelay = time.Second
-	var out strings.Builder
+	var out limitedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
 	if ctx.Err() != nil {
-		return fmt.Errorf("no answer within %s", cfg.ProbeTimeout)
+		return fmt.Errorf("boot sector: no answer within %s", cfg.ProbeTimeout)
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == probeExitOK {
 		return nil
 	}
-	msg := strings.TrimSpace(out.String())
-	if len(msg) > 200 {
-		msg = msg[:200]
+	return fmt.Errorf("boot sector failed (%v): %s", err, oneLine(out.String(), 200))
+}
+
+// FindProbeKernel returns a Linux kernel on this machine for the KVM probe: the test guest's
+// (see LoadGuest), else the newest /boot/vmlinuz-*, else "" (the probe then falls back to a
+// boot sector).
+func FindProbeKernel() string {
+	if dir, err := GuestCacheDir(); err == nil {
+		if g, err := LoadGuest(dir); err == nil && fileExists(g.Kernel) {
+			return g.Kernel
+		}
 	}
-	return fmt.Errorf("probe guest failed (%v): %s", err, msg)
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	sort.Slice(kernels, func(i, j int) bool { return modTime(kernels[i]).After(modTime(kernels[j])) })
+	for _, k := range kernels {
+		if f, err := os.Open(k); err == nil { // readable by us, so by the QEMU we start
+			f.Close()
+			return k
+		}
+	}
+	return ""
+}
+
+func modTime(path string) time.Time {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}
+
+// limitedBuffer keeps the first 64 KiB written to it: enough of a console or a log for a
+// verdict and a message, whatever the child prints.
+type limitedBuffer struct{ b []byte }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := 64<<10 - len(l.b); room > 0 {
+		l.b = append(l.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string { return string(l.b) }
+
+// oneLine joins s's lines with "; " and shortens it to n bytes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ")), " ")
+	if len(s) > n {
+		s = s[:n]
+	}
+	return s
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return oneLine(s[strings.LastIndexByte(s, '\n')+1:], 200)
 }

@@ -29,7 +29,10 @@
 // that the VM boots from its disk. A QEMU that dies (killed, crashed) leaves the VM powered off:
 // Power reports PowerOff, Suspend and OpenConsole fail with vm.ErrNotRunning, Start boots it.
 //
-// KVM is used when a short probe boots a test sector under it, otherwise TCG. Consoles are VNC
+// With Accel auto, KVM is used when a real Linux kernel (Config.ProbeKernel: the guests' own, or
+// one from /boot) boots under it to its root-mount panic within Config.ProbeTimeout, otherwise
+// TCG; the verdict is cached in Dir/accel.json. Without a kernel a boot sector decides, which
+// some hosts pass while real guests hang under their KVM. Consoles are VNC
 // servers on 127.0.0.1 with a one-time password set through QMP; ports come from a configured
 // range and at most MaxConsoles sessions are open at once.
 package qemu

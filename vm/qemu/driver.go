@@ -61,7 +61,13 @@ type Config struct {
 	// tried again before Suspend gives up (report §6.2.3: 100 attempts).
 	SuspendAttempts int
 	SuspendInterval time.Duration
-	ProbeTimeout    time.Duration // for the KVM probe
+	// ProbeKernel is the Linux kernel the KVM probe boots (Accel auto): the guests' own kernel
+	// is best. DefaultConfig finds one (FindProbeKernel); when empty the probe falls back to a
+	// boot sector, which some hosts pass while real guests hang under their KVM.
+	ProbeKernel string
+	// ProbeTimeout bounds the KVM probe: a kernel under a working KVM boots to its root-mount
+	// panic in a second or two (under TCG it takes about ten).
+	ProbeTimeout time.Duration
 
 	// Host, when non-zero, is the capacity Create checks configurations against instead of
 	// the measured machine.
@@ -87,7 +93,8 @@ func DefaultConfig(dir string) Config {
 		StopTimeout:     30 * time.Second,
 		SuspendAttempts: 100,
 		SuspendInterval: time.Second,
-		ProbeTimeout:    3 * time.Second,
+		ProbeKernel:     FindProbeKernel(),
+		ProbeTimeout:    8 * time.Second,
 	}
 }
 
@@ -152,7 +159,7 @@ func (c Config) Validate() error {
 }
 
 // Driver runs VMs as QEMU processes. It implements vm.Driver, vm.StateDiscarder,
-// vm.Reattacher, vm.Importer and vm.HostDescriber. Methods are safe for concurrent use; operations on one VM are serialised.
+// vm.Reattacher, vm.Importer, vm.HostDescriber and vm.ProgressReporter. Methods are safe for concurrent use; operations on one VM are serialised.
 type Driver struct {
 	cfg Config
 	log *slog.Logger
@@ -199,6 +206,10 @@ type runtimeState struct {
 	VNCPort   int    `json:"vnc_port,omitempty"`
 	Accel     string `json:"accel"`
 	Console   bool   `json:"console,omitempty"`
+	// Launched and SerialStart: when QEMU was started and how long serial.log was then, so that
+	// Progress sees what the guest printed since.
+	Launched    time.Time `json:"launched"`
+	SerialStart int64     `json:"serial_start"`
 }
 
 // File names inside a VM's directory.

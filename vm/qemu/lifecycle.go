@@ -676,4 +676,5 @@ var _ interface {
 	vm.Reattacher
 	vm.Importer
 	vm.HostDescriber
+	vm.ProgressReporter
 } = (*Driver)(nil)

@@ -141,6 +141,10 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 	logStart, _ := logf.Seek(0, io.SeekEnd)
 	fmt.Fprintf(logf, "--- %s start accel=%s vnc=%d incoming=%v\n", time.Now().UTC().Format(time.RFC3339), accel, port, incoming != nil)
 
+	var serialStart int64
+	if fi, err := os.Stat(filepath.Join(m.dir, serialLog)); err == nil {
+		serialStart = fi.Size()
+	}
 	args := d.args(def, accel, port, incoming != nil)
 	cmd := exec.Command(d.cfg.QEMU, args...)
 	cmd.Dir = m.dir
@@ -170,7 +174,8 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 		return nil, fmt.Errorf("%w: qemu did not come up: %v: %s", vm.ErrHypervisor, err, logTail(filepath.Join(m.dir, qemuLog), logStart))
 	}
 	m.proc = p
-	m.rt = runtimeState{PID: p.pid, StartTime: p.startTime, VNCPort: port, Accel: accel}
+	m.rt = runtimeState{PID: p.pid, StartTime: p.startTime, VNCPort: port, Accel: accel,
+		Launched: time.Now().UTC(), SerialStart: serialStart}
 	if err := m.saveRuntime(); err != nil {
 		d.log.Warn("cannot save vm runtime state; a restarted node will not re-attach", "vm", m.id, "err", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -278,27 +279,134 @@ func TestCreateFailuresLeaveNothing(t *testing.T) {
 	}
 }
 
-func TestAccelProbeCached(t *testing.T) {
+// TestAccelProbe checks the accelerator probe as a provider runs it, with a real kernel: a
+// cached verdict of the older boot-sector probe is not trusted, the outcome is cached, and a
+// guest started with the accelerator the probe picked prints its banner: if the probe picks
+// KVM, guests really run under it.
+func TestAccelProbe(t *testing.T) {
 	g := qemutest.BuildGuest(t)
 	cfg := qemutest.DriverConfig(t, g)
 	cfg.Accel = qemu.AccelAuto
+	cfg.ProbeKernel = g.Kernel
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// What the boot-sector probe cached: its key was host kernel|qemu binary|cpu model.
+	release, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	bin, err := exec.LookPath(cfg.QEMU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey := fmt.Sprintf("%s|%s:%d:%d|%s", strings.TrimSpace(string(release)), bin, fi.Size(), fi.ModTime().Unix(), cfg.CPU)
+	old, _ := json.Marshal(map[string]string{"key": oldKey, "accel": "kvm", "note": "kvm probe passed"})
+	cache := filepath.Join(cfg.Dir, "accel.json")
+	if err := os.WriteFile(cache, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	d := qemutest.NewDriver(t, cfg)
-	ctx := context.Background()
+	start := time.Now()
 	accel, err := d.Accel(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if accel != qemu.AccelKVM && accel != qemu.AccelTCG {
-		t.Fatalf("accel = %q", accel)
+	b, err := os.ReadFile(cache)
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(cfg.Dir, "accel.json"))
-	if err != nil || !strings.Contains(string(b), `"accel":"`+accel+`"`) {
-		t.Fatalf("probe result not cached: %s, %v", b, err)
+	t.Logf("probe took %s: %s", time.Since(start).Round(time.Millisecond), b)
+	var rec struct{ Key, Accel, Note string }
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("probe: %s", b)
+	if rec.Key == oldKey || rec.Accel != accel || !strings.Contains(rec.Note, "kernel "+g.Kernel) {
+		t.Fatalf("probe record %s: want a new key, accel %s and a note about the kernel probe", b, accel)
+	}
+
+	id := vm.NewID()
+	if err := d.Create(ctx, g.Config(id, 128, 64)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	bootStart := time.Now()
+	bctx, bcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer bcancel()
+	qemutest.WaitSerial(t, bctx, d, id, "the banner of a guest under "+accel, func(out string) bool {
+		return strings.Contains(out, qemutest.Banner)
+	})
+	t.Logf("guest under %s printed its banner %s after start", accel, time.Since(bootStart).Round(time.Millisecond))
+
 	again := qemutest.NewDriver(t, cfg)
 	if a2, err := again.Accel(ctx); err != nil || a2 != accel {
 		t.Fatalf("cached accel = %q, %v; want %q", a2, err, accel)
+	}
+}
+
+// TestAccelProbeBootSector checks the fallback for a driver with no kernel to probe with: the
+// boot sector decides, and a KVM verdict says that guests may still hang.
+func TestAccelProbeBootSector(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	cfg := qemutest.DriverConfig(t, g)
+	cfg.Accel = qemu.AccelAuto
+	cfg.ProbeKernel = ""
+	d := qemutest.NewDriver(t, cfg)
+	accel, err := d.Accel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, "accel.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("boot-sector probe: %s", b)
+	if accel == qemu.AccelKVM && !strings.Contains(string(b), "no kernel to probe with") {
+		t.Fatalf("a kvm verdict of the boot sector does not warn: %s", b)
+	}
+	if accel == qemu.AccelTCG && !strings.Contains(string(b), "kvm probe failed") {
+		t.Fatalf("a tcg verdict does not say why: %s", b)
+	}
+}
+
+// TestProbeKernel runs the kernel probe under TCG, which always works, with a bound fit for
+// TCG: it must pass; with a bound too short for it, or no kernel file, it must fail. (Under KVM the probe's
+// verdict depends on the machine; TestAccelProbe checks that verdict against a real guest.)
+func TestProbeKernel(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		kernel  string
+		timeout time.Duration
+		ok      bool
+		want    string
+	}{
+		{"real kernel", g.Kernel, 2 * time.Minute, true, "booted to its root-mount panic"},
+		{"no such kernel", filepath.Join(g.Dir, "absent"), 30 * time.Second, false, "no such file"},
+		{"too short a bound", g.Kernel, time.Second, false, "within 1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := qemutest.DriverConfig(t, g)
+			cfg.ProbeKernel, cfg.ProbeTimeout = tt.kernel, tt.timeout
+			got, err := qemu.ProbeKernel(ctx, cfg, qemu.AccelTCG)
+			t.Logf("probe: %q, %v", got, err)
+			if tt.ok != (err == nil) {
+				t.Fatalf("probe = %q, %v; want ok = %v", got, err, tt.ok)
+			}
+			msg := got
+			if err != nil {
+				msg = err.Error()
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Fatalf("probe said %q, want it to say %q", msg, tt.want)
+			}
+		})
 	}
 }
 
