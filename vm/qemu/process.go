@@ -259,9 +259,16 @@ func (d *Driver) releasePort(id vm.ID) {
 	delete(d.consoles, id)
 }
 
+// powerButtonEvery is how often terminate presses the ACPI power button while it waits for
+// the guest: a press the guest's OS was not yet listening for (one still booting) is lost.
+const powerButtonEvery = time.Second
+
 // terminate ends m's QEMU: a guest power-off first (graceful), then quit, then SIGKILL. It
 // answers no questions because QEMU asks none; the escalation is what VMware's default
-// answers were for in the report.
+// answers were for in the report. A guest that shows no sign of running an operating system
+// (cpuSign: firmware with nothing to boot, a kernel stuck under a broken accelerator) cannot
+// act on the power button, so it is not waited for. The quit and the kill take their own
+// short limits even when ctx is done, so that a cancelled stop still ends QEMU.
 func (d *Driver) terminate(ctx context.Context, m *machine, graceful bool) error {
 	p := m.proc
 	if p == nil {
@@ -277,35 +284,63 @@ func (d *Driver) terminate(ctx context.Context, m *machine, graceful bool) error
 	cancel()
 	if err == nil {
 		defer q.Close()
-		if graceful {
-			if st, _ := q.runStatus(ctx); st == "running" {
-				if err := q.execute(ctx, "system_powerdown", nil, nil); err == nil {
-					wctx, cancel := context.WithTimeout(ctx, d.cfg.StopTimeout)
-					p.wait(wctx)
-					cancel()
-					if !p.alive() {
-						d.log.Info("guest powered off", "vm", m.id)
-						return nil
-					}
-					d.log.Info("guest did not power off in time; quitting qemu", "vm", m.id, "timeout", d.cfg.StopTimeout)
-				}
-			}
+		if graceful && d.powerOff(ctx, m, q) {
+			return nil
 		}
-		q.execute(ctx, "quit", nil, nil) // the reply may be lost as QEMU exits
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		p.wait(wctx)
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		q.execute(qctx, "quit", nil, nil) // the reply may be lost as QEMU exits
+		p.wait(qctx)
 		cancel()
 	}
 	if p.alive() {
 		d.log.Warn("killing qemu", "vm", m.id, "pid", p.pid)
 		p.kill()
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := p.wait(wctx); err != nil {
 			return fmt.Errorf("%w: qemu pid %d does not exit", vm.ErrHypervisor, p.pid)
 		}
 	}
 	return nil
+}
+
+// powerOff asks m's running guest to power off and waits up to StopTimeout, pressing the
+// power button again every powerButtonEvery; it reports whether QEMU exited.
+func (d *Driver) powerOff(ctx context.Context, m *machine, q *qmpConn) bool {
+	if st, _ := q.runStatus(ctx); st != "running" {
+		return false
+	}
+	if consoleSign(m) == "" {
+		if sign, err := vcpuSign(ctx, q); err == nil && sign == "" {
+			d.log.Info("guest shows no sign of running an operating system; quitting qemu", "vm", m.id)
+			return false
+		}
+	}
+	d.log.Info("waiting for the guest to power off", "vm", m.id, "timeout", d.cfg.StopTimeout)
+	wctx, cancel := context.WithTimeout(ctx, d.cfg.StopTimeout)
+	defer cancel()
+	t := time.NewTicker(powerButtonEvery)
+	defer t.Stop()
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		m.proc.wait(wctx)
+	}()
+	for {
+		if err := q.execute(wctx, "system_powerdown", nil, nil); err != nil && m.proc.alive() && wctx.Err() == nil {
+			d.log.Debug("power button", "vm", m.id, "err", err)
+		}
+		select {
+		case <-exited:
+			if !m.proc.alive() {
+				d.log.Info("guest powered off", "vm", m.id)
+				return true
+			}
+			d.log.Info("guest did not power off in time; quitting qemu", "vm", m.id, "timeout", d.cfg.StopTimeout)
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // logTail returns what QEMU wrote to its log since offset, shortened, for error messages.

@@ -29,8 +29,7 @@ func (d *Driver) Progress(ctx context.Context, id vm.ID) (vm.Progress, error) {
 		return vm.Progress{}, fmt.Errorf("progress of vm %s: %w", id, vm.ErrNotRunning)
 	}
 	p := vm.Progress{Since: m.rt.Launched, Accel: m.rt.Accel}
-	if fi, err := os.Stat(filepath.Join(m.dir, serialLog)); err == nil && fi.Size() > m.rt.SerialStart {
-		p.Sign = "console output"
+	if p.Sign = consoleSign(m); p.Sign != "" {
 		return p, nil
 	}
 	q, err := dialQMP(ctx, m.dir, qmpSock, m.proc.alive)
@@ -38,12 +37,29 @@ func (d *Driver) Progress(ctx context.Context, id vm.ID) (vm.Progress, error) {
 		return p, fmt.Errorf("progress of vm %s: %w", id, err)
 	}
 	defer q.Close()
-	var regs string
-	if err := q.execute(ctx, "human-monitor-command", map[string]any{"command-line": "info registers"}, &regs); err != nil {
+	if p.Sign, err = vcpuSign(ctx, q); err != nil {
 		return p, fmt.Errorf("progress of vm %s: %w", id, err)
 	}
-	p.Sign = cpuSign(regs)
 	return p, nil
+}
+
+// consoleSign is "console output" if m's guest wrote to the serial console since QEMU
+// started, else "".
+func consoleSign(m *machine) string {
+	if fi, err := os.Stat(filepath.Join(m.dir, serialLog)); err == nil && fi.Size() > m.rt.SerialStart {
+		return "console output"
+	}
+	return ""
+}
+
+// vcpuSign asks QEMU where the guest's first vCPU is and says whether that is in an operating
+// system (cpuSign).
+func vcpuSign(ctx context.Context, q *qmpConn) (string, error) {
+	var regs string
+	if err := q.execute(ctx, "human-monitor-command", map[string]any{"command-line": "info registers"}, &regs); err != nil {
+		return "", err
+	}
+	return cpuSign(regs), nil
 }
 
 // cpuSign reads QEMU's "info registers" and says where the vCPU is if that is in an operating
