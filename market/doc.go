@@ -3,15 +3,22 @@
 // node keeps, the configurations catalog, search and ranking, market averages, storing a VM
 // on a provider under a signed lease, and controlling it afterwards.
 //
-// # Roles
+// # Services
 //
-// Every node runs the Service: it keeps the offer book (persisted in the node's store under
-// market/book/), the catalog (standard configurations, the preconfigured ones of the images
-// providers advertise, the buyer's own edited ones), the market averages (recomputed every
-// minute, history under market/averages/), and it is a buyer: it stores VMs on providers and
-// controls them (its leases under market/buyer/). A provider (Options.Provider) also keeps its
-// machines and leases (market/provider/), publishes one offer per machine, and answers store,
-// control and console requests through its vm.Manager.
+// Three node.Services, each with its own state, built by internal/daemon in this order:
+//
+//   - the Book, on every node: the offer book (persisted under market/book/), the catch-up
+//     query, the catalog (standard configurations, the preconfigured ones of the images
+//     providers advertise, the owner's own edited ones under market/configs/), search, and the
+//     market averages (recomputed every minute, history under market/averages/);
+//   - the Buyer, on every node, over the Book: its leases (market/buyer/), store, control,
+//     the console tunnel, and the providers' notices;
+//   - the Provider, on a provider node, over the Book and a Hypervisor (vm.Manager): machines
+//     and lease records (market/provider/), one offer per machine, and the store, control and
+//     console handlers. A node that does not sell runs NotSelling in its place.
+//
+// The services publish on the node's event stream (node.Events): LeaseCreated, LeaseEnded,
+// MachineChanged and VMChanged, next to the vm.StatusChanged of the provider's Manager.
 //
 // # Money and prices
 //
@@ -33,7 +40,10 @@
 //	lease envelope  'V' 'L' 0x01 | len body | body | len buyer sig | buyer sig |
 //	                len provider sig | provider sig (empty in a proposal)         ≤ 16 KiB
 //
-// The body is the JSON of Offer or Lease (≤ 12 KiB; unknown fields are an error). Signatures
+// The body is the JSON of Offer or Lease (≤ 12 KiB). Unknown fields are ignored, so that a
+// later release can add optional ones: the signature is over the body's exact bytes, which
+// are kept and forwarded as they came. A change older nodes must not misread takes a new
+// version byte; an envelope of a version this node does not read is ErrUnknownVersion. Signatures
 // are ed25519 by the node's libp2p key over a domain string and the body:
 // "virtuoso/offer/1\n"+body by the offer's provider, "virtuoso/lease/1\n"+body by the lease's
 // buyer and provider; the key is taken from the peer ID named in the body.
@@ -42,22 +52,25 @@
 // and verifies the signature, checks that the gossip message's author (From, itself signed
 // under gossipsub's StrictSign) is the offer's provider, and checks every field's range:
 // failures are rejected, which counts against the forwarding peer (blacklisted after
-// Options.RejectLimit). Offers that are expired, dated more than MaxClockSkew ahead, or not
-// newer (Seq) than the book's offer of the same machine are ignored: not forwarded, not
-// penalised. A withdrawn offer (machine removed) replaces the machine's offer until it expires.
+// BookOptions.RejectLimit). Offers that are expired, dated more than MaxClockSkew ahead, not
+// newer (Seq) than the book's offer of the same machine, or of a newer envelope version are
+// ignored: not forwarded, not penalised. A withdrawn offer (machine removed) replaces the machine's offer until it expires.
 //
 // Streams carry frames: an unsigned varint length, then that many bytes, at most 64 KiB. One
-// request frame, one answer frame, JSON objects with unknown fields refused. Every answer has
-// an "error" member ({"code", "message"}) when the request failed; a request that cannot be
-// read is answered {"error": {"code": "malformed", ...}}. Codes map to this package's
-// sentinels (RemoteError matches them with errors.Is).
+// request frame, one answer frame, JSON objects (unknown fields ignored). Every answer has an
+// "error" member ({"code", "message"}) when the request failed; a request that cannot be read
+// is answered {"error": {"code": "malformed", ...}}. Codes map to this package's sentinels and
+// the vm package's (RemoteError matches them with errors.Is); the local API answers errors
+// with the same codes.
 //
 //	/virtuoso/offers-query/1.0.0  {"max"} → frames of offer envelopes, newest first (the
 //	                              answering node's own first, at most 4096), then an empty frame
 //	/virtuoso/store/1.0.0         {"lease": proposal envelope} → {"lease": countersigned
 //	                              envelope, "state": {"status", "version"}}
-//	/virtuoso/vm/1.0.0            {"vm", "action": start|stop|suspend|resume|console|status|
-//	                              delete} → {"state", "lease" (status), "password" (console)}
+//	/virtuoso/vm/1.0.0            {"vm", "action": startmachine|stopmachine|suspendmachine|
+//	                              resumemachine|viewmachine|deletemachine (vm.Action; absent
+//	                              asks for the status), "fresh" (resume from the disk)} →
+//	                              {"state", "health", "lease" (status), "password" (console)}
 //	/virtuoso/console/1.0.0       {"vm"} → {} then raw VNC bytes both ways
 //	/virtuoso/notice/1.0.0        {"lease", "vm", "reason"} (provider to buyer: lease ended)
 //
@@ -74,7 +87,8 @@
 // status (which carries the countersigned lease) until the provider answers either way.
 //
 // Control requests are executed only for the lease's buyer (the stream's authenticated
-// peer) and only if the VM's status allows the action (vm.State.Apply). The console is a
+// peer) and only if the VM's status allows the action: the provider's vm.Manager checks, the
+// buyer does not. The console is a
 // tunnel: the provider opens a session with a one-time VNC password and pipes console
 // streams to its VNC server on loopback; the buyer's node listens on a loopback port of its
 // own and opens one console stream per viewer connection.
