@@ -75,7 +75,7 @@ func decodeDefinition(r io.Reader, id vm.ID) (definition, error) {
 	}
 	var def definition
 	if err := json.Unmarshal(b, &def); err != nil {
-		return definition{}, fmt.Errorf("%w: %s: %v", vm.ErrInvalidConfig, defFile, err)
+		return definition{}, fmt.Errorf("%w: %s: %w", vm.ErrInvalidConfig, defFile, err)
 	}
 	if err := def.validate(id); err != nil {
 		return definition{}, err
@@ -214,11 +214,11 @@ func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) 
 		if cmd.Process == nil {
 			return imageInfo{}, toolError(d.cfg.QEMUImg, err)
 		}
-		return imageInfo{}, fmt.Errorf("%w: qemu-img info %s: %v: %s", vm.ErrHypervisor, path, err, exitStderr(err))
+		return imageInfo{}, fmt.Errorf("%w: qemu-img info %s: %w: %s", vm.ErrHypervisor, path, err, exitStderr(err))
 	}
 	var info imageInfo
 	if err := json.Unmarshal(out, &info); err != nil {
-		return imageInfo{}, fmt.Errorf("%w: qemu-img info: %v", vm.ErrHypervisor, err)
+		return imageInfo{}, fmt.Errorf("%w: qemu-img info: %w", vm.ErrHypervisor, err)
 	}
 	if info.Format != "raw" && info.Format != "qcow2" {
 		return imageInfo{}, fmt.Errorf("%w: image format %q (want raw or qcow2)", vm.ErrInvalidConfig, info.Format)
@@ -254,7 +254,7 @@ func exitStderr(err error) string {
 func (d *Driver) allowedImage(path string) (string, error) {
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", vm.ErrInvalidConfig, err)
+		return "", fmt.Errorf("%w: %w", vm.ErrInvalidConfig, err)
 	}
 	real, _ = filepath.Abs(real)
 	for _, dir := range d.cfg.ImageDirs {
@@ -386,7 +386,7 @@ func (d *Driver) checkFiles(ctx context.Context, dir string, def definition) err
 		}
 		fi, err := os.Lstat(filepath.Join(dir, name))
 		if err != nil {
-			return fmt.Errorf("%w: %v", vm.ErrInvalidConfig, err)
+			return fmt.Errorf("%w: %w", vm.ErrInvalidConfig, err)
 		}
 		if !fi.Mode().IsRegular() {
 			return fmt.Errorf("%w: %s is not a regular file", vm.ErrInvalidConfig, name)

@@ -64,7 +64,7 @@ func (d *Driver) Start(ctx context.Context, id vm.ID) error {
 	defer q.Close()
 	if st, err := q.runStatus(ctx); err != nil || st != "running" {
 		d.terminate(context.WithoutCancel(ctx), m, false)
-		return fmt.Errorf("start vm %s: %w: status %q after start: %v", id, vm.ErrHypervisor, st, err)
+		return fmt.Errorf("start vm %s: %w: status %q after start: %w", id, vm.ErrHypervisor, st, err)
 	}
 	m.setObserved(vm.PowerRunning)
 	d.log.Info("vm started", "vm", id, "pid", m.proc.pid, "accel", m.rt.Accel, "vnc_port", m.rt.VNCPort)
@@ -355,7 +355,7 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		return fail(err)
 	}
 	if st, err := q.runStatus(ctx); err != nil || st != "running" {
-		return fail(fmt.Errorf("%w: status %q after cont: %v", vm.ErrHypervisor, st, err))
+		return fail(fmt.Errorf("%w: status %q after cont: %w", vm.ErrHypervisor, st, err))
 	}
 	if err := os.Remove(statePath); err != nil {
 		d.log.Warn("cannot remove used memory state", "vm", id, "err", err)

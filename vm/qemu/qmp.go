@@ -73,7 +73,7 @@ func dialQMP(ctx context.Context, dir, sockName string, alive func() bool) (*qmp
 			return q, nil
 		}
 		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w: connect qmp: %v", vm.ErrHypervisor, err)
+			return nil, fmt.Errorf("%w: connect qmp: %w", vm.ErrHypervisor, err)
 		}
 		if alive != nil && !alive() {
 			return nil, fmt.Errorf("%w: qemu exited before its monitor came up", vm.ErrHypervisor)
@@ -91,7 +91,7 @@ func (q *qmpConn) handshake(ctx context.Context) error {
 	q.deadline(ctx)
 	msg, err := q.read()
 	if err != nil {
-		return fmt.Errorf("%w: qmp greeting: %v", vm.ErrHypervisor, err)
+		return fmt.Errorf("%w: qmp greeting: %w", vm.ErrHypervisor, err)
 	}
 	if msg.QMP == nil {
 		return fmt.Errorf("%w: qmp greeting missing", vm.ErrHypervisor)
@@ -159,12 +159,12 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args, out any, fd i
 		_, err = q.conn.Write(b)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: qmp %s: %v", vm.ErrHypervisor, cmd, err)
+		return fmt.Errorf("%w: qmp %s: %w", vm.ErrHypervisor, cmd, err)
 	}
 	for {
 		msg, err := q.read()
 		if err != nil {
-			return fmt.Errorf("%w: qmp %s: %v", vm.ErrHypervisor, cmd, err)
+			return fmt.Errorf("%w: qmp %s: %w", vm.ErrHypervisor, cmd, err)
 		}
 		if msg.Event != "" || msg.QMP != nil {
 			continue
@@ -177,7 +177,7 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args, out any, fd i
 		}
 		if out != nil && len(msg.Return) > 0 {
 			if err := json.Unmarshal(msg.Return, out); err != nil {
-				return fmt.Errorf("%w: qmp %s reply: %v", vm.ErrHypervisor, cmd, err)
+				return fmt.Errorf("%w: qmp %s reply: %w", vm.ErrHypervisor, cmd, err)
 			}
 		}
 		return nil

@@ -34,7 +34,7 @@ func toolError(bin string, err error) error {
 	case errors.Is(err, fs.ErrPermission) || errors.Is(err, exec.ErrDot):
 		why = "not executable"
 	default:
-		return fmt.Errorf("%w: run %s: %v", vm.ErrHypervisor, bin, err)
+		return fmt.Errorf("%w: run %s: %w", vm.ErrHypervisor, bin, err)
 	}
 	how := "install it"
 	if pkg, ok := packages[filepath.Base(bin)]; ok {
