@@ -17,8 +17,9 @@ deps: ## install what the build and the tests need (Debian packages when root, G
 build: deps ## build bin/virtuoso
 	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/virtuoso
 
-guest: deps ## build the tiny test guest (kernel + busybox initramfs), cached outside git
+guest: deps ## build the guests (busybox test guest; Debian with systemd), cached outside git
 	@if [ -x scripts/guest/build.sh ]; then scripts/guest/build.sh; fi
+	@if [ -x scripts/guest/debian.sh ]; then scripts/guest/debian.sh; fi
 
 vet:
 	go vet $(PKGS)

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: QEMU and its image tool for real VMs, zstd for suspend images, rsync as the
-# transfer benchmark's baseline, the kernel and busybox the tiny test guest is built from.
-packages=(qemu-system-x86 qemu-utils zstd rsync busybox-static linux-image-amd64 ca-certificates)
+# transfer benchmark's baseline, the kernel and busybox the tiny test guest is built from,
+# mmdebstrap and e2fsprogs (mke2fs -d) that build the Debian guest.
+packages=(qemu-system-x86 qemu-utils zstd rsync busybox-static linux-image-amd64 ca-certificates mmdebstrap e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

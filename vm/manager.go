@@ -480,9 +480,10 @@ func (m *Manager) CheckPower(ctx context.Context) ([]Record, error) { return m.o
 // CheckHealth looks at the guest of started VM id now and records what it found in the VM's
 // Health, which it returns: empty when the guest shows signs of running, or is too recently
 // started to tell, or when the driver cannot tell (no ProgressReporter); otherwise a sentence
-// for the VM's owner, e.g. "no console output and no sign of an operating system within 60s of start:
-// the guest may not be running (accelerator kvm)". A VM that is not started has an empty
-// Health. CheckPower calls it for every started VM.
+// for the VM's owner, e.g. "no console output and no sign of an operating system within 60s
+// of start: the guest may not be running (accelerator kvm)". A VM that is not started has an
+// empty Health. CheckPower calls it for every started VM; the record then travels with Get and
+// List like the rest of it.
 func (m *Manager) CheckHealth(ctx context.Context, id ID) (Record, error) {
 	defer m.lock(id)()
 	rec, err := m.inv.Get(id)

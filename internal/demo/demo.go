@@ -94,6 +94,9 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 		opts := daemon.Options{Options: node.Options{Logger: log.With("node", r.Name), Version: version}}
 		if r.Provider && guestErr == nil {
 			opts.Images = []market.Image{guestImage(guest)}
+			if deb, err := qemu.LoadDebian(guest.Dir); err == nil { // make guest builds it there too
+				opts.Images = append(opts.Images, debianImage(deb))
+			}
 		}
 		n, err := daemon.New(home, cfg, opts)
 		if err != nil {
@@ -123,6 +126,12 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 // guestImage is the guest as a preconfigured OS image a provider offers.
 func guestImage(g qemu.Guest) market.Image {
 	return market.Image{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
+		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}
+}
+
+// debianImage is the Debian guest (systemd, a root shell on the VNC console) as an OS image.
+func debianImage(g qemu.Guest) market.Image {
+	return market.Image{Name: "debian", OS: "debian", Disk: g.Disk, MemoryMB: 512,
 		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}
 }
 

@@ -128,7 +128,11 @@ func probeKVM(ctx context.Context, cfg Config) (string, error) {
 		}
 		return "boot sector ran (no kernel to probe with: guests may still hang; set the qemu driver's probe kernel, e.g. install linux-image-amd64)", nil
 	}
-	return probeKernel(ctx, cfg, AccelKVM)
+	passed, err := probeKernel(ctx, cfg, AccelKVM)
+	if err != nil && fileExists("/sys/module/kvm_pvm") {
+		err = fmt.Errorf("%w; this host's /dev/kvm is provided by the kvm_pvm module (PVM), not by kvm_intel or kvm_amd", err)
+	}
+	return passed, err
 }
 
 // kernelBanner is the first line every Linux kernel prints on its console.

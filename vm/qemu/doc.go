@@ -35,4 +35,13 @@
 // some hosts pass while real guests hang under their KVM. Consoles are VNC
 // servers on 127.0.0.1 with a one-time password set through QMP; ports come from a configured
 // range and at most MaxConsoles sessions are open at once.
+//
+// Progress (vm.ProgressReporter) tells whether a running VM's guest shows signs of running:
+// serial output since QEMU started, or its vCPU in an operating system (user mode, or the upper
+// half of the address space) as QEMU's "info registers" shows it. The vm.Manager turns a long
+// absence of both into the VM's Health.
+//
+// Two guests are built by script and cached outside git for tests and the demo (see Guest):
+// the tiny busybox test guest (LoadGuest) and a minimal Debian with systemd and a root shell on
+// the VNC and serial consoles (LoadDebian).
 package qemu

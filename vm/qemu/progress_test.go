@@ -81,7 +81,7 @@ func TestProgress(t *testing.T) {
 					t.Errorf("%s: progress %+v: want accel %s, since the start", tt.name, p, tt.accel)
 					return
 				}
-				if p.Sign != "" || (tt.sign == "" && time.Since(started) > 45*time.Second) {
+				if p.Sign != "" || (tt.sign == "" && time.Since(started) > 30*time.Second) {
 					if p.Sign != tt.sign && (tt.sign != "any" || p.Sign == "") {
 						t.Errorf("%s: sign %q, want %q; serial console: %q", tt.name, p.Sign, tt.sign, qemutest.Serial(t, d, tt.cfg.ID))
 					}

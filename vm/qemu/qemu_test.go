@@ -373,6 +373,44 @@ func TestAccelProbeBootSector(t *testing.T) {
 	}
 }
 
+// TestAccelConfigured checks that a configured accelerator is used as it is, without a probe
+// (TestLifecycle and the other tests boot the test guest with TCG forced).
+func TestAccelConfigured(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	for _, accel := range []string{qemu.AccelTCG, qemu.AccelKVM} {
+		t.Run(accel, func(t *testing.T) {
+			cfg := qemutest.DriverConfig(t, g)
+			cfg.Accel = accel
+			d := qemutest.NewDriver(t, cfg)
+			got, err := d.Accel(context.Background())
+			if err != nil || got != accel {
+				t.Fatalf("accel = %q, %v; want %q", got, err, accel)
+			}
+			if _, err := os.Stat(filepath.Join(cfg.Dir, "accel.json")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("a configured accelerator was probed: %v", err)
+			}
+		})
+	}
+}
+
+// TestFindProbeKernel checks where a provider's driver finds the kernel to probe with: the
+// test guest's, else the newest one in /boot (scripts/deps.sh installs linux-image-amd64).
+func TestFindProbeKernel(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	t.Setenv("VIRTUOSO_GUEST_CACHE", g.Dir)
+	if got := qemu.FindProbeKernel(); got != g.Kernel {
+		t.Fatalf("with the guest built: %q, want %q", got, g.Kernel)
+	}
+	if got := qemu.DefaultConfig(t.TempDir()).ProbeKernel; got != g.Kernel {
+		t.Fatalf("default config probe kernel %q, want %q", got, g.Kernel)
+	}
+	t.Setenv("VIRTUOSO_GUEST_CACHE", t.TempDir())
+	got := qemu.FindProbeKernel()
+	if !strings.HasPrefix(got, "/boot/vmlinuz-") {
+		t.Fatalf("without a guest: %q, want a /boot/vmlinuz-*", got)
+	}
+}
+
 // TestProbeKernel runs the kernel probe under TCG, which always works, with a bound fit for
 // TCG: it must pass; with a bound too short for it, or no kernel file, it must fail. (Under KVM the probe's
 // verdict depends on the machine; TestAccelProbe checks that verdict against a real guest.)

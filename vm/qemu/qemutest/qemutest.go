@@ -1,22 +1,16 @@
 // Package qemutest gives tests of any package a real QEMU VM to work with: the tiny test guest
 // built by scripts/guest/build.sh (a Debian kernel and a busybox initramfs that prints
 // "VIRTUOSO GUEST BOOTED" and then "virtuoso guest tick N" every 0.5 s on its serial console),
-// a driver in a temporary directory, helpers that watch the serial console, and a minimal VNC
-// client that checks a console password.
+// the Debian guest built by scripts/guest/debian.sh (systemd and a root shell on the VNC and
+// serial consoles), a driver in a temporary directory, helpers that watch the serial console,
+// and a minimal VNC client that checks a console password and types on the keyboard.
 package qemutest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/des"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,21 +36,35 @@ type Guest qemu.Guest
 // stale. It fails the test with the script's output if the guest cannot be built.
 func BuildGuest(tb testing.TB) Guest {
 	tb.Helper()
+	return build(tb, "build.sh", qemu.LoadGuest,
+		"it needs the Debian packages linux-image-amd64 and busybox-static, installed or downloadable with apt-get")
+}
+
+// BuildDebian returns the Debian guest, running scripts/guest/debian.sh if its cache is empty
+// or stale (a one-off build of a minute or more). It fails the test with the script's output if
+// the guest cannot be built.
+func BuildDebian(tb testing.TB) Guest {
+	tb.Helper()
+	return build(tb, "debian.sh", qemu.LoadDebian,
+		"it needs root, mmdebstrap and e2fsprogs (installed with apt-get) and Debian's mirrors")
+}
+
+func build(tb testing.TB, name string, load func(dir string) (qemu.Guest, error), needs string) Guest {
+	tb.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		tb.Fatal("qemutest: cannot locate the source tree")
 	}
-	script := filepath.Join(filepath.Dir(file), "..", "..", "..", "scripts", "guest", "build.sh")
+	script := filepath.Join(filepath.Dir(file), "..", "..", "..", "scripts", "guest", name)
 	out, err := exec.Command("sh", script).Output()
 	if err != nil {
-		tb.Fatalf("qemutest: building the test guest with %s failed: %v\n%s\n(it needs the Debian packages linux-image-amd64 and busybox-static, installed or downloadable with apt-get)",
-			script, err, exitStderr(err))
+		tb.Fatalf("qemutest: building a guest with %s failed: %v\n%s\n(%s)", script, err, exitStderr(err), needs)
 	}
 	dir := strings.TrimSpace(string(out))
 	if i := strings.LastIndexByte(dir, '\n'); i >= 0 {
 		dir = dir[i+1:]
 	}
-	g, err := qemu.LoadGuest(dir)
+	g, err := load(dir)
 	if err != nil {
 		tb.Fatalf("qemutest: the guest build gave no usable manifest: %v", err)
 	}
@@ -202,179 +210,4 @@ func WaitSerial(tb testing.TB, ctx context.Context, d *qemu.Driver, id vm.ID, wh
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// VNCResult is what a VNC session saw.
-type VNCResult struct {
-	Width, Height int
-	Name          string
-	UpdateBytes   int // pixel bytes of the first framebuffer update
-}
-
-// ErrVNCAuth is returned by VNCSession when the server refuses the password.
-var ErrVNCAuth = errors.New("vnc authentication failed")
-
-// VNCSession connects to a VNC server at addr, authenticates with password (RFB 3.8, VNC
-// authentication), and reads one full framebuffer update.
-func VNCSession(ctx context.Context, addr, password string) (VNCResult, error) {
-	var res VNCResult
-	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return res, err
-	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	r := bufio.NewReader(c)
-	version := make([]byte, 12)
-	if _, err := io.ReadFull(r, version); err != nil {
-		return res, fmt.Errorf("protocol version: %w", err)
-	}
-	if !bytes.HasPrefix(version, []byte("RFB 003.")) {
-		return res, fmt.Errorf("not an RFB server: %q", version)
-	}
-	if _, err := c.Write([]byte("RFB 003.008\n")); err != nil {
-		return res, err
-	}
-	n, err := r.ReadByte()
-	if err != nil {
-		return res, err
-	}
-	if n == 0 {
-		return res, fmt.Errorf("server refused: %s", readReason(r))
-	}
-	types := make([]byte, n)
-	if _, err := io.ReadFull(r, types); err != nil {
-		return res, err
-	}
-	if !bytes.Contains(types, []byte{2}) {
-		return res, fmt.Errorf("server offers security types %v, not VNC authentication", types)
-	}
-	if _, err := c.Write([]byte{2}); err != nil {
-		return res, err
-	}
-	challenge := make([]byte, 16)
-	if _, err := io.ReadFull(r, challenge); err != nil {
-		return res, err
-	}
-	response, err := vncResponse(password, challenge)
-	if err != nil {
-		return res, err
-	}
-	if _, err := c.Write(response); err != nil {
-		return res, err
-	}
-	var result uint32
-	if err := binary.Read(r, binary.BigEndian, &result); err != nil {
-		return res, err
-	}
-	if result != 0 {
-		return res, fmt.Errorf("%w: %s", ErrVNCAuth, readReason(r))
-	}
-	if _, err := c.Write([]byte{1}); err != nil { // ClientInit, shared
-		return res, err
-	}
-	var init struct {
-		Width, Height uint16
-		BPP, Depth    uint8
-		BigEndian     uint8
-		TrueColor     uint8
-		_             [3]uint16
-		_             [3]uint8
-		_             [3]uint8
-		NameLen       uint32
-	}
-	if err := binary.Read(r, binary.BigEndian, &init); err != nil {
-		return res, fmt.Errorf("server init: %w", err)
-	}
-	if init.NameLen > 1<<16 {
-		return res, fmt.Errorf("server name of %d bytes", init.NameLen)
-	}
-	name := make([]byte, init.NameLen)
-	if _, err := io.ReadFull(r, name); err != nil {
-		return res, err
-	}
-	res.Width, res.Height, res.Name = int(init.Width), int(init.Height), string(name)
-	// FramebufferUpdateRequest for the whole screen, not incremental; no SetEncodings, so the
-	// server answers in raw encoding.
-	req := []byte{3, 0, 0, 0, 0, 0, byte(init.Width >> 8), byte(init.Width), byte(init.Height >> 8), byte(init.Height)}
-	if _, err := c.Write(req); err != nil {
-		return res, err
-	}
-	for {
-		typ, err := r.ReadByte()
-		if err != nil {
-			return res, fmt.Errorf("waiting for framebuffer update: %w", err)
-		}
-		if typ != 0 {
-			return res, fmt.Errorf("unexpected server message type %d", typ)
-		}
-		var hdr struct {
-			_     uint8
-			Rects uint16
-		}
-		if err := binary.Read(r, binary.BigEndian, &hdr); err != nil {
-			return res, err
-		}
-		for i := 0; i < int(hdr.Rects); i++ {
-			var rect struct {
-				X, Y, W, H uint16
-				Encoding   int32
-			}
-			if err := binary.Read(r, binary.BigEndian, &rect); err != nil {
-				return res, err
-			}
-			if rect.Encoding != 0 {
-				// Pseudo-encodings (e.g. a desktop resize) carry no pixels in raw mode.
-				if rect.Encoding < 0 {
-					continue
-				}
-				return res, fmt.Errorf("unexpected encoding %d", rect.Encoding)
-			}
-			size := int(rect.W) * int(rect.H) * int(init.BPP) / 8
-			if _, err := io.CopyN(io.Discard, r, int64(size)); err != nil {
-				return res, fmt.Errorf("rectangle pixels: %w", err)
-			}
-			res.UpdateBytes += size
-		}
-		if res.UpdateBytes > 0 {
-			return res, nil
-		}
-	}
-}
-
-func readReason(r io.Reader) string {
-	var n uint32
-	if binary.Read(r, binary.BigEndian, &n) != nil || n > 4096 {
-		return "(no reason)"
-	}
-	b := make([]byte, n)
-	io.ReadFull(r, b)
-	return string(b)
-}
-
-// vncResponse encrypts the challenge with DES in ECB mode, keyed by the password padded to 8
-// bytes with each byte's bits reversed (the VNC authentication scheme's quirk).
-func vncResponse(password string, challenge []byte) ([]byte, error) {
-	key := make([]byte, 8)
-	copy(key, password)
-	for i, b := range key {
-		var rev byte
-		for bit := 0; bit < 8; bit++ {
-			if b&(1<<bit) != 0 {
-				rev |= 0x80 >> bit
-			}
-		}
-		key[i] = rev
-	}
-	block, err := des.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 16)
-	block.Encrypt(out[:8], challenge[:8])
-	block.Encrypt(out[8:], challenge[8:])
-	return out, nil
 }
