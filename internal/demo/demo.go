@@ -149,9 +149,12 @@ func (m *Marketplace) Print(w io.Writer) {
 		"  virtuoso peers                                  # the other nodes\n"+
 		"  virtuoso configs                                # standard and preconfigured configurations\n"+
 		"  virtuoso market                                 # average asked prices\n"+
-		"  virtuoso search --config busybox --sort storage # cheapest to keep; --sort running: cheapest to run\n"+
-		"  virtuoso store --config busybox --machine MACHINE  (search prints the exact command)\n"+
-		"  virtuoso vm start ID; virtuoso vm console ID; virtuoso vm stop ID\n", buyer)
+		"  virtuoso search --config debian --sort storage  # a Debian machine; cheapest to keep (--sort running: to run)\n"+
+		"  virtuoso store --config debian --machine MACHINE   (search prints the exact command)\n"+
+		"  virtuoso vm start ID; virtuoso vm ls              # it boots to a root shell (under TCG in under a minute)\n"+
+		"  virtuoso vm console ID                            # a VNC address and password: open it with a VNC viewer\n"+
+		"  virtuoso vm stop ID\n"+
+		"  (busybox is a tiny guest that only counts on its serial port, for quick tries)\n", buyer)
 	fmt.Fprintf(w, "\nCtrl-C stops the marketplace.\n")
 }
 
