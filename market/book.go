@@ -103,7 +103,7 @@ func (b *Book) Start(ctx context.Context, n *node.Node) error {
 	b.serve(OffersQueryID, 1<<20, 30*time.Second, b.handleQuery)
 	b.routes(n.API())
 	b.group.Go(b.readOffers)
-	b.group.Go(b.housekeeping)
+	b.group.Go(b.every(b.opts.Housekeeping, b.prune))
 	b.group.Go(b.averageLoop)
 	return b.startQueries()
 }
@@ -133,20 +133,11 @@ func (b *Book) publish(ctx context.Context, raw []byte) error { return b.topic.P
 // topicEvents follows peers joining the offers topic (the Provider republishes for them).
 func (b *Book) topicEvents() (*pubsub.TopicEventHandler, error) { return b.topic.EventHandler() }
 
-// housekeeping prunes expired offers from the book and the store.
-func (b *Book) housekeeping() error {
-	t := time.NewTicker(b.opts.Housekeeping)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		for _, o := range b.offers.Prune(b.now()) {
-			if err := b.bookSpace.Delete(bookKey(o)); err != nil {
-				b.log.Warn("prune offer", "machine", o.Machine, "err", err)
-			}
+// prune drops expired offers from the book and the store.
+func (b *Book) prune() {
+	for _, o := range b.offers.Prune(b.now()) {
+		if err := b.bookSpace.Delete(bookKey(o)); err != nil {
+			b.log.Warn("prune offer", "machine", o.Machine, "err", err)
 		}
 	}
 }

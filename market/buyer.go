@@ -57,7 +57,7 @@ func (b *Buyer) Start(ctx context.Context, n *node.Node) error {
 	b.space = n.Store().Space("market/buyer/")
 	b.serve(NoticeID, 64<<10, 30*time.Second, b.handleNotice)
 	b.routes(n.API())
-	b.group.Go(b.housekeeping)
+	b.group.Go(b.every(b.opts.Housekeeping, b.housekeeping))
 	return nil
 }
 
@@ -73,16 +73,7 @@ func (b *Buyer) Close() error {
 }
 
 // housekeeping closes idle console tunnels and retries pending stores.
-func (b *Buyer) housekeeping() error {
-	t := time.NewTicker(b.opts.Housekeeping)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		b.closeIdleTunnels()
-		b.retryPending(b.ctx)
-	}
+func (b *Buyer) housekeeping() {
+	b.closeIdleTunnels()
+	b.retryPending(b.ctx)
 }

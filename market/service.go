@@ -59,6 +59,22 @@ func (b *base) stop() error {
 
 func (b *base) now() time.Time { return time.Now().UTC() }
 
+// every runs fn every d until the service stops; for its group.
+func (b *base) every(d time.Duration, fn func()) func() error {
+	return func() error {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.ctx.Done():
+				return nil
+			case <-t.C:
+			}
+			fn()
+		}
+	}
+}
+
 // peerAddr is a peer to dial, with addresses learnt from its offer.
 type peerAddr struct {
 	id    peer.ID
