@@ -27,7 +27,7 @@ type provider struct {
 	inv     *vm.Inventory
 	mgr     *vm.Manager
 	changes *node.Subscription // the vm.StatusChanged events the manager published
-	stall   time.Duration // ManagerConfig.StallAfter
+	stall   time.Duration      // ManagerConfig.StallAfter
 }
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
