@@ -114,51 +114,86 @@ type LogConfig struct {
 	Format string `toml:"format"`
 }
 
-// DefaultConfig returns the defaults of a profile.
+// DefaultConfig returns the defaults of a profile: each section's.
 func DefaultConfig(p Profile) Config {
-	c := Config{
-		Profile: p,
-		Network: NetworkConfig{
-			Listen:            []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
-			Bootstrap:         []string{},
-			Rendezvous:        "virtuoso/marketplace/1",
-			DiscoveryInterval: 30 * time.Second,
-			MaxConnections:    256,
-		},
-		API: APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20},
-		Provider: ProviderConfig{
-			Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
-		},
-		Log: LogConfig{Level: "info", Format: "text"},
+	return Config{Profile: p, Network: DefaultNetworkConfig(p), API: DefaultAPIConfig(p),
+		Provider: DefaultProviderConfig(), Log: DefaultLogConfig()}
+}
+
+// DefaultNetworkConfig is the [network] section of profile p: loopback only for the local
+// profile; all interfaces on DefaultP2PPort with mDNS, NAT port mapping and hole punching for
+// the public one.
+func DefaultNetworkConfig(p Profile) NetworkConfig {
+	c := NetworkConfig{
+		Listen:            []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
+		Bootstrap:         []string{},
+		Rendezvous:        "virtuoso/marketplace/1",
+		DiscoveryInterval: 30 * time.Second,
+		MaxConnections:    256,
 	}
 	if p == ProfilePublic {
-		c.Network.Listen = []string{
+		c.Listen = []string{
 			fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultP2PPort),
 			fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", DefaultP2PPort),
 			fmt.Sprintf("/ip6/::/tcp/%d", DefaultP2PPort),
 			fmt.Sprintf("/ip6/::/udp/%d/quic-v1", DefaultP2PPort),
 		}
-		c.Network.MDNS = true
-		c.Network.NATPortMap = true
-		c.Network.HolePunching = true
-		c.API.Listen = fmt.Sprintf("127.0.0.1:%d", DefaultAPIPort)
+		c.MDNS, c.NATPortMap, c.HolePunching = true, true, true
 	}
 	return c
 }
 
+// DefaultAPIConfig is the [api] section of profile p: any free loopback port for the local
+// profile, DefaultAPIPort for the public one.
+func DefaultAPIConfig(p Profile) APIConfig {
+	c := APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20}
+	if p == ProfilePublic {
+		c.Listen = fmt.Sprintf("127.0.0.1:%d", DefaultAPIPort)
+	}
+	return c
+}
+
+// DefaultProviderConfig is the [provider] section: QEMU, KVM when it works.
+func DefaultProviderConfig() ProviderConfig {
+	return ProviderConfig{Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{}}
+}
+
+// DefaultLogConfig is the [log] section.
+func DefaultLogConfig() LogConfig { return LogConfig{Level: "info", Format: "text"} }
+
 // Validate reports every problem of the configuration, each with what to do about it.
 func (c Config) Validate() error {
-	var errs []string
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-
+	var ps problems
 	if c.Profile != ProfileLocal && c.Profile != ProfilePublic {
-		bad("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
+		ps.add("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
 	}
-	local := c.Profile == ProfileLocal
-	if len(c.Network.Listen) == 0 {
+	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Log.problems())
+	return ps.err()
+}
+
+// problems are what is wrong with a configuration, each with what to do about it.
+type problems []string
+
+func (ps *problems) add(format string, a ...any) { *ps = append(*ps, fmt.Sprintf(format, a...)) }
+
+func (ps problems) err() error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(ps, "; "))
+}
+
+// Validate reports every problem of the [network] section for profile p.
+func (c NetworkConfig) Validate(p Profile) error { return c.problems(p).err() }
+
+func (c NetworkConfig) problems(p Profile) problems {
+	var ps problems
+	bad := ps.add
+	local := p == ProfileLocal
+	if len(c.Listen) == 0 {
 		bad("network.listen is empty: give at least one multiaddr, e.g. /ip4/127.0.0.1/tcp/0")
 	}
-	for _, s := range c.Network.Listen {
+	for _, s := range c.Listen {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
 			bad("network.listen %q is not a multiaddr (%v): write it like /ip4/127.0.0.1/tcp/0", s, err)
@@ -168,67 +203,89 @@ func (c Config) Validate() error {
 			bad("network.listen %q is not a loopback address: the local profile listens on 127.0.0.1 or ::1 only (or re-init with --profile public)", s)
 		}
 	}
-	for _, s := range c.Network.Bootstrap {
+	for _, s := range c.Bootstrap {
 		if _, err := ParseBootstrap(s, local); err != nil {
 			bad("network.bootstrap: %v", err)
 		}
 	}
-	if local && (c.Network.MDNS || c.Network.NATPortMap || c.Network.HolePunching) {
+	if local && (c.MDNS || c.NATPortMap || c.HolePunching) {
 		bad("the local profile sends nothing beyond loopback: set network.mdns, nat_port_map and hole_punching to false (or re-init with --profile public)")
 	}
-	if strings.TrimSpace(c.Network.Rendezvous) == "" {
-		bad("network.rendezvous is empty: nodes of one marketplace share a rendezvous key, e.g. %q", DefaultConfig(ProfileLocal).Network.Rendezvous)
+	if strings.TrimSpace(c.Rendezvous) == "" {
+		bad("network.rendezvous is empty: nodes of one marketplace share a rendezvous key, e.g. %q", DefaultNetworkConfig(ProfileLocal).Rendezvous)
 	}
-	if c.Network.DiscoveryInterval < 100*time.Millisecond || c.Network.DiscoveryInterval > time.Hour {
-		bad("network.discovery_interval %v is out of range: use between 100ms and 1h, e.g. \"30s\"", c.Network.DiscoveryInterval)
+	if c.DiscoveryInterval < 100*time.Millisecond || c.DiscoveryInterval > time.Hour {
+		bad("network.discovery_interval %v is out of range: use between 100ms and 1h, e.g. \"30s\"", c.DiscoveryInterval)
 	}
-	if c.Network.MaxConnections < 8 || c.Network.MaxConnections > 100_000 {
-		bad("network.max_connections %d is out of range: use between 8 and 100000", c.Network.MaxConnections)
+	if c.MaxConnections < 8 || c.MaxConnections > 100_000 {
+		bad("network.max_connections %d is out of range: use between 8 and 100000", c.MaxConnections)
 	}
-	if ap, err := netip.ParseAddrPort(c.API.Listen); err != nil {
-		bad("api.listen %q is not host:port (%v): use e.g. 127.0.0.1:0", c.API.Listen, err)
+	return ps
+}
+
+// Validate reports every problem of the [api] section.
+func (c APIConfig) Validate() error { return c.problems().err() }
+
+func (c APIConfig) problems() problems {
+	var ps problems
+	if ap, err := netip.ParseAddrPort(c.Listen); err != nil {
+		ps.add("api.listen %q is not host:port (%v): use e.g. 127.0.0.1:0", c.Listen, err)
 	} else if !ap.Addr().IsLoopback() {
-		bad("api.listen %q is not a loopback address: the API serves its owner only, use 127.0.0.1:PORT", c.API.Listen)
+		ps.add("api.listen %q is not a loopback address: the API serves its owner only, use 127.0.0.1:PORT", c.Listen)
 	}
-	if c.API.MaxBodyBytes < 1<<10 || c.API.MaxBodyBytes > 64<<20 {
-		bad("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.API.MaxBodyBytes)
+	if c.MaxBodyBytes < 1<<10 || c.MaxBodyBytes > 64<<20 {
+		ps.add("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.MaxBodyBytes)
 	}
-	switch c.Provider.Driver {
+	return ps
+}
+
+// Validate reports every problem of the [provider] section for profile p.
+func (c ProviderConfig) Validate(p Profile) error { return c.problems(p).err() }
+
+func (c ProviderConfig) problems(p Profile) problems {
+	var ps problems
+	bad := ps.add
+	switch c.Driver {
 	case DriverQEMU:
 	case DriverVSphere:
-		v := c.Provider.VSphere
+		v := c.VSphere
 		if u, err := url.Parse(v.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
 			bad("provider.vsphere.url %q is not the SDK address: use https://HOST/sdk, with the user in username and the password in the file password_file", v.URL)
-		} else if ip, err := netip.ParseAddr(u.Hostname()); local && (err != nil || !ip.IsLoopback()) {
+		} else if ip, err := netip.ParseAddr(u.Hostname()); p == ProfileLocal && (err != nil || !ip.IsLoopback()) {
 			bad("provider.vsphere.url %q is not on loopback, and the local profile reaches nothing else: use the public profile", v.URL)
 		}
 		if v.Username == "" || v.PasswordFile == "" {
 			bad("provider.vsphere needs username and password_file (a file holding the password)")
 		}
 	default:
-		bad("provider.driver %q is unknown: use %q (QEMU on this machine) or %q", c.Provider.Driver, DriverQEMU, DriverVSphere)
+		bad("provider.driver %q is unknown: use %q (QEMU on this machine) or %q", c.Driver, DriverQEMU, DriverVSphere)
 	}
-	switch c.Provider.Accel {
+	switch c.Accel {
 	case "auto", "kvm", "tcg":
 	default:
-		bad("provider.accel %q is unknown: use \"auto\" (KVM when it works, else TCG), \"kvm\" or \"tcg\"", c.Provider.Accel)
+		bad("provider.accel %q is unknown: use \"auto\" (KVM when it works, else TCG), \"kvm\" or \"tcg\"", c.Accel)
 	}
-	if p := c.Provider.VNCPorts; p[0] < 5900 || p[1] < p[0] || p[1] > 65535 {
+	if p := c.VNCPorts; p[0] < 5900 || p[1] < p[0] || p[1] > 65535 {
 		bad("provider.vnc_ports %v is not a range of VNC ports: use [first, last] with 5900 <= first <= last <= 65535", p)
 	}
-	if c.Provider.MaxConsoles < 1 || c.Provider.MaxConsoles > 1000 {
-		bad("provider.max_consoles %d is out of range: use between 1 and 1000", c.Provider.MaxConsoles)
+	if c.MaxConsoles < 1 || c.MaxConsoles > 1000 {
+		bad("provider.max_consoles %d is out of range: use between 1 and 1000", c.MaxConsoles)
 	}
-	if _, err := ParseLevel(c.Log.Level); err != nil {
-		bad("log.level: %v", err)
+	return ps
+}
+
+// Validate reports every problem of the [log] section.
+func (c LogConfig) Validate() error { return c.problems().err() }
+
+func (c LogConfig) problems() problems {
+	var ps problems
+	if _, err := ParseLevel(c.Level); err != nil {
+		ps.add("log.level: %v", err)
 	}
-	if c.Log.Format != "text" && c.Log.Format != "json" {
-		bad("log.format %q is unknown: use \"text\" or \"json\"", c.Log.Format)
+	if c.Format != "text" && c.Format != "json" {
+		ps.add("log.format %q is unknown: use \"text\" or \"json\"", c.Format)
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(errs, "; "))
-	}
-	return nil
+	return ps
 }
 
 // ParseBootstrap parses a bootstrap peer: a multiaddr that ends in /p2p/<peer ID>. With
