@@ -236,12 +236,22 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	ownBody, _ := jsonMarshalOffer(own)
 	ownSig, _ := att.PrivKey().Sign(append([]byte(offerDomain), ownBody...))
 	outOfRange := encodeEnvelope(offerMagic, ownBody, ownSig)
+	// The attacker's offer whose body names the victim as provider, then itself: a decoder
+	// that keeps the last member sees the attacker (the signer), one that keeps the first sees
+	// the victim. Ambiguous: refused.
+	dup := testOffer(att.ID())
+	dup.Machine, dup.Issued, dup.Expires = MachineID{0xf2}, time.Now().UTC(), time.Now().UTC().Add(time.Minute)
+	dupBody, _ := jsonMarshalOffer(dup)
+	dupBody = bytes.Replace(dupBody, []byte(`{"provider":`), []byte(`{"provider":"`+honest.ID().String()+`","provider":`), 1)
+	dupSig, _ := att.PrivKey().Sign(append([]byte(offerDomain), dupBody...))
+	twoProviders := encodeEnvelope(offerMagic, dupBody, dupSig)
 
 	for round := range 5 {
 		for _, raw := range [][]byte{
 			wrongKey,
 			genuine.Raw, // the victim's genuine offer, re-published under the attacker's name
 			outOfRange,
+			twoProviders,
 			[]byte("VO\x01garbage"),
 			append(append([]byte{}, genuine.Raw...), make([]byte, MaxOfferBytes)...), // oversized
 		} {
@@ -275,7 +285,7 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 			continue
 		}
 		for _, o := range tn.book.Offers() {
-			if o.Machine == forgedMachine || o.Provider == att.ID() {
+			if o.Machine == forgedMachine || o.Machine == dup.Machine || o.Provider == att.ID() {
 				t.Errorf("node %d holds a forged offer: %+v", i, o)
 			}
 		}

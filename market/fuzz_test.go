@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -124,6 +125,35 @@ func FuzzEnvelope(f *testing.F) {
 		}
 		if !bytes.Equal(encodeEnvelope(offerMagic, fields...), b) {
 			t.Fatal("envelope does not re-encode to the same bytes")
+		}
+	})
+}
+
+// FuzzUniqueKeys: the decoder with its duplicate-member check never panics, accepts only valid
+// JSON, and refuses what it accepts once a member of its top object is repeated in another case.
+func FuzzUniqueKeys(f *testing.F) {
+	f.Add([]byte(`{"a":1,"b":{"c":[1,2,{"d":null}]}}`))
+	f.Add([]byte(`{"a":1,"A":2}`))
+	f.Add([]byte(`[{"a":1},{"a":2}]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v any
+		if decodeJSON(b, &v) != nil {
+			return
+		}
+		if !json.Valid(b) {
+			t.Fatalf("accepted invalid JSON %q", b)
+		}
+		var top map[string]json.RawMessage
+		if json.Unmarshal(b, &top) != nil || len(top) == 0 {
+			return
+		}
+		for k, v := range top {
+			twice := append([]byte(`{"`+strings.ToUpper(k)+`":`), v...)
+			twice = append(append(twice, ','), bytes.TrimPrefix(bytes.TrimSpace(b), []byte("{"))...)
+			if json.Valid(twice) && uniqueKeys(twice) == nil && foldName(strings.ToUpper(k)) == foldName(k) {
+				t.Fatalf("accepted %q with member %q named twice", twice, k)
+			}
+			break
 		}
 	})
 }

@@ -137,6 +137,15 @@ func TestDecodeOfferRejects(t *testing.T) {
 		s, _ := key.Sign(append([]byte(offerDomain), b...))
 		return encodeEnvelope(offerMagic, b, s)
 	}
+	resignRaw := func(key crypto.PrivKey, edit func([]byte) []byte) []byte {
+		b, err := json.Marshal(testOffer(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = edit(b)
+		s, _ := key.Sign(append([]byte(offerDomain), b...))
+		return encodeEnvelope(offerMagic, b, s)
+	}
 	for _, tc := range []struct {
 		name string
 		raw  []byte
@@ -156,6 +165,15 @@ func TestDecodeOfferRejects(t *testing.T) {
 		{"oversized", append(bytes.Clone(good.Raw), make([]byte, MaxOfferBytes)...), ErrMalformed},
 		{"not json", encodeEnvelope(offerMagic, []byte("{nope"), sig), ErrMalformed},
 		{"field added after signing", encodeEnvelope(offerMagic, withField(body, `"x":1`), sig), ErrForged},
+		{"provider named twice", resignRaw(key, func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`{"provider":`), []byte(`{"provider":"12D3KooWSomeoneElse","provider":`), 1)
+		}), ErrMalformed},
+		{"provider named twice in another case", resignRaw(key, func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`{"provider":`), []byte(`{"PROVIDER":"12D3KooWSomeoneElse","provider":`), 1)
+		}), ErrMalformed},
+		{"a price named twice", resignRaw(key, func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"speed_price":`), []byte(`"speed_price":1,"speed_price":`), 1)
+		}), ErrMalformed},
 		{"free above capacity", resign(func(o *Offer) { o.Free.MemoryMB = o.Capacity.MemoryMB + 1 }), ErrInvalid},
 		{"negative price", resign(func(o *Offer) { o.Terms.SpeedPrice = -5 }), ErrInvalid},
 		{"zero chunk", resign(func(o *Offer) { o.Terms.StorageUnit = 0 }), ErrInvalid},
@@ -173,6 +191,28 @@ func TestDecodeOfferRejects(t *testing.T) {
 				t.Fatalf("DecodeOffer: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestUniqueKeys(t *testing.T) {
+	for _, tc := range []struct {
+		doc string
+		ok  bool
+	}{
+		{`{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}`, true},
+		{`{"a":"a","b":["a","a"]}`, true},
+		{`[{"a":1},{"a":1}]`, true},
+		{`{"a":1,"a":2}`, false},
+		{`{"a":1,"A":2}`, false},
+		{`{"k":1,"\u212a":2}`, false}, // the Kelvin sign folds to k, as encoding/json matches it
+		{`{"x":{"y":[1,{"z":1,"z":2}]}}`, false},
+		{`{"a":{"b":1},"a":[]}`, false},
+		{`{"a":1`, false},
+	} {
+		err := uniqueKeys([]byte(tc.doc))
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrMalformed)) {
+			t.Errorf("uniqueKeys(%s) = %v, want ok=%v", tc.doc, err, tc.ok)
+		}
 	}
 }
 

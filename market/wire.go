@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode"
 )
 
 // Envelope magics: two letters and the format version.
@@ -77,11 +78,14 @@ func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byt
 	return out, nil
 }
 
-// decodeJSON decodes one JSON value, refusing trailing data. Unknown fields are ignored, so
-// that a newer node may add optional fields to a body or a message without being refused by
-// older ones; a change that older nodes must not misread takes a new envelope version or
-// protocol ID instead.
+// decodeJSON decodes one JSON value, refusing trailing data and objects that name a member
+// twice (uniqueKeys). Unknown fields are ignored, so that a newer node may add optional fields
+// to a body or a message without being refused by older ones; a change that older nodes must
+// not misread takes a new envelope version or protocol ID instead.
 func decodeJSON(b []byte, v any) error {
+	if err := uniqueKeys(b); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
@@ -94,6 +98,72 @@ func decodeJSON(b []byte, v any) error {
 		return fmt.Errorf("%w: trailing data after the JSON value", ErrMalformed)
 	}
 	return nil
+}
+
+// uniqueKeys refuses JSON in which an object names one member twice, as encoding/json matches
+// names: without regard to case. Decoders resolve such a document differently (encoding/json
+// takes the last, others the first), so a signed body could be read as one thing here and as
+// another by a web page or the ledger: it is ambiguous, and ambiguity is refused.
+func uniqueKeys(b []byte) error {
+	type level struct {
+		keys map[string]bool // nil in an array
+		key  bool            // the next token of this object is a member name
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var stack []*level
+	valueDone := func() {
+		if n := len(stack); n > 0 && stack[n-1].keys != nil {
+			stack[n-1].key = true
+		}
+	}
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) && len(stack) == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{':
+				stack = append(stack, &level{keys: map[string]bool{}, key: true})
+			case '[':
+				stack = append(stack, &level{})
+			default:
+				stack = stack[:len(stack)-1]
+				valueDone()
+			}
+			continue
+		case string:
+			if n := len(stack); n > 0 && stack[n-1].key {
+				k := foldName(t)
+				if stack[n-1].keys[k] {
+					return fmt.Errorf("%w: member %q named twice in one object", ErrMalformed, truncate(t))
+				}
+				stack[n-1].keys[k], stack[n-1].key = true, false
+				continue
+			}
+		}
+		valueDone()
+	}
+}
+
+// foldName is a member name as encoding/json matches it: each rune replaced by the smallest
+// of its case-folding orbit, so that "Provider", "PROVIDER" and "ProvIder" (with U+0130 or
+// the Kelvin sign among them) compare equal.
+func foldName(s string) string {
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		out = append(out, least)
+	}
+	return string(out)
 }
 
 // writeFrame writes one frame: uvarint length, then the bytes.
