@@ -243,7 +243,7 @@ func scanSignatureInto(ctx context.Context, sig *signature, src blockSource, old
 
 // scanLocal computes the signature of a local file, using and refreshing its cache.
 func scanLocal(ctx context.Context, path string, bs int, workers int) (*cachedSig, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -235,7 +236,7 @@ func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
 
 // open opens a source file and works out what is already known of its content.
 func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
@@ -243,10 +244,6 @@ func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
 	if err != nil {
 		_ = f.Close()
 		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		_ = f.Close()
-		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	if fi.Size() > MaxFileSize {
 		_ = f.Close()
@@ -781,4 +778,27 @@ func leUint64(b []byte) uint64 {
 	_ = b[7]
 	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
 		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+// openRegular opens path for reading only if it names a regular file itself: a symbolic link
+// is not followed (O_NOFOLLOW), so a name in a VM's directory that links elsewhere serves
+// nothing, and a device, pipe or directory is refused after the open, before any byte is read.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s is a symbolic link, not a regular file", path)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return f, nil
 }

@@ -1,8 +1,10 @@
 package transfer
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -252,4 +254,29 @@ func TestFetchProgress(t *testing.T) {
 	if calls < 2 || last.Done != testSize || last.Total != testSize || last.WireBytes < testSize {
 		t.Errorf("%d calls, last %+v", calls, last)
 	}
+}
+
+// TestServerServesRegularFilesOnly: a name in the served directory that is a symbolic link to
+// a file elsewhere, or a FIFO, serves nothing; the destination gets an error and no file.
+func TestServerServesRegularFilesOnly(t *testing.T) {
+	p := newPair(t)
+	secret := filepath.Join(t.TempDir(), "secret.img")
+	writeImage(t, secret, 1<<20, 7)
+	if err := os.Symlink(secret, filepath.Join(p.srcDir, "disk.img")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(p.srcDir, "pipe.img"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"disk.img", "pipe.img"} {
+		if _, err := p.fetch(t, []string{name}); err == nil {
+			t.Fatalf("%s: fetched", name)
+		}
+		if _, err := os.Lstat(filepath.Join(p.dstDir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: the destination has a file: %v", name, err)
+		}
+	}
+	// The server still serves what it may.
+	writeImage(t, filepath.Join(p.srcDir, "real.img"), 1<<20, 8)
+	p.mustFetch(t, []string{"real.img"})
 }
