@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +30,28 @@ func wantStatus(t *testing.T, err error, status int) {
 	if !ok || he.Status != status {
 		t.Fatalf("err = %v, want HTTP %d", err, status)
 	}
+}
+
+// chunkedPost posts size bytes of a JSON string as a body of unannounced length (chunked).
+func chunkedPost(t *testing.T, n *node.Node, path string, size int) int {
+	t.Helper()
+	addr, err := n.Home().APIAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := n.Home().Token()
+	body := io.MultiReader(strings.NewReader(`{"config_name":"`), strings.NewReader(strings.Repeat("x", size)), strings.NewReader(`"}`))
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // wantCode checks the code of an API error, what programs branch on.
@@ -114,6 +138,10 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("search %+v, %v", matches, err)
 	}
 	wantCode(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "nope"}, nil), http.StatusNotFound, "not_found")
+	// A body of unannounced length (chunked) over the API's cap is what an announced one is.
+	if status := chunkedPost(t, nodes[1].Node, "/v1/market/search", 2<<20); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("an oversized chunked body: %d, want 413", status)
+	}
 	wantCode(t, bc.Post(ctx, "/v1/market/search", SearchQuery{ConfigName: "tiny", SearchRequest: SearchRequest{Sort: "cheapest"}}, nil), http.StatusBadRequest, "invalid")
 
 	// A store at prices the buyer did not see is refused before anything is sent; one on a

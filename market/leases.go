@@ -34,6 +34,7 @@ const (
 // LeaseRecord is the provider's record of a lease.
 type LeaseRecord struct {
 	Raw     []byte    `json:"raw"` // the lease envelope: countersigned once active
+	Lease   LeaseID   `json:"lease"`
 	State   string    `json:"state"`
 	Machine MachineID `json:"machine"`
 	VM      vm.ID     `json:"vm"`
@@ -158,16 +159,16 @@ func (p *Provider) recoverPending(ctx context.Context) error {
 	return nil
 }
 
-// ownedLease returns the active lease of VM id if from is its buyer.
+// ownedLease returns the active lease of VM id if from is its buyer. A VM of another buyer is
+// answered as one that is not here, word for word, so that a stranger learns nothing of which
+// VM IDs exist.
 func (p *Provider) ownedLease(id vm.ID, from peer.ID) (LeaseRecord, error) {
 	l, err := node.GetJSON[LeaseRecord](p.space, leaseKey(id))
 	switch {
-	case errors.Is(err, node.ErrNotFound) || err == nil && l.State == LeaseStateEnded:
-		return l, fmt.Errorf("%w: no vm %s is stored here", ErrNotFound, id)
+	case errors.Is(err, node.ErrNotFound) || err == nil && (l.State == LeaseStateEnded || l.Buyer != from):
+		return l, fmt.Errorf("%w: you have no vm %s here", ErrNotFound, id)
 	case err != nil:
 		return l, err
-	case l.Buyer != from:
-		return l, fmt.Errorf("%w: vm %s belongs to another buyer", ErrNotOwner, id)
 	case l.State == LeaseStatePending:
 		return l, fmt.Errorf("%w: vm %s", ErrPending, id)
 	}

@@ -353,11 +353,16 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 			if pl.Machine == m.ID && pl.Holds() {
 				used = used.Add(pl.Need)
 			}
+			// A lease ID names one agreement: a second proposal under it, for another VM,
+			// would make two leases that the ledger cannot tell apart.
+			if pl.Lease == l.ID {
+				return fmt.Errorf("%w: lease %s", ErrExists, l.ID)
+			}
 		}
 		if free := m.Capacity.Sub(used); !need.Fits(free) {
 			return fmt.Errorf("%w on machine %q: free %s, the configuration needs %s", ErrNoCapacity, m.Name, free, need)
 		}
-		return node.PutJSON(tx, key, LeaseRecord{Raw: sl.Encode(), State: LeaseStatePending, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
+		return node.PutJSON(tx, key, LeaseRecord{Raw: sl.Encode(), Lease: l.ID, State: LeaseStatePending, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
 	})
 	if err != nil {
 		return vm.Record{}, sl, err
@@ -379,7 +384,7 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 			if pl, err := node.GetJSON[LeaseRecord](tx, key); err != nil || pl.State != LeaseStatePending {
 				return fmt.Errorf("%w: machine %q was removed while the vm was being created", ErrNotFound, m.Name)
 			}
-			return node.PutJSON(tx, key, LeaseRecord{Raw: full.Encode(), State: LeaseStateActive, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
+			return node.PutJSON(tx, key, LeaseRecord{Raw: full.Encode(), Lease: l.ID, State: LeaseStateActive, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
 		})
 	}
 	if err != nil {

@@ -250,15 +250,27 @@ func TestStoreAndControl(t *testing.T) {
 			if err := b2.buyer.request(ctx, peerAddr{id: pid}, ControlID, time.Minute, req, &resp); err != nil {
 				t.Fatal(err)
 			}
-			if err := resp.Error.err(); !errors.Is(err, ErrNotOwner) {
-				t.Fatalf("%q by another buyer: %v, want ErrNotOwner", req.Action.Verb(), err)
+			// Word for word what a VM that does not exist gets: a stranger learns nothing.
+			other := vm.NewID()
+			var none controlResponse
+			if err := b2.buyer.request(ctx, peerAddr{id: pid}, ControlID, time.Minute, controlRequest{VM: other, Action: req.Action}, &none); err != nil {
+				t.Fatal(err)
+			}
+			words := func(e *WireError, id vm.ID) string {
+				if e == nil {
+					return "no error"
+				}
+				return e.Code + ": " + strings.ReplaceAll(e.Message, id.String(), "ID")
+			}
+			if got, want := words(resp.Error, v.ID), words(none.Error, other); got != want || !errors.Is(resp.Error.err(), ErrNotFound) {
+				t.Fatalf("%q by another buyer: %q; of a vm that does not exist: %q", req.Action.Verb(), got, want)
 			}
 		}
 		var cresp consoleResponse
 		if err := rawRequest(t, b2.Node, p.Node, ConsoleID, framed(t, consoleRequest{VM: v.ID}), &cresp); err != nil {
 			t.Fatal(err)
 		}
-		if err := cresp.Error.err(); !errors.Is(err, ErrNotOwner) {
+		if err := cresp.Error.err(); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("console tunnel by another buyer: %v", err)
 		}
 		if _, err := b2.buyer.Control(ctx, v.ID, vm.ActionStart); !errors.Is(err, ErrNotFound) {
@@ -320,13 +332,14 @@ func TestStoreAndControl(t *testing.T) {
 			{"store: lease not an envelope", StoreID, framed(t, storeRequest{Lease: []byte("hello")}), ErrMalformed},
 			{"store: lease of a newer format", StoreID, framed(t, storeRequest{Lease: []byte("VL\x02later")}), ErrUnknownVersion},
 			{"store: buyer is someone else", StoreID, proposal(func(l *Lease) { l.Buyer = b1.ID() }), ErrForged},
+			{"store: another vm under a lease id in use", StoreID, proposal(func(l *Lease) { l.ID = v.Lease }), ErrExists},
 			{"store: for another provider", StoreID, proposal(func(l *Lease) { l.Provider = b1.ID() }), ErrInvalid},
 			{"store: dated an hour ago", StoreID, proposal(func(l *Lease) { l.Created = l.Created.Add(-time.Hour) }), ErrExpired},
 			{"store: unknown machine", StoreID, proposal(func(l *Lease) { l.Machine = MachineID{0xee} }), ErrNotFound},
 			{"store: free of charge", StoreID, proposal(func(l *Lease) { l.Terms.SpeedPrice = 0 }), ErrStale},
 			{"store: too large", StoreID, proposal(func(l *Lease) { l.Config.MemoryMB = 1 << 20 }), ErrNoCapacity},
 			{"control: unknown action", ControlID, framed(t, map[string]any{"vm": v.ID, "action": "reboot"}), ErrMalformed},
-			{"control: not a control action", ControlID, framed(t, controlRequest{VM: v.ID, Action: vm.ActionMigrationDone}), ErrNotOwner},
+			{"control: not a control action", ControlID, framed(t, controlRequest{VM: v.ID, Action: vm.ActionMigrationDone}), ErrNotFound},
 			{"control: fresh start", ControlID, framed(t, controlRequest{VM: v.ID, Action: vm.ActionStart, Fresh: true}), ErrMalformed},
 			{"control: unknown vm", ControlID, framed(t, controlRequest{VM: vm.NewID(), Action: vm.ActionStart}), ErrNotFound},
 			{"control: oversized", ControlID, huge, ErrMalformed},

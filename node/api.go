@@ -93,7 +93,10 @@ func newAPI(n *Node, reg *prometheus.Registry) (*API, error) {
 		return nil, fmt.Errorf("API cannot listen on %s (%v): the port is in use; set api.listen in %s to a free port, or 127.0.0.1:0 for any", n.cfg.API.Listen, err, n.home.ConfigPath())
 	}
 	a := &API{n: n, mux: http.NewServeMux(), ln: ln, token: token, maxBody: n.cfg.API.MaxBodyBytes}
-	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second}
+	// A request's header and body must come promptly and an idle connection is closed, so
+	// that connections held open by whoever can reach the port cost nothing for long.
+	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: n.cfg.API.IdleTimeout}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "peer": n.id.String()})
 	})
@@ -137,6 +140,7 @@ func (a *API) authorised(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("Connection", "close") // nothing to keep open for a client without the token
 			WriteError(w, WithStatus(http.StatusUnauthorized,
 				errors.New("missing or wrong API token: send 'Authorization: Bearer <token>' with the token from api.token in the node's home")))
 			return

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,8 @@ type NetworkConfig struct {
 type APIConfig struct {
 	Listen       string `toml:"listen"`
 	MaxBodyBytes int64  `toml:"max_body_bytes"`
+	// IdleTimeout closes a keep-alive connection that carries no request for this long.
+	IdleTimeout time.Duration `toml:"idle_timeout"`
 }
 
 // RolesConfig switches roles on; every node is also a buyer with its own web UI.
@@ -146,7 +149,7 @@ func DefaultNetworkConfig(p Profile) NetworkConfig {
 // DefaultAPIConfig is the [api] section of profile p: any free loopback port for the local
 // profile, DefaultAPIPort for the public one.
 func DefaultAPIConfig(p Profile) APIConfig {
-	c := APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20}
+	c := APIConfig{Listen: "127.0.0.1:0", MaxBodyBytes: 1 << 20, IdleTimeout: 60 * time.Second}
 	if p == ProfilePublic {
 		c.Listen = fmt.Sprintf("127.0.0.1:%d", DefaultAPIPort)
 	}
@@ -235,6 +238,9 @@ func (c APIConfig) problems() problems {
 	}
 	if c.MaxBodyBytes < 1<<10 || c.MaxBodyBytes > 64<<20 {
 		ps.add("api.max_body_bytes %d is out of range: use between 1024 and 67108864", c.MaxBodyBytes)
+	}
+	if c.IdleTimeout < 100*time.Millisecond || c.IdleTimeout > time.Hour {
+		ps.add("api.idle_timeout %v is out of range: use between 100ms and 1h, e.g. \"60s\"", c.IdleTimeout)
 	}
 	return ps
 }
@@ -328,7 +334,15 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
-	var c Config
+	// What the file does not set keeps its profile's default: a config written by an earlier
+	// release lacks the settings added since.
+	var head struct {
+		Profile Profile `toml:"profile"`
+	}
+	if _, err := toml.Decode(string(raw), &head); err != nil {
+		return Config{}, fmt.Errorf("config %s is corrupt (%v): fix it or move it away and run `virtuoso init`: %w", path, err, ErrInvalidConfig)
+	}
+	c := DefaultConfig(cmp.Or(head.Profile, ProfileLocal))
 	md, err := toml.Decode(string(raw), &c)
 	if err != nil {
 		return Config{}, fmt.Errorf("config %s is corrupt (%v): fix it or move it away and run `virtuoso init`: %w", path, err, ErrInvalidConfig)
@@ -394,6 +408,8 @@ max_connections = {{.Network.MaxConnections}}
 listen = "{{.API.Listen}}"
 # Largest request body accepted, in bytes.
 max_body_bytes = {{.API.MaxBodyBytes}}
+# A connection that carries no request for this long is closed.
+idle_timeout = "{{.API.IdleTimeout}}"
 
 [roles]
 # Sell virtual machines from this machine's hypervisor.

@@ -97,3 +97,29 @@ func FuzzLoadConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestEarlierConfigsLoad: a config.toml written before a setting existed loads, the missing
+// settings taking their profile's defaults.
+func TestEarlierConfigsLoad(t *testing.T) {
+	for _, p := range []Profile{ProfileLocal, ProfilePublic} {
+		t.Run(string(p), func(t *testing.T) {
+			var kept []string
+			for _, line := range strings.Split(string(DefaultConfig(p).Marshal()), "\n") {
+				if !strings.HasPrefix(line, "driver =") && !strings.HasPrefix(line, "idle_timeout =") {
+					kept = append(kept, line)
+				}
+			}
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := LoadConfig(path)
+			if err != nil {
+				t.Fatalf("an earlier config: %v", err)
+			}
+			if got.Provider.Driver != DriverQEMU || got.API.IdleTimeout != DefaultAPIConfig(p).IdleTimeout || got.API.Listen != DefaultAPIConfig(p).Listen {
+				t.Fatalf("missing settings not defaulted: %+v %+v", got.Provider, got.API)
+			}
+		})
+	}
+}

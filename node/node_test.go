@@ -1,9 +1,11 @@
 package node_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -236,4 +238,43 @@ func TestProtocolLimitsAreEnforced(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestAPIConnectionsDoNotLinger: a client without the token gets its 401 and its connection
+// closed; a keep-alive connection that carries no request is closed after api.idle_timeout.
+func TestAPIConnectionsDoNotLinger(t *testing.T) {
+	n := nodetest.Cluster(t, 1, nodetest.Options{Configure: func(_ int, cfg *node.Config) {
+		cfg.API.IdleTimeout = 300 * time.Millisecond
+	}})[0]
+	addr, err := n.Home().APIAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := n.Home().Token()
+	closedAfter := func(auth string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /v1/id HTTP/1.1\r\nHost: %s\r\nConnection: keep-alive\r\n%s\r\n", addr, auth)
+		r := bufio.NewReader(c)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
+			return fmt.Errorf("after a %d answer the connection stayed open: %v", resp.StatusCode, err)
+		}
+		return nil
+	}
+	if err := closedAfter(""); err != nil {
+		t.Fatalf("without a token: %v", err)
+	}
+	if err := closedAfter("Authorization: Bearer " + token + "\r\n"); err != nil {
+		t.Fatalf("idle after a request: %v", err)
+	}
 }
