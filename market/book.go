@@ -100,7 +100,7 @@ func (b *Book) Start(ctx context.Context, n *node.Node) error {
 	if b.sub, err = topic.Subscribe(); err != nil {
 		return fmt.Errorf("market: subscribe %s: %w", OffersTopic, err)
 	}
-	b.serve(OffersQueryID, 1<<20, 30*time.Second, b.handleQuery)
+	b.serve(OffersQueryID, 1024, 1<<20, 30*time.Second, b.handleQuery)
 	b.routes(n.API())
 	b.group.Go(b.readOffers)
 	b.group.Go(b.every(b.opts.Housekeeping, b.prune))

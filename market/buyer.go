@@ -42,20 +42,21 @@ type Buyer struct {
 
 	mu      sync.Mutex
 	tunnels map[vm.ID]*tunnel
+	storing map[vm.ID]bool // stores in flight: not for the pending-store retry to recover
 }
 
 // NewBuyer returns the buyer of a node that finds providers in book; attach it to the node
 // after book.
 func NewBuyer(book *Book, opts BuyerOptions) *Buyer {
 	opts.fill()
-	return &Buyer{opts: opts, book: book, tunnels: map[vm.ID]*tunnel{}}
+	return &Buyer{opts: opts, book: book, tunnels: map[vm.ID]*tunnel{}, storing: map[vm.ID]bool{}}
 }
 
 // Start implements node.Service.
 func (b *Buyer) Start(ctx context.Context, n *node.Node) error {
 	b.begin(ctx, n, b.opts.Logger, "buyer")
 	b.space = n.Store().Space("market/buyer/")
-	b.serve(NoticeID, 64<<10, 30*time.Second, b.handleNotice)
+	b.serve(NoticeID, 4096, 64<<10, 30*time.Second, b.handleNotice)
 	b.routes(n.API())
 	b.group.Go(b.every(b.opts.Housekeeping, b.housekeeping))
 	return nil

@@ -196,12 +196,8 @@ func (b *Buyer) closeIdleTunnels() {
 
 // handleConsole tunnels a buyer's VNC connection to its running VM's console: the provider
 // dials its own VNC server on loopback, so no provider port is exposed.
-func (p *Provider) handleConsole(ctx context.Context, st network.Stream, r *bufio.Reader) error {
-	b, err := readFrame(r, 4096)
-	if err != nil {
-		return replyMalformed(st, err)
-	}
-	req, err := decodeConsoleRequest(b)
+func (p *Provider) handleConsole(ctx context.Context, st network.Stream, frame []byte, r *bufio.Reader) error {
+	req, err := decodeConsoleRequest(frame)
 	var conn net.Conn
 	if err == nil {
 		conn, err = p.dialConsole(ctx, st.Conn().RemotePeer(), req.VM)

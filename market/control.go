@@ -159,7 +159,7 @@ func (b *Buyer) control(ctx context.Context, req controlRequest) (VM, controlRes
 	}
 	v, verr := bl.view()
 	if err != nil {
-		what := "status of"
+		what := "status"
 		if req.Action != 0 {
 			what = req.Action.Verb()
 		}
@@ -169,13 +169,9 @@ func (b *Buyer) control(ctx context.Context, req controlRequest) (VM, controlRes
 }
 
 // handleControl executes a buyer's request on its VM.
-func (p *Provider) handleControl(ctx context.Context, st network.Stream, r *bufio.Reader) error {
-	b, err := readFrame(r, maxFrameBytes)
-	if err != nil {
-		return replyMalformed(st, err)
-	}
+func (p *Provider) handleControl(ctx context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	var resp controlResponse
-	req, err := decodeControlRequest(b)
+	req, err := decodeControlRequest(frame)
 	if err == nil {
 		resp, err = p.execute(ctx, st.Conn().RemotePeer(), req)
 	}

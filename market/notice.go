@@ -63,11 +63,7 @@ func (p *Provider) notify(l LeaseRecord, reason string) {
 }
 
 // handleNotice records a provider's notice that a lease ended.
-func (b *Buyer) handleNotice(_ context.Context, st network.Stream, r *bufio.Reader) error {
-	frame, err := readFrame(r, 4096)
-	if err != nil {
-		return err
-	}
+func (b *Buyer) handleNotice(_ context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	n, err := decodeNotice(frame)
 	if err != nil {
 		return err

@@ -29,14 +29,17 @@ const (
 // serviceName is the resource-manager service of every market stream.
 const serviceName = "virtuoso.market"
 
-// Protocols are the resource limits of the market's stream protocols, for node.Options.
+// Protocols are the resource limits of the market's stream protocols, for node.Options. A
+// peer may hold only a few streams of each at once; the totals are far above what honest
+// peers use, so that strangers holding all they may leave room for a VM's owner and a buyer
+// (a stream that sends no request within FirstFrameTimeout is reset).
 func Protocols() []node.ProtocolLimit {
 	return []node.ProtocolLimit{
-		{Protocol: OffersQueryID, Streams: 64, StreamsPerPeer: 2, Memory: 16 << 20},
-		{Protocol: StoreID, Streams: 32, StreamsPerPeer: 4, Memory: 8 << 20},
-		{Protocol: ControlID, Streams: 64, StreamsPerPeer: 8, Memory: 8 << 20},
-		{Protocol: ConsoleID, Streams: 32, StreamsPerPeer: 8, Memory: 32 << 20},
-		{Protocol: NoticeID, Streams: 32, StreamsPerPeer: 4, Memory: 4 << 20},
+		{Protocol: OffersQueryID, Streams: 256, StreamsPerPeer: 2, Memory: 64 << 20},
+		{Protocol: StoreID, Streams: 512, StreamsPerPeer: 4, Memory: 64 << 20},
+		{Protocol: ControlID, Streams: 1024, StreamsPerPeer: 8, Memory: 64 << 20},
+		{Protocol: ConsoleID, Streams: 256, StreamsPerPeer: 8, Memory: 64 << 20},
+		{Protocol: NoticeID, Streams: 256, StreamsPerPeer: 4, Memory: 16 << 20},
 	}
 }
 

@@ -38,11 +38,7 @@ func decodeQueryRequest(b []byte) (queryRequest, error) {
 
 // handleQuery answers an offers query: the node's own offers first, then the rest of its book,
 // newest first, each as a frame holding the offer envelope, then an empty frame.
-func (b *Book) handleQuery(_ context.Context, st network.Stream, r *bufio.Reader) error {
-	frame, err := readFrame(r, 1024)
-	if err != nil {
-		return err
-	}
+func (b *Book) handleQuery(_ context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	req, err := decodeQueryRequest(frame)
 	if err != nil {
 		return err

@@ -114,14 +114,32 @@ func (b *base) open(ctx context.Context, p peerAddr, id protocol.ID) (network.St
 	return st, nil
 }
 
-// serve registers a stream handler that sets the resource scope, reserves memory and a
-// deadline, and resets the stream when the handler fails. A timeout of 0 is a tunnel: only
-// its handshake has a deadline, which the handler clears.
-func (b *base) serve(id protocol.ID, memory int, timeout time.Duration, handle func(ctx context.Context, st network.Stream, r *bufio.Reader) error) {
+// FirstFrameTimeout is how long a peer has, after opening a stream, to send its request; a
+// stream that stays silent is reset, so that idle streams cost their opener, not this node.
+const FirstFrameTimeout = 5 * time.Second
+
+// serve registers a stream handler: it sets the resource scope, gives the peer
+// FirstFrameTimeout to send its request frame (at most frameCap bytes), then reserves memory,
+// sets the protocol's deadline and hands the frame to handle; it resets the stream when the
+// handler fails. A malformed request is answered with an error. A timeout of 0 is a tunnel:
+// only its handshake has a deadline, which the handler clears.
+func (b *base) serve(id protocol.ID, frameCap, memory int, timeout time.Duration, handle func(ctx context.Context, st network.Stream, frame []byte, r *bufio.Reader) error) {
 	b.protocols = append(b.protocols, id)
 	b.n.Host().SetStreamHandler(id, func(st network.Stream) {
 		if err := st.Scope().SetService(serviceName); err != nil {
 			st.Reset()
+			return
+		}
+		st.SetDeadline(time.Now().Add(FirstFrameTimeout))
+		r := bufio.NewReader(st)
+		frame, err := readFrame(r, frameCap)
+		if err != nil {
+			if rerr := replyMalformed(st, err); rerr != nil {
+				b.log.Debug("stream failed", "protocol", id, "peer", st.Conn().RemotePeer(), "err", err)
+				st.Reset()
+				return
+			}
+			st.Close()
 			return
 		}
 		if err := st.Scope().ReserveMemory(memory, network.ReservationPriorityAlways); err != nil {
@@ -139,7 +157,7 @@ func (b *base) serve(id protocol.ID, memory int, timeout time.Duration, handle f
 			st.SetDeadline(time.Now().Add(30 * time.Second))
 		}
 		defer cancel()
-		if err := handle(ctx, st, bufio.NewReader(st)); err != nil {
+		if err := handle(ctx, st, frame, r); err != nil {
 			b.log.Debug("stream failed", "protocol", id, "peer", st.Conn().RemotePeer(), "err", err)
 			st.Reset()
 			return

@@ -133,6 +133,14 @@ func (b *Buyer) Store(ctx context.Context, req StoreRequest) (VM, error) {
 		return VM{}, err
 	}
 	key := leaseKey(sl.VM)
+	b.mu.Lock()
+	b.storing[sl.VM] = true
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.storing, sl.VM)
+		b.mu.Unlock()
+	}()
 	bl := buyerLease{Raw: sl.Encode(), State: LeaseStatePending, VM: vm.State{Status: vm.StatusRegistered},
 		Addrs: offer.Addrs, Created: b.now(), Updated: b.now()}
 	if err := b.put(bl); err != nil {
@@ -252,6 +260,12 @@ func (b *Buyer) retryPending(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		b.mu.Lock()
+		inFlight := b.storing[sl.VM]
+		b.mu.Unlock()
+		if inFlight {
+			continue // its Store is still waiting for the provider's answer
+		}
 		if _, err := b.recoverLease(ctx, sl.VM); err != nil && !errors.Is(err, ErrNotFound) {
 			if time.Since(bl.Created) > pendingGiveUp {
 				b.log.Warn("giving up on a store the provider never confirmed", "vm", sl.VM, "peer", sl.Provider)
@@ -266,13 +280,9 @@ func (b *Buyer) retryPending(ctx context.Context) {
 // handleStore answers a store request (report §6.3.1): it checks the buyer's lease proposal
 // against the machine's current terms, reserves the capacity atomically, creates the VM, and
 // countersigns the lease. Whatever fails, nothing stays reserved or created.
-func (p *Provider) handleStore(ctx context.Context, st network.Stream, r *bufio.Reader) error {
-	b, err := readFrame(r, maxFrameBytes)
-	if err != nil {
-		return replyMalformed(st, err)
-	}
+func (p *Provider) handleStore(ctx context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	resp := storeResponse{}
-	sl, err := decodeStoreRequest(b)
+	sl, err := decodeStoreRequest(frame)
 	if err == nil {
 		var rec vm.Record
 		rec, sl, err = p.store(ctx, st.Conn().RemotePeer(), sl)

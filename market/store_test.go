@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -546,5 +547,83 @@ func TestStoreAndControl(t *testing.T) {
 		if _, ok := b2.book.Get(pid, m.ID); !ok {
 			t.Fatalf("restarted node's book is missing the offer: %+v", b2.book.Offers())
 		}
+	})
+}
+
+// TestIdleStreamsDenyNothing: nine strangers each hold every control and store stream a peer
+// may open to a provider, and send nothing. The owner of a VM there still controls it, and a
+// buyer still stores one; the strangers' streams are reset once FirstFrameTimeout passes.
+func TestIdleStreamsDenyNothing(t *testing.T) {
+	const strangers = 9
+	nodes := marketCluster(t, 3+strangers, func(i int) *spec {
+		switch {
+		case i == 0:
+			return seller(nil)
+		case i < 3:
+			return fast()
+		}
+		return nil
+	})
+	p, owner, buyer := nodes[0], nodes[1], nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m, err := p.prov.AddMachine(ctx, testSpec("held", roomy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{owner, buyer}, p.ID(), m.ID, 1, 30*time.Second)
+	v, err := owner.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: p.ID().String(), Machine: m.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var held []network.Stream
+	limits := map[protocol.ID]int{}
+	for _, l := range Protocols() {
+		limits[l.Protocol] = l.StreamsPerPeer
+	}
+	for _, x := range nodes[3:] {
+		if err := x.Host().Connect(ctx, peer.AddrInfo{ID: p.ID(), Addrs: p.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []protocol.ID{ControlID, StoreID} {
+			for range limits[id] {
+				st, err := x.Host().NewStream(ctx, p.ID(), id)
+				if err != nil {
+					t.Fatalf("a stranger's stream %d of %s: %v", len(held), id, err)
+				}
+				held = append(held, st)
+			}
+		}
+	}
+	t.Logf("%d idle streams held by %d strangers", len(held), strangers)
+	// Streams open lazily: a byte read proves the provider accepted each one.
+	for _, st := range held {
+		st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		st.Read(make([]byte, 1))
+	}
+
+	t0 := time.Now()
+	if got, err := owner.buyer.Status(ctx, v.ID); err != nil || got.State.Status != vm.StatusStored {
+		t.Fatalf("the owner's status while strangers hold streams: %+v, %v", got.State, err)
+	}
+	if _, err := buyer.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: p.ID().String(), Machine: m.ID}); err != nil {
+		t.Fatalf("a buyer's store while strangers hold streams: %v", err)
+	}
+	t.Logf("owner's status and a buyer's store answered in %v", time.Since(t0).Round(time.Millisecond))
+
+	// The silent streams are reset by the provider, not kept.
+	testwait.Eventually(t, FirstFrameTimeout+10*time.Second, func() error {
+		open := 0
+		for _, st := range held {
+			st.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			if _, err := st.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+				open++
+			}
+		}
+		if open > 0 {
+			return fmt.Errorf("%d of %d silent streams still open", open, len(held))
+		}
+		return nil
 	})
 }
