@@ -55,6 +55,8 @@ func fast() *spec {
 func seller(g *qemutest.Guest) *spec {
 	s := fast()
 	s.Provider, s.Guest = true, g
+	// The tests store many VMs per buyer; TestSquattingIsBounded checks the limits.
+	s.Seller.MaxLeasesPerBuyer, s.Seller.BuyerSharePercent = 1000, 100
 	if g != nil {
 		s.Seller.Images = []Image{{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
 			Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}}

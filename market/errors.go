@@ -44,6 +44,9 @@ var (
 	ErrImageMissing = errors.New("os image not held by the provider")
 	// ErrExists: the name or ID is already taken.
 	ErrExists = errors.New("already exists")
+	// ErrBuyerLimit: the buyer holds as much on this provider as it admits one buyer to hold
+	// until payments settle.
+	ErrBuyerLimit = errors.New("buyer's limit on this provider reached")
 	// ErrPending: the provider is still creating the VM of this lease; ask again later.
 	ErrPending = errors.New("store still in progress")
 	// ErrInternal: the other node failed for a reason of its own.
@@ -75,6 +78,7 @@ var codes = []struct {
 	{"image_missing", ErrImageMissing, http.StatusConflict},
 	{"exists", ErrExists, http.StatusConflict},
 	{"pending", ErrPending, http.StatusConflict},
+	{"buyer_limit", ErrBuyerLimit, http.StatusConflict},
 	{"internal", ErrInternal, http.StatusInternalServerError},
 }
 

@@ -311,3 +311,21 @@ func (b *Buyer) FindVM(text string) (vm.ID, error) {
 	}
 	return vm.ID{}, fmt.Errorf("%w: %q matches %d of your vms; give more of the id", ErrInvalid, truncate(text), len(found))
 }
+
+// compactLeases deletes the records of leases that ended more than LeaseRetention ago: they
+// hold no capacity, and every store and every republish reads the records.
+func (p *Provider) compactLeases() {
+	leases, err := p.Leases()
+	if err != nil {
+		p.log.Warn("compact lease records", "err", err)
+		return
+	}
+	cutoff := p.now().Add(-p.opts.LeaseRetention)
+	for _, l := range leases {
+		if l.State == LeaseStateEnded && l.Ended.Before(cutoff) {
+			if err := p.space.Delete(leaseKey(l.VM)); err != nil {
+				p.log.Warn("compact lease records", "vm", l.VM, "err", err)
+			}
+		}
+	}
+}

@@ -95,6 +95,12 @@ func (r Resources) Sub(o Resources) Resources {
 	return Resources{max(0, r.SpeedBogomips-o.SpeedBogomips), max(0, r.MemoryMB-o.MemoryMB), max(0, r.StorageMB-o.StorageMB)}
 }
 
+// Percent is pct percent of each of r's amounts, rounded down.
+func (r Resources) Percent(pct int) Resources {
+	of := func(v int64) int64 { return v/100*int64(pct) + v%100*int64(pct)/100 }
+	return Resources{of(r.SpeedBogomips), of(r.MemoryMB), of(r.StorageMB)}
+}
+
 func (r Resources) String() string {
 	return fmt.Sprintf("%d bogomips, %d MB memory, %d MB storage", r.SpeedBogomips, r.MemoryMB, r.StorageMB)
 }

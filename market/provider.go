@@ -44,6 +44,14 @@ type ProviderOptions struct {
 	// a control request (default 2m: a stop waits for the guest).
 	StoreTimeout   time.Duration
 	ControlTimeout time.Duration
+	// MaxLeasesPerBuyer (default 8) and BuyerSharePercent (default 50) bound what one buyer
+	// holds here until the ledger settles what it can pay: VMs stored, and the share of any
+	// one machine's capacity.
+	MaxLeasesPerBuyer int
+	BuyerSharePercent int
+	// LeaseRetention is how long the record of an ended lease is kept (default 24h); the
+	// ledger keeps its history.
+	LeaseRetention time.Duration
 }
 
 func (o *ProviderOptions) fill() {
@@ -51,6 +59,13 @@ func (o *ProviderOptions) fill() {
 	o.OfferTTL = min(cmpOr(o.OfferTTL, 10*time.Minute), MaxOfferTTL)
 	o.StoreTimeout = cmpOr(o.StoreTimeout, 5*time.Minute)
 	o.ControlTimeout = cmpOr(o.ControlTimeout, 2*time.Minute)
+	o.LeaseRetention = cmpOr(o.LeaseRetention, 24*time.Hour)
+	if o.MaxLeasesPerBuyer <= 0 {
+		o.MaxLeasesPerBuyer = 8
+	}
+	if o.BuyerSharePercent <= 0 || o.BuyerSharePercent > 100 {
+		o.BuyerSharePercent = 50
+	}
 }
 
 // Provider sells a node's machines (a node.Service): it keeps the machines and their lease
@@ -97,6 +112,7 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 	p.serve(ConsoleID, 4096, 256<<10, 0, p.handleConsole)
 	p.routes(n.API())
 	p.group.Go(p.publishLoop)
+	p.group.Go(p.every(min(p.opts.LeaseRetention, time.Minute), p.compactLeases))
 	return nil
 }
 

@@ -358,10 +358,16 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		if err != nil {
 			return err
 		}
-		used := Resources{}
+		used, mine, held := Resources{}, Resources{}, 0
 		for _, pl := range leases {
 			if pl.Machine == m.ID && pl.Holds() {
 				used = used.Add(pl.Need)
+				if pl.Buyer == l.Buyer {
+					mine = mine.Add(pl.Need)
+				}
+			}
+			if pl.Buyer == l.Buyer && pl.Holds() {
+				held++
 			}
 			// A lease ID names one agreement: a second proposal under it, for another VM,
 			// would make two leases that the ledger cannot tell apart.
@@ -371,6 +377,12 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		}
 		if free := m.Capacity.Sub(used); !need.Fits(free) {
 			return fmt.Errorf("%w on machine %q: free %s, the configuration needs %s", ErrNoCapacity, m.Name, free, need)
+		}
+		if held >= p.opts.MaxLeasesPerBuyer {
+			return fmt.Errorf("%w: it stores at most %d vms per buyer until payments settle", ErrBuyerLimit, p.opts.MaxLeasesPerBuyer)
+		}
+		if share := m.Capacity.Percent(p.opts.BuyerSharePercent); !mine.Add(need).Fits(share) {
+			return fmt.Errorf("%w: one buyer may hold at most %d%% of machine %q (%s) until payments settle", ErrBuyerLimit, p.opts.BuyerSharePercent, m.Name, share)
 		}
 		return node.PutJSON(tx, key, LeaseRecord{Raw: sl.Encode(), Lease: l.ID, State: LeaseStatePending, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
 	})

@@ -627,3 +627,70 @@ func TestIdleStreamsDenyNothing(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSquattingIsBounded: a stranger with no history cannot take a provider's machine: it may
+// hold at most the provider's share of a machine and its number of VMs, after which an honest
+// buyer still stores; ended leases' records are compacted after their retention.
+func TestSquattingIsBounded(t *testing.T) {
+	nodes := marketCluster(t, 3, func(i int) *spec {
+		if i == 0 {
+			s := seller(nil)
+			s.Seller.MaxLeasesPerBuyer, s.Seller.BuyerSharePercent = 3, 50
+			s.Seller.LeaseRetention = 200 * time.Millisecond
+			return s
+		}
+		return fast()
+	})
+	p, squatter, honest := nodes[0], nodes[1], nodes[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	big, err := p.prov.AddMachine(ctx, testSpec("big", Resources{8000, 4096, 1 << 20}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	many, err := p.prov.AddMachine(ctx, testSpec("many", roomy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{squatter, honest}, p.ID(), big.ID, 1, 30*time.Second)
+	waitOffer(t, []*testNode{squatter, honest}, p.ID(), many.ID, 1, 30*time.Second)
+	store := func(b *testNode, m Machine, memoryMB int64) (VM, error) {
+		return b.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: ConfigEdit{MemoryMB: memoryMB, DiskMB: 16}, Provider: p.ID().String(), Machine: m.ID})
+	}
+
+	// A share: half of big's 4096 MB is 2048 MB; the third 1024 MB is refused.
+	for i := range 2 {
+		if _, err := store(squatter, big, 1024); err != nil {
+			t.Fatalf("squatter's store %d: %v", i, err)
+		}
+	}
+	_, err = store(squatter, big, 1024)
+	if !errors.Is(err, ErrBuyerLimit) || !strings.Contains(err.Error(), "50%") {
+		t.Fatalf("a third of big: %v, want ErrBuyerLimit naming the share", err)
+	}
+	if _, err := store(honest, big, 1024); err != nil {
+		t.Fatalf("an honest buyer next to the squatter: %v", err)
+	}
+	// A count: two VMs already, one more on another machine, then no more.
+	v, err := store(squatter, many, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store(squatter, many, 64); !errors.Is(err, ErrBuyerLimit) {
+		t.Fatalf("a fourth vm: %v, want ErrBuyerLimit", err)
+	}
+
+	// An ended lease frees the count at once and its record goes after the retention.
+	if _, err := squatter.buyer.Control(ctx, v.ID, vm.ActionDelete); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store(squatter, many, 64); err != nil {
+		t.Fatalf("after deleting one: %v", err)
+	}
+	testwait.Eventually(t, 10*time.Second, func() error {
+		if _, err := p.prov.Lease(v.ID); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("the ended lease's record is still kept: %v", err)
+		}
+		return nil
+	})
+}

@@ -84,6 +84,10 @@ type ProviderConfig struct {
 	Accel       string   `toml:"accel"`
 	VNCPorts    [2]int   `toml:"vnc_ports"`
 	MaxConsoles int      `toml:"max_consoles"`
+	// MaxLeasesPerBuyer and BuyerSharePercent bound what one buyer holds here until payments
+	// settle: at most this many VMs, and at most this share of any machine's capacity.
+	MaxLeasesPerBuyer int `toml:"max_leases_per_buyer"`
+	BuyerSharePercent int `toml:"buyer_share_percent"`
 	ImageDirs   []string `toml:"image_dirs"`
 	// VSphere is where VMs run when Driver is DriverVSphere.
 	VSphere VSphereConfig `toml:"vsphere"`
@@ -158,7 +162,8 @@ func DefaultAPIConfig(p Profile) APIConfig {
 
 // DefaultProviderConfig is the [provider] section: QEMU, KVM when it works.
 func DefaultProviderConfig() ProviderConfig {
-	return ProviderConfig{Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{}}
+	return ProviderConfig{Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
+		MaxLeasesPerBuyer: 8, BuyerSharePercent: 50}
 }
 
 // DefaultLogConfig is the [log] section.
@@ -276,6 +281,12 @@ func (c ProviderConfig) problems(p Profile) problems {
 	}
 	if c.MaxConsoles < 1 || c.MaxConsoles > 1000 {
 		bad("provider.max_consoles %d is out of range: use between 1 and 1000", c.MaxConsoles)
+	}
+	if c.MaxLeasesPerBuyer < 1 || c.MaxLeasesPerBuyer > 100_000 {
+		bad("provider.max_leases_per_buyer %d is out of range: use between 1 and 100000", c.MaxLeasesPerBuyer)
+	}
+	if c.BuyerSharePercent < 1 || c.BuyerSharePercent > 100 {
+		bad("provider.buyer_share_percent %d is out of range: use between 1 and 100", c.BuyerSharePercent)
 	}
 	return ps
 }
@@ -426,6 +437,10 @@ accel = "{{.Provider.Accel}}"
 vnc_ports = [{{index .Provider.VNCPorts 0}}, {{index .Provider.VNCPorts 1}}]
 # Most console sessions open at once.
 max_consoles = {{.Provider.MaxConsoles}}
+# What one buyer may hold here until payments settle: at most this many VMs, and at most this
+# percentage of any machine's speed, memory and storage (strangers cannot squat a machine).
+max_leases_per_buyer = {{.Provider.MaxLeasesPerBuyer}}
+buyer_share_percent = {{.Provider.BuyerSharePercent}}
 # Directories whose disk images and kernels VMs may start from, besides the home's images/.
 image_dirs = {{list .Provider.ImageDirs}}
 

@@ -37,6 +37,7 @@ var remedies = map[string]string{
 	"not_provider":    "this node does not sell machines: stop it, set roles.provider = true in its config.toml (or `virtuoso init --provider`), and start it again",
 	"console_busy":    "every console slot of the provider is in use: try again when one closes",
 	"pending":         "the provider is still creating the vm: try again in a moment",
+	"buyer_limit":     "this provider admits no more from one buyer until payments settle: store on another machine from `virtuoso search --config NAME`",
 	"suspend_refused": "the guest refused to suspend (it may still be booting): try again in a moment, or stop it",
 	"image_missing":   "this provider does not hold the image: pick another machine from `virtuoso search --config NAME`",
 	"machine_in_use":  "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",

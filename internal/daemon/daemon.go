@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -73,6 +74,8 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		popts := opts.Provider
 		popts.Logger = cmpLogger(popts.Logger, logger)
 		popts.Images = slices.Concat(own, opts.Images, popts.Images)
+		popts.MaxLeasesPerBuyer = cmp.Or(popts.MaxLeasesPerBuyer, cfg.Provider.MaxLeasesPerBuyer)
+		popts.BuyerSharePercent = cmp.Or(popts.BuyerSharePercent, cfg.Provider.BuyerSharePercent)
 		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
 		n.Attach(d.Provider)
 	} else {
