@@ -80,15 +80,15 @@ type RolesConfig struct {
 // ProviderConfig is the hypervisor side of a provider node.
 type ProviderConfig struct {
 	// Driver is the hypervisor VMs run on: DriverQEMU (this machine) or DriverVSphere.
-	Driver      string   `toml:"driver"`
-	Accel       string   `toml:"accel"`
-	VNCPorts    [2]int   `toml:"vnc_ports"`
-	MaxConsoles int      `toml:"max_consoles"`
+	Driver      string `toml:"driver"`
+	Accel       string `toml:"accel"`
+	VNCPorts    [2]int `toml:"vnc_ports"`
+	MaxConsoles int    `toml:"max_consoles"`
 	// MaxLeasesPerBuyer and BuyerSharePercent bound what one buyer holds here until payments
 	// settle: at most this many VMs, and at most this share of any machine's capacity.
-	MaxLeasesPerBuyer int `toml:"max_leases_per_buyer"`
-	BuyerSharePercent int `toml:"buyer_share_percent"`
-	ImageDirs   []string `toml:"image_dirs"`
+	MaxLeasesPerBuyer int      `toml:"max_leases_per_buyer"`
+	BuyerSharePercent int      `toml:"buyer_share_percent"`
+	ImageDirs         []string `toml:"image_dirs"`
 	// VSphere is where VMs run when Driver is DriverVSphere.
 	VSphere VSphereConfig `toml:"vsphere"`
 }
