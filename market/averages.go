@@ -4,27 +4,32 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
+	"slices"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // ConfigAverage is the market's average asked price for one configuration (report §6.1.9,
-// priceaverage): the mean over the providers that can host it of what it costs there, pro rata
-// per hour of running and per day of storage so that different periods compare.
+// priceaverage): the median over the providers that can host it of what it costs at each (its
+// cheapest machine that can), pro rata per hour of running and per day of storage so that
+// different periods compare. A median over providers, not a mean over offers: one identity's
+// many offers count once, and cannot pull the figure beyond the others' prices.
 type ConfigAverage struct {
 	Config         string    `json:"config"`
 	RunningPerHour Money     `json:"running_per_hour"`
 	StoragePerDay  Money     `json:"storage_per_day"`
-	Providers      int       `json:"providers"` // machines averaged over in the last update
+	Providers      int       `json:"providers"` // providers averaged over in the last update
 	Updated        time.Time `json:"updated"`   // when the values were last computed from offers
 	// Stale is set when no provider could host the configuration at the last update: the
 	// values are the last ones computed (zero if never).
 	Stale bool `json:"stale,omitempty"`
 }
 
-// ResourceAverages are the average asked prices per resource over every live offer, for
-// providers deciding what to charge (report §5.2.5), in normalised units.
+// ResourceAverages are the average asked prices per resource, for providers deciding what to
+// charge (report §5.2.5), in normalised units: the median over providers of each provider's
+// median over its live offers.
 type ResourceAverages struct {
 	SpeedPer1000BogomipsHour Money     `json:"speed_per_1000_bogomips_hour"`
 	MemoryPerGBHour          Money     `json:"memory_per_gb_hour"`
@@ -50,7 +55,8 @@ type Averages struct {
 // averageConfig computes a configuration's average over offers; prev is the last value, kept
 // (marked stale) when no offer can host the configuration.
 func averageConfig(c Configuration, offers []Offer, prev ConfigAverage, now time.Time) ConfigAverage {
-	var run, store []Money
+	type price struct{ run, store Money }
+	cheapest := map[peer.ID]price{}
 	for _, o := range offers {
 		if !Hosts(o, c, c.Processor) {
 			continue
@@ -59,32 +65,58 @@ func averageConfig(c Configuration, offers []Offer, prev ConfigAverage, now time
 		if err != nil {
 			continue
 		}
-		run = append(run, q.RunningPerHour())
-		store = append(store, q.StoragePerDay())
+		p := price{q.RunningPerHour(), q.StoragePerDay()}
+		if old, ok := cheapest[o.Provider]; !ok || p.run+p.store < old.run+old.store {
+			cheapest[o.Provider] = p
+		}
 	}
-	if len(run) == 0 {
+	if len(cheapest) == 0 {
 		prev.Config, prev.Stale, prev.Providers = c.Name, true, 0
 		return prev
 	}
-	return ConfigAverage{Config: c.Name, RunningPerHour: mean(run), StoragePerDay: mean(store), Providers: len(run), Updated: now}
+	var run, store []Money
+	for _, p := range cheapest {
+		run, store = append(run, p.run), append(store, p.store)
+	}
+	return ConfigAverage{Config: c.Name, RunningPerHour: median(run), StoragePerDay: median(store), Providers: len(cheapest), Updated: now}
 }
 
 // averageResources computes the per-resource averages over offers.
 func averageResources(offers []Offer, prev ResourceAverages, now time.Time) ResourceAverages {
-	var speed, mem, store []Money
+	type prices struct{ speed, mem, store []Money }
+	per := map[peer.ID]*prices{}
 	for _, o := range offers {
 		t := o.Terms
+		p := per[o.Provider]
+		if p == nil {
+			p = &prices{}
+			per[o.Provider] = p
+		}
 		// price per chunk per period → per normalised amount per normalised period
-		speed = append(speed, ratio(t.SpeedPrice, 1000*3600, t.SpeedUnit, t.RunningSecs))
-		mem = append(mem, ratio(t.MemoryPrice, 1024*3600, t.MemoryUnit, t.RunningSecs))
-		store = append(store, ratio(t.StoragePrice, 1024*86400, t.StorageUnit, t.StorageSecs))
+		p.speed = append(p.speed, ratio(t.SpeedPrice, 1000*3600, t.SpeedUnit, t.RunningSecs))
+		p.mem = append(p.mem, ratio(t.MemoryPrice, 1024*3600, t.MemoryUnit, t.RunningSecs))
+		p.store = append(p.store, ratio(t.StoragePrice, 1024*86400, t.StorageUnit, t.StorageSecs))
 	}
-	if len(speed) == 0 {
+	if len(per) == 0 {
 		prev.Providers = 0
 		return prev
 	}
-	return ResourceAverages{SpeedPer1000BogomipsHour: mean(speed), MemoryPerGBHour: mean(mem),
-		StoragePerGBDay: mean(store), Providers: len(speed), Updated: now}
+	var speed, mem, store []Money
+	for _, p := range per {
+		speed, mem, store = append(speed, median(p.speed)), append(mem, median(p.mem)), append(store, median(p.store))
+	}
+	return ResourceAverages{SpeedPer1000BogomipsHour: median(speed), MemoryPerGBHour: median(mem),
+		StoragePerGBDay: median(store), Providers: len(per), Updated: now}
+}
+
+// median is the middle amount (the mean of the two middle ones, for an even count).
+func median(ms []Money) Money {
+	s := slices.Clone(ms)
+	slices.Sort(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	}
+	return mean(s[len(s)/2-1 : len(s)/2+1])
 }
 
 // mean is the average of amounts, rounded to the nearest micro-unit (halves up), summed in
@@ -147,9 +179,12 @@ func (b *Book) updateAverages(record bool) {
 	if !record {
 		return
 	}
-	for _, c := range cat {
-		a := fresh[c.Name]
-		if a.Stale {
+	// History is kept for the standard configurations and the owner's own, not for every name
+	// an offer advertises: strangers' invented images must not fill this node's store.
+	kept := slices.Concat(StandardConfigs(), own)
+	for _, c := range kept {
+		a, ok := fresh[c.Name]
+		if !ok || a.Stale {
 			continue
 		}
 		if err := b.appendSample(c.Name, Sample{Time: now, RunningPerHour: a.RunningPerHour, StoragePerDay: a.StoragePerDay, Providers: a.Providers}); err != nil {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -438,5 +440,108 @@ func TestNewerNodesAreNotPenalised(t *testing.T) {
 	// newer node's exact bytes too.
 	if added, err := nodes[1].book.QueryOffers(ctx, nodes[0].ID()); err != nil || added != 0 {
 		t.Fatalf("catch-up from a peer holding the same offers: %d new, %v", added, err)
+	}
+}
+
+// TestOneIdentityCannotMoveTheAverages: next to two honest providers, one identity publishes
+// 40 validly signed offers at the highest price, each advertising an invented image. The
+// buyer's averages stay within the honest providers' prices, count the flooder once, and no
+// price history is written for the invented names.
+func TestOneIdentityCannotMoveTheAverages(t *testing.T) {
+	const flooder = 3
+	nodes := marketCluster(t, 4, func(i int) *spec {
+		switch i {
+		case 0, 1:
+			return seller(nil)
+		case flooder:
+			return nil
+		}
+		return fast()
+	})
+	buyer, x := nodes[2], nodes[flooder]
+	ctx := context.Background()
+	tiny := StandardConfigs()[0]
+	var honest []Money
+	for i, p := range nodes[:2] {
+		spec := testSpec(fmt.Sprintf("honest-%d", i), roomy)
+		spec.Terms.SpeedPrice = Money(1_000 * (i + 1))
+		m, err := p.prov.AddMachine(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := m.Terms.Quote(tiny.Resources())
+		honest = append(honest, q.RunningPerHour())
+		waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
+	}
+	topic := joinMesh(t, x.Node)
+	var flood [][]byte
+	for i := range 40 {
+		o := testOffer(x.ID())
+		o.Machine, o.Addrs = MachineID{0xfe, byte(i)}, nil
+		o.Issued, o.Expires = time.Now().UTC().Truncate(time.Millisecond), time.Now().UTC().Add(time.Minute)
+		o.Terms.SpeedPrice, o.Terms.MemoryPrice, o.Terms.StoragePrice = MaxPrice, MaxPrice, MaxPrice
+		o.Images = []ImageInfo{{Hash: "blake3:" + fmt.Sprintf("%064x", i+1), Name: fmt.Sprintf("invented-%02d", i), OS: "linux", SizeMB: 32, MemoryMB: 128}}
+		so, err := SignOffer(o, x.PrivKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, so.Raw)
+	}
+	testwait.Eventually(t, 30*time.Second, func() error {
+		for _, raw := range flood {
+			if err := topic.Publish(ctx, raw); err != nil {
+				return err
+			}
+		}
+		n := 0
+		for _, o := range buyer.book.Offers() {
+			if o.Provider == x.ID() {
+				n++
+			}
+		}
+		if n < len(flood) {
+			return fmt.Errorf("the buyer's book took %d of the flooder's %d offers", n, len(flood))
+		}
+		return nil
+	})
+	testwait.Eventually(t, 30*time.Second, func() error {
+		a, err := buyer.book.Averages()
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(a.Configs, func(c ConfigAverage) bool { return c.Config == "tiny" })
+		if i < 0 || a.Configs[i].Providers != 3 {
+			return fmt.Errorf("tiny's average is not over the 3 providers yet: %+v", a.Configs)
+		}
+		got := a.Configs[i].RunningPerHour
+		if got < slices.Min(honest) || got > slices.Max(honest) {
+			t.Fatalf("tiny's average %s per hour, outside the honest providers' %v", got, honest)
+		}
+		if a.Resources.Providers != 3 || a.Resources.SpeedPer1000BogomipsHour > 10*Unit {
+			t.Fatalf("resource averages %+v moved by one identity's offers", a.Resources)
+		}
+		return nil
+	})
+	// Two periods' samples of tiny: the invented names had as many chances to be recorded.
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if hist, err := buyer.book.History("tiny"); err != nil || len(hist) < 2 {
+			return fmt.Errorf("tiny's history has %d samples (%v)", len(hist), err)
+		}
+		return nil
+	})
+	var recorded []string
+	if err := buyer.book.avgSpace.List(func(key string, _ []byte) error {
+		recorded = append(recorded, key)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range recorded {
+		if strings.HasPrefix(k, "invented-") {
+			t.Fatalf("price history was written for the flooder's invented %q (history kept: %v)", k, recorded)
+		}
+	}
+	if !slices.Contains(recorded, "tiny") {
+		t.Fatalf("no history for tiny: %v", recorded)
 	}
 }
