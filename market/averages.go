@@ -167,7 +167,7 @@ func (b *Book) updateAverages(record bool) {
 	if err != nil {
 		b.log.Warn("averages", "err", err)
 	}
-	cat := catalog(own, offers)
+	cat := catalog(own, offers, b.names())
 	fresh := make(map[string]ConfigAverage, len(cat))
 	b.mu.Lock()
 	for _, c := range cat {
@@ -227,7 +227,7 @@ func (b *Book) Averages() (Averages, error) {
 	if err != nil {
 		return Averages{}, err
 	}
-	cat := catalog(own, b.offers.Live(b.now()))
+	cat := catalog(own, b.offers.Live(b.now()), b.names())
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return Averages{Configs: sortConfigs(cat, b.avgs), Resources: b.resources}, nil

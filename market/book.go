@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -60,7 +61,7 @@ type Book struct {
 	topic *pubsub.Topic
 	sub   *pubsub.Subscription
 
-	bookSpace, cfgSpace, avgSpace *node.Space
+	bookSpace, cfgSpace, avgSpace, nameSpace *node.Space
 
 	// booked signals that the book took new offers, so market averages follow the offers as
 	// they arrive instead of waiting for the next period.
@@ -72,6 +73,7 @@ type Book struct {
 	taken     int                   // catch-up queries running or succeeded
 	avgs      map[string]ConfigAverage
 	resources ResourceAverages
+	bound     imageNames // persisted under market/imagenames/
 }
 
 // NewBook returns the offer book; attach it to a node before the Buyer and the Provider,
@@ -79,7 +81,7 @@ type Book struct {
 func NewBook(opts BookOptions) *Book {
 	opts.fill()
 	return &Book{opts: opts, offers: newOfferIndex(), booked: make(chan struct{}, 1),
-		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}}
+		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}, bound: imageNames{}}
 }
 
 // Start implements node.Service: it loads the persisted book and averages, joins the offers
@@ -88,6 +90,13 @@ func (b *Book) Start(ctx context.Context, n *node.Node) error {
 	b.begin(ctx, n, b.opts.Logger, "book")
 	st := n.Store()
 	b.bookSpace, b.cfgSpace, b.avgSpace = st.Space("market/book/"), st.Space("market/configs/"), st.Space("market/averages/")
+	b.nameSpace = st.Space("market/imagenames/")
+	if err := b.nameSpace.List(func(name string, hash []byte) error {
+		b.bound[name] = string(hash)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("market: image names: %w", err)
+	}
 	if err := b.loadBook(); err != nil {
 		return err
 	}
@@ -145,3 +154,28 @@ func (b *Book) prune() {
 // Add takes offers into the book as if they had arrived (seeding a book in benchmarks and
 // tests); they must come from SignOffer or DecodeOffer. It returns how many were new.
 func (b *Book) Add(offers []SignedOffer) int { return b.acceptAll(offers) }
+
+// names is a copy of the image-name bindings.
+func (b *Book) names() imageNames {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.bound)
+}
+
+// bindNames binds the names of the offers' images that are not bound yet to their hashes.
+func (b *Book) bindNames(tx *node.Txn, offers []SignedOffer) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, so := range offers {
+		for _, img := range so.Images {
+			if _, ok := b.bound[img.Name]; ok || len(b.bound) >= maxImageNames {
+				continue
+			}
+			if err := tx.Put(img.Name, []byte(img.Hash)); err != nil {
+				return err
+			}
+			b.bound[img.Name] = img.Hash
+		}
+	}
+	return nil
+}

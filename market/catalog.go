@@ -251,9 +251,26 @@ func hashImage(ctx context.Context, cache *node.Space, path string) (string, int
 	return sum, fi.Size(), nil
 }
 
+// imageNames binds the name of each preconfigured configuration to the image (by hash) this
+// node first saw under it, persisted: a stranger advertising another image under a known name
+// gets a name of its own (name@hash) and never takes the name over.
+type imageNames map[string]string
+
+// maxImageNames caps the bindings a node keeps; images beyond it are listed as name@hash.
+const maxImageNames = 4096
+
+// catalogName is the name under which the catalog lists img.
+func (n imageNames) catalogName(img ImageInfo) string {
+	if bound, ok := n[img.Name]; ok && bound == img.Hash {
+		return img.Name
+	}
+	return img.Name + "@" + strings.TrimPrefix(img.Hash, "blake3:")[:8]
+}
+
 // catalog is the buyer's list of configurations: the standard ones, the preconfigured ones of
-// the images seen in offers, and the buyer's own edited ones (persisted), by name.
-func catalog(own []Configuration, offers []Offer) []Configuration {
+// the images seen in offers (named as names binds them), and the buyer's own edited ones
+// (persisted), by name.
+func catalog(own []Configuration, offers []Offer, names imageNames) []Configuration {
 	out := StandardConfigs()
 	seen := map[string]bool{}
 	for _, c := range out {
@@ -263,6 +280,7 @@ func catalog(own []Configuration, offers []Offer) []Configuration {
 	for _, o := range offers {
 		for _, img := range o.Images {
 			c := img.configuration()
+			c.Name = names.catalogName(img)
 			if !seen[c.Name] {
 				seen[c.Name] = true
 				pre = append(pre, c)
@@ -317,7 +335,7 @@ func (b *Book) Configs() ([]ConfigView, error) {
 	if err != nil {
 		return nil, err
 	}
-	cat := catalog(own, b.offers.Live(b.now()))
+	cat := catalog(own, b.offers.Live(b.now()), b.names())
 	out := make([]ConfigView, len(cat))
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -337,7 +355,7 @@ func (b *Book) Config(name string) (Configuration, error) {
 	if err != nil {
 		return Configuration{}, err
 	}
-	for _, c := range catalog(own, b.offers.Live(b.now())) {
+	for _, c := range catalog(own, b.offers.Live(b.now()), b.names()) {
 		if c.Name == name {
 			return c, nil
 		}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -543,5 +545,78 @@ func TestOneIdentityCannotMoveTheAverages(t *testing.T) {
 	}
 	if !slices.Contains(recorded, "tiny") {
 		t.Fatalf("no history for tiny: %v", recorded)
+	}
+}
+
+// TestCatalogNamesAreNotShadowed: a stranger advertising another image under the name of one
+// the buyer already knows changes neither the buyer's catalog entry nor its search results;
+// the stranger's image is listed under a name of its own.
+func TestCatalogNamesAreNotShadowed(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "busybox.img")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte("virtuoso"), 1<<17), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const stranger = 2
+	nodes := marketCluster(t, 3, func(i int) *spec {
+		switch i {
+		case 0:
+			s := seller(nil)
+			s.Seller.Images = []Image{{Name: "busybox", OS: "linux", Disk: disk, MemoryMB: 128}}
+			return s
+		case stranger:
+			return nil
+		}
+		return fast()
+	})
+	p, buyer, x := nodes[0], nodes[1], nodes[stranger]
+	ctx := context.Background()
+	m, err := p.prov.AddMachine(ctx, testSpec("honest", roomy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
+	before, err := buyer.book.Config("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	o := testOffer(x.ID())
+	o.Addrs = nil
+	o.Issued, o.Expires = time.Now().UTC().Truncate(time.Millisecond), time.Now().UTC().Add(time.Minute)
+	o.Terms.SpeedPrice, o.Terms.MemoryPrice, o.Terms.StoragePrice = 1, 1, 1 // cheapest of all
+	o.Images = []ImageInfo{{Hash: "blake3:" + strings.Repeat("cd", 32), Name: "busybox", OS: "linux", SizeMB: 32, MemoryMB: 128}}
+	so, err := SignOffer(o, x.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := joinMesh(t, x.Node)
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if err := topic.Publish(ctx, so.Raw); err != nil {
+			return err
+		}
+		if _, ok := buyer.book.Get(x.ID(), o.Machine); !ok {
+			return errors.New("the stranger's offer has not reached the buyer")
+		}
+		return nil
+	})
+	after, err := buyer.book.Config("busybox")
+	if err != nil || after.Image != before.Image {
+		t.Fatalf("busybox is now %+v (%v), was %+v", after, err, before)
+	}
+	matches, err := buyer.book.Search(SearchQuery{ConfigName: "busybox"})
+	if err != nil || len(matches) != 1 || matches[0].Provider != p.ID() {
+		t.Fatalf("search for busybox: %+v, %v; want the honest provider only", matches, err)
+	}
+	cfgs, err := buyer.book.Configs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(cfgs, func(c ConfigView) bool { return c.Name == "busybox@cdcdcdcd" && c.Image == o.Images[0].Hash }) {
+		t.Fatalf("the stranger's image is not listed under a name of its own: %+v", cfgs)
+	}
+	// The binding survives a restart of the buyer's node.
+	buyer = buyer.restart(t, *fast(), func(cfg *node.Config) { cfg.Network.Bootstrap = nil })
+	if c, err := buyer.book.Config("busybox"); err != nil || c.Image != before.Image {
+		t.Fatalf("after a restart busybox is %+v (%v)", c, err)
 	}
 }

@@ -102,6 +102,9 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 	if err != nil {
 		b.log.Warn("persist offers", "err", err)
 	}
+	if err := b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, taken) }); err != nil {
+		b.log.Warn("bind image names", "err", err)
+	}
 	if b.opts.OnOffer != nil {
 		for _, so := range taken {
 			b.opts.OnOffer(so.Offer)
@@ -116,15 +119,21 @@ func bookKey(o Offer) string { return o.Provider.String() + "/" + o.Machine.Stri
 func (b *Book) loadBook() error {
 	now := b.now()
 	var drop []string
+	var loaded []SignedOffer
 	err := b.bookSpace.List(func(key string, val []byte) error {
 		so, err := DecodeOffer(val)
 		if err != nil || !now.Before(so.Expires) {
 			drop = append(drop, key)
 			return nil
 		}
-		b.offers.Put(so, now)
+		if b.offers.Put(so, now) {
+			loaded = append(loaded, so)
+		}
 		return nil
 	})
+	if err == nil {
+		err = b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, loaded) })
+	}
 	if err != nil {
 		return fmt.Errorf("market: load offer book: %w", err)
 	}
