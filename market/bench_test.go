@@ -35,7 +35,7 @@ func benchOffers(b *testing.B, n int) []SignedOffer {
 }
 
 func BenchmarkSearch10k(b *testing.B) {
-	book := newOfferIndex()
+	book := newOfferIndex(64, 1<<20)
 	now := time.Now()
 	for _, so := range benchOffers(b, 10_000) {
 		book.Put(so, now)

@@ -26,6 +26,10 @@ type BookOptions struct {
 	// RejectLimit is how many invalid offers a peer may forward before it is blacklisted by
 	// the gossip router (default 16).
 	RejectLimit int
+	// MaxOffersPerProvider bounds the machines of one provider identity the book holds
+	// (default 64); MaxOffers the whole book (default 16384).
+	MaxOffersPerProvider int
+	MaxOffers            int
 	// OnOffer, if set, is called after a new offer entered the book (benchmarks).
 	OnOffer func(Offer)
 }
@@ -38,6 +42,12 @@ func (o *BookOptions) fill() {
 	}
 	if o.RejectLimit <= 0 {
 		o.RejectLimit = 16
+	}
+	if o.MaxOffersPerProvider <= 0 {
+		o.MaxOffersPerProvider = 64
+	}
+	if o.MaxOffers <= 0 {
+		o.MaxOffers = 16384
 	}
 }
 
@@ -80,7 +90,7 @@ type Book struct {
 // which use it.
 func NewBook(opts BookOptions) *Book {
 	opts.fill()
-	return &Book{opts: opts, offers: newOfferIndex(), booked: make(chan struct{}, 1),
+	return &Book{opts: opts, offers: newOfferIndex(opts.MaxOffersPerProvider, opts.MaxOffers), booked: make(chan struct{}, 1),
 		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}, bound: imageNames{}}
 }
 

@@ -1,6 +1,7 @@
 package market
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -434,9 +435,10 @@ func TestNewerNodesAreNotPenalised(t *testing.T) {
 		if r := tn.book.Rejected(n.ID()); r != 0 {
 			t.Fatalf("node %d counted %d invalid offers against the newer node", i, r)
 		}
-		if tn.Host().Network().Connectedness(n.ID()) != network.Connected {
-			t.Fatalf("node %d is no longer connected to the newer node", i)
-		}
+	}
+	// Its bootstrap peer (the others may reach it through that one) still keeps it connected.
+	if nodes[0].Host().Network().Connectedness(n.ID()) != network.Connected {
+		t.Fatal("the newer node's bootstrap peer dropped it")
 	}
 	// The offer travels on unchanged: a joiner catching up from a today's node gets the
 	// newer node's exact bytes too.
@@ -618,5 +620,108 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 	buyer = buyer.restart(t, *fast(), func(cfg *node.Config) { cfg.Network.Bootstrap = nil })
 	if c, err := buyer.book.Config("busybox"); err != nil || c.Image != before.Image {
 		t.Fatalf("after a restart busybox is %+v (%v)", c, err)
+	}
+}
+
+// TestOfferFloodIsBounded: one identity publishes a thousand validly signed offers for made-up
+// machines. Every book keeps at most its bound of them and keeps the honest provider's; a node
+// joining afterwards catches up the honest offer from either peer; and a node's answer puts
+// its own offers first.
+func TestOfferFloodIsBounded(t *testing.T) {
+	const flooder, flood = 2, 1000 // 15 times the bound; 5000 take 23 s to sign and publish under -race
+	nodes := marketCluster(t, 3, func(i int) *spec {
+		switch i {
+		case 0:
+			return seller(nil)
+		case flooder:
+			return nil
+		}
+		return fast()
+	})
+	p, buyer, x := nodes[0], nodes[1], nodes[flooder]
+	ctx := context.Background()
+	m, err := p.prov.AddMachine(ctx, testSpec("honest", roomy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
+	topic := joinMesh(t, x.Node)
+	t0 := time.Now()
+	now := t0.UTC().Truncate(time.Millisecond)
+	for i := range flood {
+		o := testOffer(x.ID())
+		o.Machine, o.Addrs = MachineID{0xfd, byte(i >> 8), byte(i)}, nil
+		o.Issued, o.Expires = now, now.Add(time.Minute)
+		so, err := SignOffer(o, x.PrivKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := topic.Publish(ctx, so.Raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d offers signed and published in %v", flood, time.Since(t0))
+	limit := buyer.book.opts.MaxOffersPerProvider
+	count := func(b *Book, of peer.ID) int {
+		n := 0
+		for _, o := range b.Offers() {
+			if o.Provider == of {
+				n++
+			}
+		}
+		return n
+	}
+	testwait.Eventually(t, 30*time.Second, func() error {
+		for i, tn := range nodes[:2] {
+			if n := count(tn.book, x.ID()); n != limit {
+				return fmt.Errorf("node %d holds %d of the flooder's offers, want its bound %d", i, n, limit)
+			}
+		}
+		return nil
+	})
+	t.Logf("every book at its bound %v after the flood began", time.Since(t0))
+	for i, tn := range nodes[:2] {
+		if _, ok := tn.book.Get(p.ID(), m.ID); !ok {
+			t.Fatalf("node %d lost the honest offer in the flood", i)
+		}
+		if tn.book.Rejected(x.ID()) != 0 {
+			t.Fatalf("node %d rejected validly signed offers", i)
+		}
+	}
+
+	// Each node answers a catch-up with the honest offer in it, the answerer's own first.
+	for i, tn := range nodes[:2] {
+		joiner := marketCluster(t, 1, func(int) *spec { return fast() })[0]
+		if err := joiner.Host().Connect(ctx, peer.AddrInfo{ID: tn.ID(), Addrs: tn.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := joiner.book.QueryOffers(ctx, tn.ID()); err != nil {
+			t.Fatalf("catch-up from node %d: %v", i, err)
+		}
+		if _, ok := joiner.book.Get(p.ID(), m.ID); !ok {
+			t.Fatalf("a catch-up from node %d does not carry the honest offer", i)
+		}
+	}
+	var page []SignedOffer
+	st, err := buyer.Host().NewStream(ctx, p.ID(), OffersQueryID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeJSON(st, queryRequest{Max: 1})
+	st.CloseWrite()
+	r := bufio.NewReader(st)
+	for {
+		raw, err := readFrame(r, MaxOfferBytes)
+		if err != nil || len(raw) == 0 {
+			break
+		}
+		so, err := DecodeOffer(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page = append(page, so)
+	}
+	if len(page) != 1 || page[0].Provider != p.ID() {
+		t.Fatalf("the provider's one-offer answer: %+v; want its own offer", page)
 	}
 }

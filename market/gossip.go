@@ -82,9 +82,14 @@ func (b *Book) accept(so SignedOffer) bool {
 func (b *Book) acceptAll(offers []SignedOffer) int {
 	now := b.now()
 	var taken []SignedOffer
+	var evicted []Offer
 	for _, so := range offers {
-		if b.offers.Put(so, now) {
+		ok, out := b.offers.Put(so, now)
+		if ok {
 			taken = append(taken, so)
+		}
+		if out != nil {
+			evicted = append(evicted, *out)
 		}
 	}
 	if len(taken) == 0 {
@@ -94,6 +99,11 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 	err := b.bookSpace.Update(func(tx *node.Txn) error {
 		for _, so := range taken {
 			if err := tx.Put(bookKey(so.Offer), so.Raw); err != nil {
+				return err
+			}
+		}
+		for _, o := range evicted {
+			if err := tx.Delete(bookKey(o)); err != nil {
 				return err
 			}
 		}
@@ -126,8 +136,10 @@ func (b *Book) loadBook() error {
 			drop = append(drop, key)
 			return nil
 		}
-		if b.offers.Put(so, now) {
+		if ok, _ := b.offers.Put(so, now); ok {
 			loaded = append(loaded, so)
+		} else {
+			drop = append(drop, key)
 		}
 		return nil
 	})

@@ -14,12 +14,23 @@ import (
 // of. It is safe for concurrent use (the gossip validator reads it while the subscription loop
 // writes it). Withdrawn and expired offers stay as tombstones until their expiry so that a
 // replay of an older offer is recognised; Prune removes them.
+//
+// It is bounded: at most perProvider machines of one provider identity, and total entries in
+// all. A provider's offers count against its identity only, so a flood of one identity's
+// offers leaves the others' machines where they are; when the index is full, a machine new to
+// it displaces one of the provider that holds the most, unless that is its own provider or
+// one no larger, so established providers keep their place.
 type offerIndex struct {
-	mu     sync.RWMutex
-	offers map[offerKey]*SignedOffer
+	mu          sync.RWMutex
+	offers      map[offerKey]*SignedOffer
+	count       map[peer.ID]int // entries per provider
+	perProvider int
+	total       int
 }
 
-func newOfferIndex() *offerIndex { return &offerIndex{offers: make(map[offerKey]*SignedOffer)} }
+func newOfferIndex(perProvider, total int) *offerIndex {
+	return &offerIndex{offers: make(map[offerKey]*SignedOffer), count: map[peer.ID]int{}, perProvider: perProvider, total: total}
+}
 
 // Verdict is what the book thinks of an offer.
 type Verdict int
@@ -30,6 +41,7 @@ const (
 	Replayed                // same or older sequence number than the book's
 	Expired                 // past its expiry
 	Future                  // dated too far in the future
+	Crowded                 // a machine more than the book holds of one provider
 )
 
 // Check tells whether offer o is worth taking at now.
@@ -41,27 +53,73 @@ func (b *offerIndex) Check(o Offer, now time.Time) Verdict {
 		return Future
 	}
 	b.mu.RLock()
+	defer b.mu.RUnlock()
 	old, ok := b.offers[o.key()]
-	b.mu.RUnlock()
-	if ok && o.Seq <= old.Seq {
+	switch {
+	case ok && o.Seq <= old.Seq:
 		return Replayed
+	case !ok && b.count[o.Provider] >= b.perProvider:
+		return Crowded
 	}
 	return Newer
 }
 
-// Put takes the offer if it is newer than the book's for its machine, and reports whether it
-// did.
-func (b *offerIndex) Put(so SignedOffer, now time.Time) bool {
+// Put takes the offer if it is newer than the book's for its machine and within the bounds,
+// and reports whether it did, with the offer it displaced, if any.
+func (b *offerIndex) Put(so SignedOffer, now time.Time) (bool, *Offer) {
 	if !now.Before(so.Expires) {
-		return false
+		return false, nil
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if old, ok := b.offers[so.key()]; ok && so.Seq <= old.Seq {
-		return false
+	old, ok := b.offers[so.key()]
+	if ok && so.Seq <= old.Seq {
+		return false, nil
+	}
+	var evicted *Offer
+	if !ok {
+		if b.count[so.Provider] >= b.perProvider {
+			return false, nil
+		}
+		if len(b.offers) >= b.total {
+			if evicted = b.evict(so.Provider); evicted == nil {
+				return false, nil
+			}
+		}
+		b.count[so.Provider]++
 	}
 	b.offers[so.key()] = &so // never modified after: readers may keep pointers
-	return true
+	return true, evicted
+}
+
+// evict drops the oldest entry of the provider holding the most, if that is not p and holds
+// more than p would after its new one; lock held.
+func (b *offerIndex) evict(p peer.ID) *Offer {
+	var victim peer.ID
+	for q, n := range b.count {
+		if n > b.count[victim] || n == b.count[victim] && q > victim {
+			victim = q
+		}
+	}
+	if victim == p || b.count[victim] <= b.count[p]+1 {
+		return nil
+	}
+	var oldest *SignedOffer
+	for k, so := range b.offers {
+		if k.provider == victim && (oldest == nil || so.Issued.Before(oldest.Issued)) {
+			oldest = so
+		}
+	}
+	b.drop(oldest.key())
+	return &oldest.Offer
+}
+
+// drop removes the entry of k; lock held.
+func (b *offerIndex) drop(k offerKey) {
+	delete(b.offers, k)
+	if b.count[k.provider]--; b.count[k.provider] <= 0 {
+		delete(b.count, k.provider)
+	}
 }
 
 // Get returns the live offer of a provider's machine.
@@ -141,7 +199,7 @@ func (b *offerIndex) Prune(now time.Time) []Offer {
 	for k, so := range b.offers {
 		if !now.Before(so.Expires) {
 			out = append(out, so.Offer)
-			delete(b.offers, k)
+			b.drop(k)
 		}
 	}
 	return out

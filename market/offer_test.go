@@ -283,12 +283,12 @@ func TestBookVerdicts(t *testing.T) {
 		}
 		return so
 	}
-	b := newOfferIndex()
+	b := newOfferIndex(64, 1<<14)
 	first := sign(10, goldenTime)
 	if v := b.Check(first.Offer, now); v != Newer {
 		t.Fatalf("first offer: %v", v)
 	}
-	if !b.Put(first, now) {
+	if ok, _ := b.Put(first, now); !ok {
 		t.Fatal("first offer not taken")
 	}
 	for _, tc := range []struct {
@@ -308,7 +308,7 @@ func TestBookVerdicts(t *testing.T) {
 			}
 		})
 	}
-	if b.Put(sign(9, goldenTime), now) {
+	if ok, _ := b.Put(sign(9, goldenTime), now); ok {
 		t.Fatal("an older offer replaced a newer one")
 	}
 	if got := b.Live(now); len(got) != 1 || got[0].Seq != 10 {

@@ -2,10 +2,12 @@ package market
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -17,47 +19,51 @@ import (
 // the offers they hold (gossip is lossy right after peers join). One request frame, then one
 // frame per offer envelope and an empty frame.
 
-// queryRequest asks for at most Max offers.
+// queryRequest asks for at most Max offers (at most MaxQueryPage) after the first Skip of the
+// answering node's order: its own offers first, then the rest of its book, each part by
+// provider and machine. A querier pages through with Skip.
 type queryRequest struct {
-	Max int `json:"max"`
+	Max  int `json:"max"`
+	Skip int `json:"skip,omitempty"`
 }
 
-// MaxQueryOffers caps the offers of one query answer.
-const MaxQueryOffers = 4096
+// MaxQueryPage caps the offers of one answer; MaxQueryOffers what one catch-up takes in all.
+const (
+	MaxQueryPage   = 512
+	MaxQueryOffers = 4096
+)
 
 func decodeQueryRequest(b []byte) (queryRequest, error) {
 	var r queryRequest
 	if err := decodeJSON(b, &r); err != nil {
 		return r, err
 	}
-	if r.Max < 0 {
-		return r, fmt.Errorf("%w: negative max", ErrMalformed)
+	if r.Max < 0 || r.Skip < 0 {
+		return r, fmt.Errorf("%w: negative max or skip", ErrMalformed)
 	}
 	return r, nil
 }
 
-// handleQuery answers an offers query: the node's own offers first, then the rest of its book,
-// newest first, each as a frame holding the offer envelope, then an empty frame.
+// handleQuery answers an offers query with one page: each offer envelope as a frame, then an
+// empty frame.
 func (b *Book) handleQuery(_ context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	req, err := decodeQueryRequest(frame)
 	if err != nil {
 		return err
 	}
-	limit := MaxQueryOffers
+	limit := MaxQueryPage
 	if req.Max > 0 {
 		limit = min(req.Max, limit)
 	}
-	offers := b.offers.Signed(b.now(), MaxQueryOffers)
+	offers := b.offers.Signed(b.now(), b.opts.MaxOffers)
 	self := b.n.ID()
-	slices.SortStableFunc(offers, func(a, b SignedOffer) int {
-		switch {
-		case a.Provider == self && b.Provider != self:
-			return -1
-		case b.Provider == self && a.Provider != self:
-			return 1
+	slices.SortFunc(offers, func(x, y SignedOffer) int {
+		if own := cmp.Compare(boolRank(x.Provider != self), boolRank(y.Provider != self)); own != 0 {
+			return own
 		}
-		return 0
+		return strings.Compare(bookKey(x.Offer), bookKey(y.Offer))
 	})
+	offers = offers[min(req.Skip, len(offers)):]
 	w := bufio.NewWriter(st)
 	for _, so := range offers[:min(limit, len(offers))] {
 		if err := writeFrame(w, so.Raw); err != nil {
@@ -70,44 +76,64 @@ func (b *Book) handleQuery(_ context.Context, st network.Stream, frame []byte, _
 	return w.Flush()
 }
 
-// QueryOffers asks peer p for the offers it holds and takes the valid new ones into the book.
-// It returns how many were new. Invalid offers count against p.
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// QueryOffers asks peer p for the offers it holds, page by page up to MaxQueryOffers, and
+// takes the valid new ones into the book. It returns how many were new. Invalid offers count
+// against p.
 func (b *Book) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
+	added := 0
+	for skip := 0; skip < MaxQueryOffers; skip += MaxQueryPage {
+		n, got, err := b.queryPage(ctx, p, skip)
+		added += n
+		if err != nil || got < MaxQueryPage {
+			return added, err
+		}
+	}
+	return added, nil
+}
+
+// queryPage asks p for one page of offers; it returns how many were new and how many came.
+func (b *Book) queryPage(ctx context.Context, p peer.ID, skip int) (added, got int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st, err := b.open(ctx, peerAddr{id: p}, OffersQueryID)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer st.Reset() // a no-op after Close
 	st.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := writeJSON(st, queryRequest{Max: MaxQueryOffers}); err != nil {
-		return 0, fmt.Errorf("%w: query %s: %w", ErrUnavailable, Short(p), err)
+	if err := writeJSON(st, queryRequest{Max: MaxQueryPage, Skip: skip}); err != nil {
+		return 0, 0, fmt.Errorf("%w: query %s: %w", ErrUnavailable, Short(p), err)
 	}
 	st.CloseWrite()
 	r := bufio.NewReader(st)
 	// Offers are taken in batches: one store transaction per batch, not per offer.
 	var batch []SignedOffer
-	added := 0
 	flush := func() {
 		added += b.acceptAll(batch)
 		batch = batch[:0]
 	}
 	defer flush()
-	for i := 0; ; i++ {
+	for ; ; got++ {
 		raw, err := readFrame(r, MaxOfferBytes)
 		if err != nil {
 			if errors.Is(err, ErrMalformed) {
 				b.penalise(p)
 			}
-			return added, fmt.Errorf("query %s: %w", Short(p), err)
+			return added, got, fmt.Errorf("query %s: %w", Short(p), err)
 		}
 		if len(raw) == 0 {
 			break
 		}
-		if i >= MaxQueryOffers {
+		if got >= MaxQueryPage {
 			b.penalise(p)
-			return added, fmt.Errorf("%w: %s sent more than %d offers", ErrMalformed, Short(p), MaxQueryOffers)
+			return added, got, fmt.Errorf("%w: %s sent more than %d offers in a page", ErrMalformed, Short(p), MaxQueryPage)
 		}
 		so, err := DecodeOffer(raw)
 		if err != nil {
@@ -122,7 +148,7 @@ func (b *Book) QueryOffers(ctx context.Context, p peer.ID) (int, error) {
 	}
 	st.Close()
 	flush()
-	return added, nil
+	return added, got, nil
 }
 
 // catchupPeers is how many peers a node queries for their offers after it starts. A
