@@ -23,9 +23,6 @@ type BookOptions struct {
 	History         int
 	// Housekeeping is how often expired offers are pruned (default 10s).
 	Housekeeping time.Duration
-	// RejectLimit is how many invalid offers a peer may forward before it is blacklisted by
-	// the gossip router (default 16).
-	RejectLimit int
 	// MaxOffersPerProvider bounds the machines of one provider identity the book holds
 	// (default 64); MaxOffers the whole book (default 16384).
 	MaxOffersPerProvider int
@@ -39,9 +36,6 @@ func (o *BookOptions) fill() {
 	o.Housekeeping = cmpOr(o.Housekeeping, 10*time.Second)
 	if o.History <= 0 {
 		o.History = 1440
-	}
-	if o.RejectLimit <= 0 {
-		o.RejectLimit = 16
 	}
 	if o.MaxOffersPerProvider <= 0 {
 		o.MaxOffersPerProvider = 64
@@ -77,13 +71,14 @@ type Book struct {
 	// they arrive instead of waiting for the next period.
 	booked chan struct{}
 
-	mu        sync.Mutex
-	rejects   map[peer.ID]int
-	queried   map[peer.ID]time.Time // peers asked for their offers after start
-	taken     int                   // catch-up queries running or succeeded
-	avgs      map[string]ConfigAverage
-	resources ResourceAverages
-	bound     imageNames // persisted under market/imagenames/
+	mu           sync.Mutex
+	rejects      map[peer.ID]int       // invalid offers received, for the record
+	queryRejects map[peer.ID]int       // of them, those in catch-up answers
+	queried      map[peer.ID]time.Time // peers asked for their offers after start
+	taken        int                   // catch-up queries running or succeeded
+	avgs         map[string]ConfigAverage
+	resources    ResourceAverages
+	bound        imageNames // persisted under market/imagenames/
 }
 
 // NewBook returns the offer book; attach it to a node before the Buyer and the Provider,
@@ -91,7 +86,7 @@ type Book struct {
 func NewBook(opts BookOptions) *Book {
 	opts.fill()
 	return &Book{opts: opts, offers: newOfferIndex(opts.MaxOffersPerProvider, opts.MaxOffers), booked: make(chan struct{}, 1),
-		rejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}, bound: imageNames{}}
+		rejects: map[peer.ID]int{}, queryRejects: map[peer.ID]int{}, queried: map[peer.ID]time.Time{}, avgs: map[string]ConfigAverage{}, bound: imageNames{}}
 }
 
 // Start implements node.Service: it loads the persisted book and averages, joins the offers
@@ -116,6 +111,11 @@ func (b *Book) Start(ctx context.Context, n *node.Node) error {
 		return fmt.Errorf("market: %w", err)
 	}
 	b.topic = topic
+	score := scoreTopic
+	if err := topic.SetScoreParams(&score); err != nil {
+		return fmt.Errorf("market: score %s: %w", OffersTopic, err)
+	}
+	n.ScorePeers(b.appScore)
 	if b.sub, err = topic.Subscribe(); err != nil {
 		return fmt.Errorf("market: subscribe %s: %w", OffersTopic, err)
 	}

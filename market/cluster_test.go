@@ -213,7 +213,6 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 		}
 		s := fast()
 		s.Provider = i == victim
-		s.Book.RejectLimit = 1000 // keep the attacker connected: the test counts every rejection
 		return s
 	})
 	ctx := context.Background()
@@ -723,5 +722,86 @@ func TestOfferFloodIsBounded(t *testing.T) {
 	}
 	if len(page) != 1 || page[0].Provider != p.ID() {
 		t.Fatalf("the provider's one-offer answer: %+v; want its own offer", page)
+	}
+}
+
+// TestSybilsAreScoredDown: eight fresh identities each send a few invalid offers — far fewer
+// than any per-identity limit a node could set — and then a valid offer of their own. Gossip
+// peer scoring graylists each of them: no book takes their valid offers, while an honest
+// provider's offer published after them reaches every book.
+func TestSybilsAreScoredDown(t *testing.T) {
+	const honest, sybils = 3, 8
+	nodes := marketCluster(t, honest+sybils, func(i int) *spec {
+		switch {
+		case i == 0:
+			return seller(nil)
+		case i < honest:
+			return fast()
+		}
+		return nil
+	})
+	ctx := context.Background()
+	var topics []*pubsub.Topic
+	for _, x := range nodes[honest:] {
+		topics = append(topics, joinMesh(t, x.Node))
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	for i, x := range nodes[honest:] {
+		bad := testOffer(x.ID())
+		bad.Issued, bad.Expires = now, now.Add(time.Minute)
+		bad.Free.MemoryMB = bad.Capacity.MemoryMB * 2 // out of range
+		body, _ := jsonMarshalOffer(bad)
+		sig, _ := x.PrivKey().Sign(append([]byte(offerDomain), body...))
+		for k := range 4 {
+			raw := encodeEnvelope(offerMagic, append(bytes.Clone(body[:len(body)-1]), []byte(fmt.Sprintf(`,"n":%d}`, k))...), sig)
+			if err := topics[i].Publish(ctx, raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The invalid offers are delivered (to the sybils' bootstrap peer at least) before the
+	// valid ones are sent.
+	testwait.Eventually(t, 10*time.Second, func() error {
+		for _, x := range nodes[honest:] {
+			if n := nodes[0].book.Rejected(x.ID()); n < 4 {
+				return fmt.Errorf("node 0 has rejected %d of a sybil's 4 invalid offers", n)
+			}
+		}
+		return nil
+	})
+	for i, x := range nodes[honest:] {
+		good := testOffer(x.ID())
+		good.Machine, good.Addrs = MachineID{0xfc, byte(i)}, nil
+		good.Issued, good.Expires = now, now.Add(time.Minute)
+		so, err := SignOffer(good, x.PrivKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := topics[i].Publish(ctx, so.Raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := nodes[0]
+	m, err := p.prov.AddMachine(ctx, testSpec("honest", roomy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, nodes[:honest], p.ID(), m.ID, 1, 30*time.Second)
+	rejected := 0
+	for i, tn := range nodes[:honest] {
+		for _, o := range tn.book.Offers() {
+			if o.Provider != p.ID() {
+				t.Fatalf("node %d took a graylisted identity's offer: %s", i, Short(o.Provider))
+			}
+		}
+		for _, x := range nodes[honest:] {
+			rejected += tn.book.Rejected(x.ID())
+			if tn.book.Rejected(x.ID()) >= 16 {
+				t.Fatalf("node %d counted %d rejects of one identity: the test sent too many to prove anything", i, tn.book.Rejected(x.ID()))
+			}
+		}
+	}
+	if rejected == 0 {
+		t.Fatal("no node received the sybils' invalid offers: the test proved nothing")
 	}
 }

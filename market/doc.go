@@ -51,8 +51,9 @@
 // On the offers topic a message's data is one offer envelope. The topic validator decodes it
 // and verifies the signature, checks that the gossip message's author (From, itself signed
 // under gossipsub's StrictSign) is the offer's provider, and checks every field's range:
-// failures are rejected, which counts against the forwarding peer (blacklisted after
-// BookOptions.RejectLimit). Offers that are expired, dated more than MaxClockSkew ahead, not
+// failures are rejected, which counts against the forwarding peer in gossipsub's peer score
+// (a few rejects graylist it, whatever its identity; invalid offers in a catch-up answer count
+// in the application's part of the score). Offers that are expired, dated more than MaxClockSkew ahead, not
 // newer (Seq) than the book's offer of the same machine, or of a newer envelope version are
 // ignored: not forwarded, not penalised. A withdrawn offer (machine removed) replaces the machine's offer until it expires.
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -28,7 +29,7 @@ func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 	if err != nil {
 		b.log.Debug("offer rejected", "from", from, "err", err)
 		if !msg.Local {
-			b.penalise(from)
+			b.count(from, false) // gossipsub scores the reject itself
 		}
 		return pubsub.ValidationReject
 	}
@@ -39,17 +40,37 @@ func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 	return pubsub.ValidationAccept
 }
 
-// penalise counts an invalid offer against the peer it came from; past the limit the gossip
-// router blacklists the peer.
-func (b *Book) penalise(p peer.ID) {
+// offerScore is the weight of one invalid offer in a gossip peer's score: with the offers
+// topic's (scoreTopic) or the application's (a catch-up answer), a handful of invalid offers
+// puts a peer below gossipsub's graylist threshold, whatever its identity; the score decays,
+// so an honest peer that relayed a bad offer once recovers.
+const offerScore = -100
+
+// scoreTopic is the offers topic's part of gossip peer scores: invalid messages delivered
+// (the validator's rejects) count quadratically.
+var scoreTopic = pubsub.TopicScoreParams{
+	SkipAtomicValidation: true, TopicWeight: 1,
+	TimeInMeshQuantum:              time.Second, // unweighted, but the score divides by it
+	InvalidMessageDeliveriesWeight: offerScore, InvalidMessageDeliveriesDecay: 0.99,
+}
+
+// count records an invalid offer from p; queried is set for one that came in a catch-up
+// answer, which gossipsub does not see, so it counts in the application's score of p.
+func (b *Book) count(p peer.ID, queried bool) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.rejects[p]++
-	n := b.rejects[p]
-	b.mu.Unlock()
-	if n == b.opts.RejectLimit {
-		b.log.Warn("peer sent too many invalid offers; blacklisted", "from", p, "invalid", n)
-		b.n.PubSub().BlacklistPeer(p)
+	if queried {
+		b.queryRejects[p]++
 	}
+}
+
+// appScore is the application's part of p's gossip score: its invalid catch-up answers.
+func (b *Book) appScore(p peer.ID) float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := float64(b.queryRejects[p])
+	return offerScore * n * n
 }
 
 // Rejected is how many invalid offers peer p has sent this node.

@@ -35,7 +35,7 @@ const serviceName = "virtuoso.market"
 // (a stream that sends no request within FirstFrameTimeout is reset).
 func Protocols() []node.ProtocolLimit {
 	return []node.ProtocolLimit{
-		{Protocol: OffersQueryID, Streams: 256, StreamsPerPeer: 2, Memory: 64 << 20},
+		{Protocol: OffersQueryID, Streams: 256, StreamsPerPeer: 4, Memory: 64 << 20},
 		{Protocol: StoreID, Streams: 512, StreamsPerPeer: 4, Memory: 64 << 20},
 		{Protocol: ControlID, Streams: 1024, StreamsPerPeer: 8, Memory: 64 << 20},
 		{Protocol: ConsoleID, Streams: 256, StreamsPerPeer: 8, Memory: 64 << 20},

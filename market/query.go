@@ -124,7 +124,7 @@ func (b *Book) queryPage(ctx context.Context, p peer.ID, skip int) (added, got i
 		raw, err := readFrame(r, MaxOfferBytes)
 		if err != nil {
 			if errors.Is(err, ErrMalformed) {
-				b.penalise(p)
+				b.count(p, true)
 			}
 			return added, got, fmt.Errorf("query %s: %w", Short(p), err)
 		}
@@ -132,12 +132,12 @@ func (b *Book) queryPage(ctx context.Context, p peer.ID, skip int) (added, got i
 			break
 		}
 		if got >= MaxQueryPage {
-			b.penalise(p)
+			b.count(p, true)
 			return added, got, fmt.Errorf("%w: %s sent more than %d offers in a page", ErrMalformed, Short(p), MaxQueryPage)
 		}
 		so, err := DecodeOffer(raw)
 		if err != nil {
-			b.penalise(p)
+			b.count(p, true)
 			continue
 		}
 		if b.offers.Check(so.Offer, b.now()) == Newer {

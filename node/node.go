@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -81,6 +82,8 @@ type Node struct {
 	ps      *pubsub.PubSub
 	api     *API
 	metrics *metrics
+
+	appScore atomic.Value // func(peer.ID) float64, set by ScorePeers
 
 	topicsMu sync.Mutex
 	topics   map[string]*pubsub.Topic
@@ -292,6 +295,7 @@ func (n *Node) startRouting(ctx context.Context) error {
 		pubsub.WithRawTracer(n.metrics),
 		pubsub.WithDiscovery(drouting.NewRoutingDiscovery(d)),
 		pubsub.WithMaxMessageSize(1 << 20),
+		pubsub.WithPeerScore(n.scoreParams(), &ScoreThresholds),
 	}
 	ps, err := pubsub.NewGossipSub(ctx, n.host, psOpts...)
 	if err != nil {
@@ -385,6 +389,39 @@ func (n *Node) Topic(name string, validator pubsub.ValidatorEx, opts ...pubsub.V
 	n.topics[name] = t
 	return t, nil
 }
+
+// ScoreThresholds are where a gossip peer's score stops its gossip being taken, its messages
+// being published to it, and everything it sends being read (graylisted). A peer reaches
+// them by sending messages a topic's validator rejects (each topic sets its weight, see
+// ScoreTopic) or by what the application scores it (ScorePeers).
+var ScoreThresholds = pubsub.PeerScoreThresholds{
+	GossipThreshold: -100, PublishThreshold: -500, GraylistThreshold: -1000,
+	AcceptPXThreshold: 100, OpportunisticGraftThreshold: 5,
+}
+
+// scoreParams are gossipsub's peer-score parameters: the topics' own (ScoreTopic) and the
+// application's score (ScorePeers); scores decay by 1% a second. Peers sharing an IP address
+// are not scored down for it: a marketplace may run several nodes on one host.
+func (n *Node) scoreParams() *pubsub.PeerScoreParams {
+	return &pubsub.PeerScoreParams{
+		SkipAtomicValidation: true,
+		Topics:               map[string]*pubsub.TopicScoreParams{},
+		AppSpecificScore: func(p peer.ID) float64 {
+			if fn, ok := n.appScore.Load().(func(peer.ID) float64); ok {
+				return fn(p)
+			}
+			return 0
+		},
+		AppSpecificWeight:      1,
+		BehaviourPenaltyWeight: -10, BehaviourPenaltyDecay: 0.99,
+		DecayInterval: time.Second, DecayToZero: 0.01, RetainScore: 10 * time.Minute,
+	}
+}
+
+// ScorePeers sets the application's part of gossip peers' scores (added to what the topics
+// score): a service that judges peers by more than their gossip, e.g. the offers they sent in
+// a direct query, calls it once at Start.
+func (n *Node) ScorePeers(fn func(peer.ID) float64) { n.appScore.Store(fn) }
 
 // Done is closed when the node stops: a part of it failed (the API server died), or Close was
 // called. The error is Close's.
