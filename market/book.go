@@ -17,6 +17,7 @@ import (
 // BookOptions configure the Book. The zero value takes the defaults below.
 type BookOptions struct {
 	Logger *slog.Logger
+	StreamOptions
 	// AverageInterval is how often market averages are computed (default 60s, the report's
 	// priceaverage period); History how many samples per configuration are kept (default 1440).
 	AverageInterval time.Duration
@@ -92,7 +93,7 @@ func NewBook(opts BookOptions) *Book {
 // Start implements node.Service: it loads the persisted book and averages, joins the offers
 // topic, serves the offers query, adds its API routes and starts catching up from peers.
 func (b *Book) Start(ctx context.Context, n *node.Node) error {
-	b.begin(ctx, n, b.opts.Logger, "book")
+	b.begin(ctx, n, b.opts.Logger, "book", b.opts.StreamOptions)
 	st := n.Store()
 	b.bookSpace, b.cfgSpace, b.avgSpace = st.Space("market/book/"), st.Space("market/configs/"), st.Space("market/averages/")
 	b.nameSpace = st.Space("market/imagenames/")

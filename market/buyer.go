@@ -13,6 +13,7 @@ import (
 // BuyerOptions configure the Buyer. The zero value takes the defaults below.
 type BuyerOptions struct {
 	Logger *slog.Logger
+	StreamOptions
 	// StoreTimeout bounds a store request, VM creation on the provider included (default 5m);
 	// ControlTimeout a control request (default 2m: a stop waits for the guest).
 	StoreTimeout   time.Duration
@@ -54,7 +55,7 @@ func NewBuyer(book *Book, opts BuyerOptions) *Buyer {
 
 // Start implements node.Service.
 func (b *Buyer) Start(ctx context.Context, n *node.Node) error {
-	b.begin(ctx, n, b.opts.Logger, "buyer")
+	b.begin(ctx, n, b.opts.Logger, "buyer", b.opts.StreamOptions)
 	b.space = n.Store().Space("market/buyer/")
 	b.serve(NoticeID, 4096, 64<<10, 30*time.Second, b.handleNotice)
 	b.routes(n.API())

@@ -32,7 +32,7 @@ const serviceName = "virtuoso.market"
 // Protocols are the resource limits of the market's stream protocols, for node.Options. A
 // peer may hold only a few streams of each at once; the totals are far above what honest
 // peers use, so that strangers holding all they may leave room for a VM's owner and a buyer
-// (a stream that sends no request within FirstFrameTimeout is reset).
+// (a stream that sends no request within StreamOptions.FirstFrame is reset).
 func Protocols() []node.ProtocolLimit {
 	return []node.ProtocolLimit{
 		{Protocol: OffersQueryID, Streams: 256, StreamsPerPeer: 4, Memory: 64 << 20},

@@ -34,6 +34,7 @@ type Hypervisor interface {
 // ProviderOptions configure the Provider. The zero value takes the defaults below.
 type ProviderOptions struct {
 	Logger *slog.Logger
+	StreamOptions
 	// Images are the OS images the provider holds for preconfigured VMs.
 	Images []Image
 	// Republish is how often the provider publishes its offers again (default 2m); OfferTTL
@@ -99,7 +100,7 @@ func NewProvider(book *Book, vms Hypervisor, opts ProviderOptions) *Provider {
 // Start implements node.Service: it hashes the images, undoes stores a crash interrupted,
 // serves the store, control and console protocols, adds its API routes and publishes.
 func (p *Provider) Start(ctx context.Context, n *node.Node) error {
-	p.begin(ctx, n, p.opts.Logger, "provider")
+	p.begin(ctx, n, p.opts.Logger, "provider", p.opts.StreamOptions)
 	p.space, p.hashSpace = n.Store().Space("market/provider/"), n.Store().Space("market/imagehash/")
 	if err := p.loadImages(ctx); err != nil {
 		return err

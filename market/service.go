@@ -21,9 +21,10 @@ import (
 // node, a logger, and the lifetime of its goroutines and stream handlers, with the stream
 // plumbing every protocol uses.
 type base struct {
-	n         *node.Node
-	log       *slog.Logger
-	protocols []protocol.ID // handlers registered by serve, removed by stop
+	n          *node.Node
+	log        *slog.Logger
+	protocols  []protocol.ID // handlers registered by serve, removed by stop
+	firstFrame time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -31,8 +32,9 @@ type base struct {
 }
 
 // begin binds the service to n; its goroutines run until stop.
-func (b *base) begin(ctx context.Context, n *node.Node, logger *slog.Logger, role string) {
+func (b *base) begin(ctx context.Context, n *node.Node, logger *slog.Logger, role string, so StreamOptions) {
 	b.n = n
+	b.firstFrame = cmpOr(so.FirstFrame, DefaultFirstFrame)
 	if logger == nil {
 		logger = n.Logger()
 	}
@@ -114,12 +116,19 @@ func (b *base) open(ctx context.Context, p peerAddr, id protocol.ID) (network.St
 	return st, nil
 }
 
-// FirstFrameTimeout is how long a peer has, after opening a stream, to send its request; a
-// stream that stays silent is reset, so that idle streams cost their opener, not this node.
-const FirstFrameTimeout = 5 * time.Second
+// DefaultFirstFrame is StreamOptions.FirstFrame's default.
+const DefaultFirstFrame = 5 * time.Second
+
+// StreamOptions are what the stream handlers of every service share.
+type StreamOptions struct {
+	// FirstFrame is how long a peer has, after opening a stream, to send its request
+	// (default DefaultFirstFrame); a stream that stays silent is reset, so that idle streams
+	// cost their opener, not this node.
+	FirstFrame time.Duration
+}
 
 // serve registers a stream handler: it sets the resource scope, gives the peer
-// FirstFrameTimeout to send its request frame (at most frameCap bytes), then reserves memory,
+// StreamOptions.FirstFrame to send its request frame (at most frameCap bytes), then reserves memory,
 // sets the protocol's deadline and hands the frame to handle; it resets the stream when the
 // handler fails. A malformed request is answered with an error. A timeout of 0 is a tunnel:
 // only its handshake has a deadline, which the handler clears.
@@ -130,7 +139,7 @@ func (b *base) serve(id protocol.ID, frameCap, memory int, timeout time.Duration
 			st.Reset()
 			return
 		}
-		st.SetDeadline(time.Now().Add(FirstFrameTimeout))
+		st.SetDeadline(time.Now().Add(b.firstFrame))
 		r := bufio.NewReader(st)
 		frame, err := readFrame(r, frameCap)
 		if err != nil {

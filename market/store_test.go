@@ -552,7 +552,7 @@ func TestStoreAndControl(t *testing.T) {
 
 // TestIdleStreamsDenyNothing: nine strangers each hold every control and store stream a peer
 // may open to a provider, and send nothing. The owner of a VM there still controls it, and a
-// buyer still stores one; the strangers' streams are reset once FirstFrameTimeout passes.
+// buyer still stores one; the strangers' streams are reset once their first frame is late.
 func TestIdleStreamsDenyNothing(t *testing.T) {
 	const strangers = 9
 	nodes := marketCluster(t, 3+strangers, func(i int) *spec {
@@ -613,7 +613,7 @@ func TestIdleStreamsDenyNothing(t *testing.T) {
 	t.Logf("owner's status and a buyer's store answered in %v", time.Since(t0).Round(time.Millisecond))
 
 	// The silent streams are reset by the provider, not kept.
-	testwait.Eventually(t, FirstFrameTimeout+10*time.Second, func() error {
+	testwait.Eventually(t, DefaultFirstFrame+10*time.Second, func() error {
 		open := 0
 		for _, st := range held {
 			st.SetReadDeadline(time.Now().Add(10 * time.Millisecond))

@@ -48,6 +48,7 @@ type Config struct {
 	API      APIConfig      `toml:"api"`
 	Roles    RolesConfig    `toml:"roles"`
 	Provider ProviderConfig `toml:"provider"`
+	Market   MarketConfig   `toml:"market"`
 	Log      LogConfig      `toml:"log"`
 }
 
@@ -115,6 +116,35 @@ type VSphereConfig struct {
 	Network      string `toml:"network"`
 }
 
+// MarketConfig bounds what strangers can make a node hold or wait for.
+type MarketConfig struct {
+	// FirstFrameTimeout is how long a peer has to send its request on a stream it opened.
+	FirstFrameTimeout time.Duration `toml:"first_frame_timeout"`
+	// MaxOffersPerProvider and MaxOffers bound the offer book: machines of one provider
+	// identity, and all.
+	MaxOffersPerProvider int `toml:"max_offers_per_provider"`
+	MaxOffers            int `toml:"max_offers"`
+}
+
+// DefaultMarketConfig is the [market] section.
+func DefaultMarketConfig() MarketConfig {
+	return MarketConfig{FirstFrameTimeout: 5 * time.Second, MaxOffersPerProvider: 64, MaxOffers: 16384}
+}
+
+// Validate reports every problem of the [market] section.
+func (c MarketConfig) Validate() error { return c.problems().err() }
+
+func (c MarketConfig) problems() problems {
+	var ps problems
+	if c.FirstFrameTimeout < 100*time.Millisecond || c.FirstFrameTimeout > 5*time.Minute {
+		ps.add("market.first_frame_timeout %v is out of range: use between 100ms and 5m, e.g. \"5s\"", c.FirstFrameTimeout)
+	}
+	if c.MaxOffersPerProvider < 1 || c.MaxOffers < c.MaxOffersPerProvider || c.MaxOffers > 1_000_000 {
+		ps.add("market.max_offers_per_provider %d and max_offers %d are out of range: use 1 <= max_offers_per_provider <= max_offers <= 1000000", c.MaxOffersPerProvider, c.MaxOffers)
+	}
+	return ps
+}
+
 // LogConfig sets logging.
 type LogConfig struct {
 	Level  string `toml:"level"`
@@ -124,7 +154,7 @@ type LogConfig struct {
 // DefaultConfig returns the defaults of a profile: each section's.
 func DefaultConfig(p Profile) Config {
 	return Config{Profile: p, Network: DefaultNetworkConfig(p), API: DefaultAPIConfig(p),
-		Provider: DefaultProviderConfig(), Log: DefaultLogConfig()}
+		Provider: DefaultProviderConfig(), Market: DefaultMarketConfig(), Log: DefaultLogConfig()}
 }
 
 // DefaultNetworkConfig is the [network] section of profile p: loopback only for the local
@@ -175,7 +205,7 @@ func (c Config) Validate() error {
 	if c.Profile != ProfileLocal && c.Profile != ProfilePublic {
 		ps.add("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
 	}
-	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Log.problems())
+	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Market.problems(), c.Log.problems())
 	return ps.err()
 }
 
@@ -457,6 +487,14 @@ datastore = "{{.Provider.VSphere.Datastore}}"
 resource_pool = "{{.Provider.VSphere.ResourcePool}}"
 folder = "{{.Provider.VSphere.Folder}}"
 network = "{{.Provider.VSphere.Network}}"
+
+[market]
+# A peer that opens a stream has this long to send its request, or the stream is reset.
+first_frame_timeout = "{{.Market.FirstFrameTimeout}}"
+# The offer book holds at most this many machines of one provider identity, and this many in
+# all; a full book makes room by dropping offers of the identity that holds the most.
+max_offers_per_provider = {{.Market.MaxOffersPerProvider}}
+max_offers = {{.Market.MaxOffers}}
 
 [log]
 # debug, info, warn or error.

@@ -60,6 +60,12 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		}
 		n.Attach(d.VMs)
 	}
+	streams := market.StreamOptions{FirstFrame: cfg.Market.FirstFrameTimeout}
+	opts.Book.StreamOptions = cmp.Or(opts.Book.StreamOptions, streams)
+	opts.Buyer.StreamOptions = cmp.Or(opts.Buyer.StreamOptions, streams)
+	opts.Provider.StreamOptions = cmp.Or(opts.Provider.StreamOptions, streams)
+	opts.Book.MaxOffersPerProvider = cmp.Or(opts.Book.MaxOffersPerProvider, cfg.Market.MaxOffersPerProvider)
+	opts.Book.MaxOffers = cmp.Or(opts.Book.MaxOffers, cfg.Market.MaxOffers)
 	opts.Book.Logger = cmpLogger(opts.Book.Logger, logger)
 	d.Book = market.NewBook(opts.Book)
 	n.Attach(d.Book)
