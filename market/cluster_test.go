@@ -623,7 +623,8 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 }
 
 // TestOfferFloodIsBounded: one identity publishes a thousand validly signed offers for made-up
-// machines. Every book keeps at most its bound of them and keeps the honest provider's; a node
+// machines. Every book keeps at most its bound of them (those beyond it are rejected, which
+// scores the flooder down) and keeps the honest provider's; a node
 // joining afterwards catches up the honest offer from either peer; and a node's answer puts
 // its own offers first.
 func TestOfferFloodIsBounded(t *testing.T) {
@@ -683,8 +684,8 @@ func TestOfferFloodIsBounded(t *testing.T) {
 		if _, ok := tn.book.Get(p.ID(), m.ID); !ok {
 			t.Fatalf("node %d lost the honest offer in the flood", i)
 		}
-		if tn.book.Rejected(x.ID()) != 0 {
-			t.Fatalf("node %d rejected validly signed offers", i)
+		if tn.book.Rejected(x.ID()) == 0 && i == 0 {
+			t.Fatalf("node %d did not reject the offers beyond the bound (which scores the flooder down)", i)
 		}
 	}
 

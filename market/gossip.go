@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -33,7 +34,17 @@ func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 		}
 		return pubsub.ValidationReject
 	}
-	if v := b.offers.Check(so.Offer, b.now()); v != Newer {
+	switch b.offers.Check(so.Offer, b.now()) {
+	case Newer:
+	case Crowded:
+		// More machines of one identity than any book keeps: out of range, like a free
+		// capacity above the capacity. Rejecting it scores the flooder down; ignoring it
+		// would let one identity keep every node's validation busy for free.
+		if !msg.Local {
+			b.count(from, false)
+		}
+		return pubsub.ValidationReject
+	default:
 		return pubsub.ValidationIgnore
 	}
 	msg.ValidatorData = so
@@ -98,9 +109,16 @@ func (b *Book) accept(so SignedOffer) bool {
 	return b.acceptAll([]SignedOffer{so}) == 1
 }
 
-// acceptAll puts verified offers into the book and persists the new ones in one
-// transaction; it returns how many were new.
+// acceptAll puts verified offers into the book and persists the new ones, persistBatch to a
+// store transaction; it returns how many were new.
 func (b *Book) acceptAll(offers []SignedOffer) int {
+	if len(offers) > persistBatch {
+		n := 0
+		for part := range slices.Chunk(offers, persistBatch) {
+			n += b.acceptAll(part)
+		}
+		return n
+	}
 	now := b.now()
 	var taken []SignedOffer
 	var evicted []Offer
@@ -143,6 +161,9 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 	}
 	return len(taken)
 }
+
+// persistBatch is how many offers one store transaction holds (a transaction is bounded).
+const persistBatch = 256
 
 func bookKey(o Offer) string { return o.Provider.String() + "/" + o.Machine.String() }
 

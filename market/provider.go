@@ -224,6 +224,11 @@ func (p *Provider) AddMachine(ctx context.Context, spec MachineSpec) (Machine, e
 	if err := m.Validate(); err != nil {
 		return Machine{}, err
 	}
+	if ms, err := p.machines(); err != nil {
+		return Machine{}, err
+	} else if limit := p.book.opts.MaxOffersPerProvider; len(ms) >= limit {
+		return Machine{}, fmt.Errorf("%w: this provider already sells %d machines, as many as books keep of one provider (market.max_offers_per_provider)", ErrInvalid, len(ms))
+	}
 	p.pubMu.Lock()
 	err := node.PutJSON(p.space, "machine/"+m.ID.String(), m)
 	p.pubMu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -68,6 +69,16 @@ type MarketResult struct {
 	SearchMatches   int             // matches of the last search
 	Verify          time.Duration   // decoding and verifying one offer, average
 	StartupDuration time.Duration   // starting the nodes
+
+	// The same while one identity floods the offers topic with validly signed offers of
+	// made-up machines, as fast as it can: propagation of the honest provider's offers, and
+	// searches of a node's own book, quiet and flooded.
+	HostilePropagation []time.Duration
+	HostileLost        int
+	BookSearch         []time.Duration
+	HostileBookSearch  []time.Duration
+	Flooded            int // offers the flooder published
+	FlooderHeld        int // of them, in the searched node's book at the end
 }
 
 // Market measures the marketplace: how long an offer takes to reach every offer book of
@@ -142,6 +153,7 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	arr := &arrivals{seen: map[uint64]map[int]time.Time{}, ch: make(chan struct{}, 1)}
 	var provider *daemon.Node
 	var nodes []*node.Node
+	var all []*daemon.Node
 	defer func() {
 		for _, n := range slices.Backward(nodes) {
 			n.Close()
@@ -162,6 +174,7 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 			provider = n
 		}
 		nodes = append(nodes, n.Node)
+		all = append(all, n)
 	}
 	res.StartupDuration = time.Since(start)
 
@@ -199,21 +212,57 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	if !formed {
 		return errors.New("warm-up: no edit reached every node by gossip in 30 tries")
 	}
-	for range opts.Rounds {
-		seq, t0, err := publish()
-		if err != nil {
-			return err
-		}
-		waitSeq(ctx, arr, seq, opts.Nodes, roundTimeout)
-		arr.mu.Lock()
-		for i, at := range arr.seen[seq] {
-			if i != 0 {
-				res.Propagation = append(res.Propagation, at.Sub(t0))
+	rounds := func(prop *[]time.Duration, lost *int) error {
+		for range opts.Rounds {
+			seq, t0, err := publish()
+			if err != nil {
+				return err
 			}
+			waitSeq(ctx, arr, seq, opts.Nodes, roundTimeout)
+			arr.mu.Lock()
+			for i, at := range arr.seen[seq] {
+				if i != 0 {
+					*prop = append(*prop, at.Sub(t0))
+				}
+			}
+			*lost += opts.Nodes - len(arr.seen[seq])
+			arr.mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
 		}
-		res.Lost += opts.Nodes - len(arr.seen[seq])
-		arr.mu.Unlock()
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	}
+	if err := rounds(&res.Propagation, &res.Lost); err != nil {
+		return err
+	}
+	searched := all[1].Book
+	if res.BookSearch, err = bookSearches(searched, opts.Searches); err != nil {
+		return err
+	}
+
+	// Hostile: one identity floods the topic while the same rounds and searches run.
+	fl, err := startFlooder(ctx, filepath.Join(dir, "flooder"), nodes, opts.Log)
+	if err != nil {
+		return err
+	}
+	defer fl.n.Close()
+	fctx, stop := context.WithCancel(ctx)
+	flooded := make(chan int, 1)
+	go func() { flooded <- fl.flood(fctx) }()
+	if err := rounds(&res.HostilePropagation, &res.HostileLost); err != nil {
+		stop()
+		return err
+	}
+	res.HostileBookSearch, err = bookSearches(searched, opts.Searches)
+	stop()
+	res.Flooded = <-flooded
+	fl.n.Close() // its backlog must not slow the catch-up timed next
+	for _, o := range searched.Offers() {
+		if o.Provider == fl.n.ID() {
+			res.FlooderHeld++
+		}
+	}
+	if err != nil {
+		return err
 	}
 
 	// Catch-up: the provider's book gets the synthetic offers; a new node asks for them.
@@ -244,6 +293,7 @@ func propagation(ctx context.Context, dir string, opts MarketOptions, offers []m
 	}
 	res.Catchup = time.Since(t0)
 	res.CatchupOffers = joiner.Len()
+
 	return nil
 }
 
@@ -431,9 +481,94 @@ func (r MarketResult) Print(out io.Writer, opts MarketOptions) {
 		ms(percentile(r.Propagation, 0.5)), ms(percentile(r.Propagation, 0.99)), ms(percentile(r.Propagation, 1)))
 	fmt.Fprintf(tw, "search over %d offers (book snapshot + rank)\t%d\t%s\t%s\t%s\n", opts.Offers, len(r.Search),
 		ms(percentile(r.Search, 0.5)), ms(percentile(r.Search, 0.99)), ms(percentile(r.Search, 1)))
+	fmt.Fprintf(tw, "offer propagation while one identity floods\t%d\t%s\t%s\t%s\n", len(r.HostilePropagation),
+		ms(percentile(r.HostilePropagation, 0.5)), ms(percentile(r.HostilePropagation, 0.99)), ms(percentile(r.HostilePropagation, 1)))
+	fmt.Fprintf(tw, "search of a node's own book, quiet\t%d\t%s\t%s\t%s\n", len(r.BookSearch),
+		ms(percentile(r.BookSearch, 0.5)), ms(percentile(r.BookSearch, 0.99)), ms(percentile(r.BookSearch, 1)))
+	fmt.Fprintf(tw, "search of a node's own book, one identity flooding\t%d\t%s\t%s\t%s\n", len(r.HostileBookSearch),
+		ms(percentile(r.HostileBookSearch, 0.5)), ms(percentile(r.HostileBookSearch, 0.99)), ms(percentile(r.HostileBookSearch, 1)))
 	fmt.Fprintf(tw, "catch-up query of a joining node (%d offers)\t1\t%s\t\t\n", r.CatchupOffers, ms(r.Catchup))
 	fmt.Fprintf(tw, "decode and verify one offer\t%d\t%s\t\t\n", min(opts.Offers, 2000), ms(r.Verify))
 	tw.Flush()
 	fmt.Fprintf(out, "\n%d nodes started in %v; %d of %d deliveries missed the %v round (lost to gossip until the next republish); the last search matched %d offers.\n",
 		opts.Nodes, r.StartupDuration.Round(time.Millisecond), r.Lost, r.Lost+len(r.Propagation), roundTimeout, r.SearchMatches)
+	fmt.Fprintf(out, "While flooding: %d of %d deliveries missed the round; the flooder published %d offers, of which the searched node's book holds %d.\n",
+		r.HostileLost, r.HostileLost+len(r.HostilePropagation), r.Flooded, r.FlooderHeld)
+}
+
+// bookSearches times n searches of a node's own book, as its owner runs them.
+func bookSearches(b *market.Book, n int) ([]time.Duration, error) {
+	out := make([]time.Duration, 0, n)
+	cfgs := market.StandardConfigs()
+	for i := range n {
+		t0 := time.Now()
+		if _, err := b.Search(market.SearchQuery{ConfigName: cfgs[i%len(cfgs)].Name}); err != nil {
+			return nil, err
+		}
+		out = append(out, time.Since(t0))
+	}
+	return out, nil
+}
+
+// flooder is a node without the market that publishes validly signed offers of made-up
+// machines under its own identity, as fast as the topic takes them.
+type flooder struct {
+	n     *node.Node
+	topic *pubsub.Topic
+}
+
+func startFlooder(ctx context.Context, dir string, peers []*node.Node, log *slog.Logger) (*flooder, error) {
+	home := node.Home{Dir: dir}
+	cfg := node.DefaultConfig(node.ProfileLocal)
+	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
+	for _, a := range peers[0].Host().Addrs() {
+		cfg.Network.Bootstrap = append(cfg.Network.Bootstrap, fmt.Sprintf("%s/p2p/%s", a, peers[0].ID()))
+	}
+	if err := home.Init(cfg, false); err != nil {
+		return nil, err
+	}
+	n, err := node.New(home, cfg, node.Options{Logger: log, Fast: true, Version: "bench"})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Start(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	t, err := n.Topic(market.OffersTopic, nil)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	for range 100 { // until it has mesh peers
+		if len(t.ListPeers()) > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &flooder{n: n, topic: t}, nil
+}
+
+// flood publishes until ctx ends and returns how many offers it published.
+func (f *flooder) flood(ctx context.Context) int {
+	priv := f.n.PrivKey()
+	sent := 0
+	for i := uint32(0); ctx.Err() == nil; i++ {
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		var mid market.MachineID
+		mid[0], mid[12], mid[13], mid[14], mid[15] = 0xfd, byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		so, err := market.SignOffer(market.Offer{
+			Provider: f.n.ID(), Machine: mid, Seq: 1, Issued: now, Expires: now.Add(market.MaxOfferTTL),
+			Name: fmt.Sprintf("flood-%d", i), Processor: "x86_64", NetworkMbps: 1000, Methods: market.DefaultMethods(),
+			Capacity: market.Resources{SpeedBogomips: 64000, MemoryMB: 262144, StorageMB: 1 << 30},
+			Free:     market.Resources{SpeedBogomips: 64000, MemoryMB: 262144, StorageMB: 1 << 30},
+			Terms:    market.DefaultTerms(),
+		}, priv)
+		if err != nil || f.topic.Publish(ctx, so.Raw) != nil {
+			continue
+		}
+		sent++
+	}
+	return sent
 }
