@@ -2,12 +2,12 @@ package market
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -61,7 +61,10 @@ func (b *Book) handleQuery(_ context.Context, st network.Stream, frame []byte, _
 		if own := cmp.Compare(boolRank(x.Provider != self), boolRank(y.Provider != self)); own != 0 {
 			return own
 		}
-		return strings.Compare(bookKey(x.Offer), bookKey(y.Offer))
+		if c := cmp.Compare(x.Provider, y.Provider); c != 0 { // raw ID bytes: no encoding per comparison
+			return c
+		}
+		return bytes.Compare(x.Machine[:], y.Machine[:])
 	})
 	offers = offers[min(req.Skip, len(offers)):]
 	w := bufio.NewWriter(st)
