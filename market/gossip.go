@@ -34,17 +34,9 @@ func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 		}
 		return pubsub.ValidationReject
 	}
-	switch b.offers.Check(so.Offer, b.now()) {
-	case Newer:
-	case Crowded:
-		// More machines of one identity than any book keeps: out of range, like a free
-		// capacity above the capacity. Rejecting it scores the flooder down; ignoring it
-		// would let one identity keep every node's validation busy for free.
-		if !msg.Local {
-			b.count(from, false)
-		}
-		return pubsub.ValidationReject
-	default:
+	// An offer past its provider's bound (Crowded) is ignored, not rejected: whether a book
+	// is full depends on what this node holds, so an honest peer relaying it is not at fault.
+	if v := b.offers.Check(so.Offer, b.now()); v != Newer {
 		return pubsub.ValidationIgnore
 	}
 	msg.ValidatorData = so

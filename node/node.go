@@ -84,6 +84,7 @@ type Node struct {
 	metrics *metrics
 
 	appScore atomic.Value // func(peer.ID) float64, set by ScorePeers
+	gater    *gater
 
 	topicsMu sync.Mutex
 	topics   map[string]*pubsub.Topic
@@ -253,9 +254,10 @@ func (n *Node) startHost(reg prometheus.Registerer) error {
 			opts = append(opts, libp2p.EnableHolePunching())
 		}
 	} else {
-		opts = append(opts, libp2p.DisableRelay(), libp2p.ForceReachabilityPrivate(),
-			libp2p.ConnectionGater(loopbackGater{}))
+		opts = append(opts, libp2p.DisableRelay(), libp2p.ForceReachabilityPrivate())
 	}
+	n.gater = newGater(n.cfg.Profile != ProfilePublic)
+	opts = append(opts, libp2p.ConnectionGater(n.gater))
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		rm.Close()
@@ -296,6 +298,7 @@ func (n *Node) startRouting(ctx context.Context) error {
 		pubsub.WithDiscovery(drouting.NewRoutingDiscovery(d)),
 		pubsub.WithMaxMessageSize(1 << 20),
 		pubsub.WithPeerScore(n.scoreParams(), &ScoreThresholds),
+		pubsub.WithPeerScoreInspect(n.banGraylisted, time.Second),
 	}
 	ps, err := pubsub.NewGossipSub(ctx, n.host, psOpts...)
 	if err != nil {
@@ -415,6 +418,22 @@ func (n *Node) scoreParams() *pubsub.PeerScoreParams {
 		AppSpecificWeight:      1,
 		BehaviourPenaltyWeight: -10, BehaviourPenaltyDecay: 0.99,
 		DecayInterval: time.Second, DecayToZero: 0.01, RetainScore: 10 * time.Minute,
+	}
+}
+
+// GraylistBan is how long a peer whose gossip score fell below the graylist threshold is
+// disconnected and refused: graylisting alone drops its messages unread, but they still
+// arrive and cost bandwidth.
+const GraylistBan = 10 * time.Minute
+
+// banGraylisted disconnects and refuses, for GraylistBan, the peers scored below the graylist
+// threshold.
+func (n *Node) banGraylisted(scores map[peer.ID]float64) {
+	for p, s := range scores {
+		if s < ScoreThresholds.GraylistThreshold && n.gater.ban(p, time.Now().Add(GraylistBan)) {
+			n.log.Warn("gossip peer graylisted: disconnected and refused", "peer", p, "score", s, "for", GraylistBan)
+			n.host.Network().ClosePeer(p)
+		}
 	}
 }
 
