@@ -232,12 +232,12 @@ func (b *Buyer) put(bl buyerLease) error {
 	if err := node.PutJSON(b.space, leaseKey(sl.VM), bl); err != nil {
 		return err
 	}
-	b.published(bl)
+	b.publishVM(bl)
 	return nil
 }
 
-// published publishes a VMChanged for bl.
-func (b *Buyer) published(bl buyerLease) {
+// publishVM publishes a VMChanged for bl.
+func (b *Buyer) publishVM(bl buyerLease) {
 	if v, err := bl.view(); err == nil {
 		b.n.Events().Publish(VMChanged{VM: v, Time: b.now()})
 	}

@@ -94,7 +94,7 @@ func (b *Buyer) handleNotice(_ context.Context, st network.Stream, frame []byte,
 	}
 	b.log.Warn("lease ended by the provider", "vm", n.VM, "lease", n.Lease, "peer", from, "reason", n.Reason)
 	b.closeTunnel(n.VM)
-	b.published(ended)
+	b.publishVM(ended)
 	b.n.Events().Publish(LeaseEnded{Lease: lease.ID, VM: n.VM, Buyer: lease.Buyer, Provider: lease.Provider, Reason: n.Reason, Time: ended.Updated})
 	return nil
 }

@@ -6,7 +6,6 @@ package daemon
 import (
 	"cmp"
 	"fmt"
-	"log/slog"
 	"slices"
 
 	"github.com/virtuoso-market/virtuoso/market"
@@ -19,8 +18,8 @@ type Options struct {
 	// Images are OS images a provider offers for preconfigured VMs, besides those described in
 	// its home's images/ directory.
 	Images []market.Image
-	// Book, Buyer and Provider tune the market's services (timings; their loggers default to
-	// the node's).
+	// Book, Buyer and Provider tune the market's services (timings; a nil logger is the
+	// node's).
 	Book     market.BookOptions
 	Buyer    market.BuyerOptions
 	Provider market.ProviderOptions
@@ -53,7 +52,6 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		}
 	}()
 	d = &Node{Node: n}
-	logger := n.Logger()
 	if cfg.Roles.Provider {
 		if d.VMs, err = newVMs(n); err != nil {
 			return nil, err
@@ -66,10 +64,8 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	opts.Provider.StreamOptions = cmp.Or(opts.Provider.StreamOptions, streams)
 	opts.Book.MaxOffersPerProvider = cmp.Or(opts.Book.MaxOffersPerProvider, cfg.Market.MaxOffersPerProvider)
 	opts.Book.MaxOffers = cmp.Or(opts.Book.MaxOffers, cfg.Market.MaxOffers)
-	opts.Book.Logger = cmpLogger(opts.Book.Logger, logger)
 	d.Book = market.NewBook(opts.Book)
 	n.Attach(d.Book)
-	opts.Buyer.Logger = cmpLogger(opts.Buyer.Logger, logger)
 	d.Buyer = market.NewBuyer(d.Book, opts.Buyer)
 	n.Attach(d.Buyer)
 	if cfg.Roles.Provider {
@@ -78,7 +74,6 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 			return nil, fmt.Errorf("provider images: %w", err)
 		}
 		popts := opts.Provider
-		popts.Logger = cmpLogger(popts.Logger, logger)
 		popts.Images = slices.Concat(own, opts.Images, popts.Images)
 		popts.MaxLeasesPerBuyer = cmp.Or(popts.MaxLeasesPerBuyer, cfg.Provider.MaxLeasesPerBuyer)
 		popts.BuyerSharePercent = cmp.Or(popts.BuyerSharePercent, cfg.Provider.BuyerSharePercent)
@@ -88,11 +83,4 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		n.Attach(market.NotSelling{})
 	}
 	return d, nil
-}
-
-func cmpLogger(l, def *slog.Logger) *slog.Logger {
-	if l == nil {
-		return def
-	}
-	return l
 }
