@@ -147,8 +147,27 @@ func (b *Book) Offers() []Offer { return b.offers.Live(b.now()) }
 // Len is the number of offers held, tombstones of withdrawn ones included.
 func (b *Book) Len() int { return b.offers.Len() }
 
-// publish sends an offer envelope on the offers topic (the Provider's offers).
-func (b *Book) publish(ctx context.Context, raw []byte) error { return b.topic.Publish(ctx, raw) }
+// publish sends an offer envelope on the offers topic (the Provider's offers). The local
+// validation of one's own offer can be throttled while the topic is flooded; it is tried
+// again a few times, backing off, rather than left to the next republish.
+func (b *Book) publish(ctx context.Context, raw []byte) error {
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := b.topic.Publish(ctx, raw)
+		if err == nil || attempt == publishAttempts || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// publishAttempts is how often publish tries one offer (the waits add up to 1.55 s).
+const publishAttempts = 6
 
 // topicEvents follows peers joining the offers topic (the Provider republishes for them).
 func (b *Book) topicEvents() (*pubsub.TopicEventHandler, error) { return b.topic.EventHandler() }
