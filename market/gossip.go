@@ -20,12 +20,25 @@ import (
 // fields in an offer's body are ignored: the signature covers the exact bytes. The rest of the
 // Book only ever sees offers that passed it.
 func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-	so, err := DecodeOffer(msg.GetData())
+	o, f, err := openOffer(msg.GetData())
 	if errors.Is(err, ErrUnknownVersion) {
 		return pubsub.ValidationIgnore // a newer node's offer: not for us, not its fault
 	}
-	if err == nil && so.Provider != msg.GetFrom() {
-		err = fmt.Errorf("%w: offer of %s published by %s", ErrForged, so.Provider, msg.GetFrom())
+	if err == nil && o.Provider != msg.GetFrom() {
+		err = fmt.Errorf("%w: offer of %s published by %s", ErrForged, o.Provider, msg.GetFrom())
+	}
+	// An offer the book would not take (expired, replayed, or past its provider's bound) is
+	// ignored before its signature is checked, so a flood of them costs a decode each. The
+	// message's own signature (gossipsub's) already names its publisher, who is the offer's
+	// provider. An offer past its provider's bound (Crowded) is ignored, not rejected: whether
+	// a book is full depends on what this node holds, so an honest peer relaying it is not at
+	// fault.
+	if err == nil && b.offers.Check(o, b.now()) != Newer {
+		return pubsub.ValidationIgnore
+	}
+	var so SignedOffer
+	if err == nil {
+		so, err = verifyOffer(o, f, msg.GetData())
 	}
 	if err != nil {
 		b.log.Debug("offer rejected", "from", from, "err", err)
@@ -33,11 +46,6 @@ func (b *Book) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pu
 			b.count(from, false) // gossipsub scores the reject itself
 		}
 		return pubsub.ValidationReject
-	}
-	// An offer past its provider's bound (Crowded) is ignored, not rejected: whether a book
-	// is full depends on what this node holds, so an honest peer relaying it is not at fault.
-	if v := b.offers.Check(so.Offer, b.now()); v != Newer {
-		return pubsub.ValidationIgnore
 	}
 	msg.ValidatorData = so
 	return pubsub.ValidationAccept

@@ -139,11 +139,22 @@ func SignOffer(o Offer, key crypto.PrivKey) (SignedOffer, error) {
 // JSON, sanity (Validate) and the provider's signature. It does not look at the time or at
 // sequence numbers: the book does.
 func DecodeOffer(raw []byte) (SignedOffer, error) {
-	var o Offer
-	f, err := openBody("offer", raw, offerMagic, MaxOfferBytes, &o, maxSigBytes)
+	o, f, err := openOffer(raw)
 	if err != nil {
 		return SignedOffer{}, err
 	}
+	return verifyOffer(o, f, raw)
+}
+
+// openOffer decodes and validates an offer envelope without checking its signature, which
+// verifyOffer does with the fields it returns.
+func openOffer(raw []byte) (Offer, [][]byte, error) {
+	var o Offer
+	f, err := openBody("offer", raw, offerMagic, MaxOfferBytes, &o, maxSigBytes)
+	return o, f, err
+}
+
+func verifyOffer(o Offer, f [][]byte, raw []byte) (SignedOffer, error) {
 	if err := verify(o.Provider, offerDomain, f[0], f[1]); err != nil {
 		return SignedOffer{}, fmt.Errorf("offer of %s: %w", o.Provider, err)
 	}

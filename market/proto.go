@@ -29,17 +29,18 @@ const (
 // serviceName is the resource-manager service of every market stream.
 const serviceName = "virtuoso.market"
 
-// Protocols are the resource limits of the market's stream protocols, for node.Options. A
-// peer may hold only a few streams of each at once; the totals are far above what honest
-// peers use, so that strangers holding all they may leave room for a VM's owner and a buyer
-// (a stream that sends no request within StreamOptions.FirstFrame is reset).
-func Protocols() []node.ProtocolLimit {
+// Protocols are the resource limits of the market's stream protocols, for node.Options, from
+// the [market] section: a peer may hold only a few streams of each at once; the totals are
+// far above what honest peers use, so that strangers holding all they may leave room for a
+// VM's owner and a buyer (a stream that sends no request within StreamOptions.FirstFrame is
+// reset).
+func Protocols(c node.MarketConfig) []node.ProtocolLimit {
+	limit := func(id protocol.ID, memory int64) node.ProtocolLimit {
+		return node.ProtocolLimit{Protocol: id, Streams: c.MaxStreams, StreamsPerPeer: c.StreamsPerPeer, Memory: memory}
+	}
 	return []node.ProtocolLimit{
-		{Protocol: OffersQueryID, Streams: 256, StreamsPerPeer: 4, Memory: 64 << 20},
-		{Protocol: StoreID, Streams: 512, StreamsPerPeer: 4, Memory: 64 << 20},
-		{Protocol: ControlID, Streams: 1024, StreamsPerPeer: 8, Memory: 64 << 20},
-		{Protocol: ConsoleID, Streams: 256, StreamsPerPeer: 8, Memory: 64 << 20},
-		{Protocol: NoticeID, Streams: 256, StreamsPerPeer: 4, Memory: 16 << 20},
+		limit(OffersQueryID, 64<<20), limit(StoreID, 64<<20), limit(ControlID, 64<<20),
+		limit(ConsoleID, 64<<20), limit(NoticeID, 16<<20),
 	}
 }
 

@@ -579,7 +579,7 @@ func TestIdleStreamsDenyNothing(t *testing.T) {
 
 	var held []network.Stream
 	limits := map[protocol.ID]int{}
-	for _, l := range Protocols() {
+	for _, l := range Protocols(node.DefaultMarketConfig()) {
 		limits[l.Protocol] = l.StreamsPerPeer
 	}
 	for _, x := range nodes[3:] {

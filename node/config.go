@@ -124,11 +124,16 @@ type MarketConfig struct {
 	// identity, and all.
 	MaxOffersPerProvider int `toml:"max_offers_per_provider"`
 	MaxOffers            int `toml:"max_offers"`
+	// StreamsPerPeer is the most streams of each market protocol one peer may hold open at
+	// once; MaxStreams the most over all peers.
+	StreamsPerPeer int `toml:"streams_per_peer"`
+	MaxStreams     int `toml:"max_streams"`
 }
 
 // DefaultMarketConfig is the [market] section.
 func DefaultMarketConfig() MarketConfig {
-	return MarketConfig{FirstFrameTimeout: 5 * time.Second, MaxOffersPerProvider: 64, MaxOffers: 16384}
+	return MarketConfig{FirstFrameTimeout: 5 * time.Second, MaxOffersPerProvider: 64, MaxOffers: 16384,
+		StreamsPerPeer: 8, MaxStreams: 1024}
 }
 
 // Validate reports every problem of the [market] section.
@@ -141,6 +146,9 @@ func (c MarketConfig) problems() problems {
 	}
 	if c.MaxOffersPerProvider < 1 || c.MaxOffers < c.MaxOffersPerProvider || c.MaxOffers > 1_000_000 {
 		ps.add("market.max_offers_per_provider %d and max_offers %d are out of range: use 1 <= max_offers_per_provider <= max_offers <= 1000000", c.MaxOffersPerProvider, c.MaxOffers)
+	}
+	if c.StreamsPerPeer < 1 || c.MaxStreams < 8*c.StreamsPerPeer || c.MaxStreams > 65536 {
+		ps.add("market.streams_per_peer %d and max_streams %d are out of range: use 1 <= streams_per_peer and 8*streams_per_peer <= max_streams <= 65536 (room for eight peers at their cap)", c.StreamsPerPeer, c.MaxStreams)
 	}
 	return ps
 }
@@ -495,6 +503,11 @@ first_frame_timeout = "{{.Market.FirstFrameTimeout}}"
 # all; a full book makes room by dropping offers of the identity that holds the most.
 max_offers_per_provider = {{.Market.MaxOffersPerProvider}}
 max_offers = {{.Market.MaxOffers}}
+# A peer may hold at most this many streams of each market protocol open at once (control,
+# store, console, catch-up, notices), and all peers together at most max_streams: strangers
+# holding all they may leave room for a VM's owner and a buyer.
+streams_per_peer = {{.Market.StreamsPerPeer}}
+max_streams = {{.Market.MaxStreams}}
 
 [log]
 # debug, info, warn or error.

@@ -41,7 +41,7 @@ type Node struct {
 // New builds the node of home with the services of its roles; Start it to run it.
 func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	nopts := opts.Options
-	nopts.Protocols = slices.Concat(nopts.Protocols, market.Protocols())
+	nopts.Protocols = slices.Concat(nopts.Protocols, market.Protocols(cfg.Market))
 	n, err := node.New(home, cfg, nopts)
 	if err != nil {
 		return nil, err
