@@ -165,6 +165,57 @@ func (tx *Txn) List(fn func(key string, val []byte) error) error {
 	return nil
 }
 
+// ErrStop, returned by a Scan callback, ends the scan early without an error.
+var ErrStop = errors.New("stop the scan")
+
+// Scan calls fn for the keys k of the space with from <= k < to in key order (to "" is the
+// end of the space), or in reverse order when reverse is set, until fn returns an error;
+// ErrStop ends the scan and Scan returns nil.
+func (tx *Txn) Scan(from, to string, reverse bool, fn func(key string, val []byte) error) error {
+	opts := badger.DefaultIteratorOptions
+	opts.Prefix, opts.Reverse = []byte(tx.prefix), reverse
+	it := tx.txn.NewIterator(opts)
+	defer it.Close()
+	lo, hi := tx.prefix+from, tx.prefix+to
+	if reverse {
+		if to == "" {
+			it.Seek(append([]byte(tx.prefix), 0xff, 0xff, 0xff, 0xff))
+		} else {
+			it.Seek([]byte(hi))
+			if it.Valid() && string(it.Item().Key()) == hi {
+				it.Next()
+			}
+		}
+	} else {
+		it.Seek([]byte(lo))
+	}
+	for ; it.Valid(); it.Next() {
+		item := it.Item()
+		k := string(item.Key())
+		if !reverse && to != "" && k >= hi || reverse && k < lo {
+			break
+		}
+		val, err := item.ValueCopy(nil)
+		if err != nil {
+			return fmt.Errorf("scan %s: %w", tx.prefix, err)
+		}
+		if err := fn(k[len(tx.prefix):], val); err != nil {
+			if errors.Is(err, ErrStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// View runs fn in one read-only transaction: it sees one consistent state.
+func (sp *Space) View(fn func(tx *Txn) error) error {
+	return sp.store.db.View(func(txn *badger.Txn) error {
+		return fn(&Txn{txn: txn, prefix: sp.prefix})
+	})
+}
+
 // GetJSON decodes the JSON value at key into a T.
 func GetJSON[T any](sp interface{ Get(string) ([]byte, error) }, key string) (T, error) {
 	var v T

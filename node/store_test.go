@@ -122,3 +122,55 @@ func TestStoreLockedAndPersistent(t *testing.T) {
 		t.Fatalf("after reopen: %q, %v", v, err)
 	}
 }
+
+// TestStoreScan: ranges forwards and backwards stay inside the space and the bounds, and
+// ErrStop ends a scan without an error.
+func TestStoreScan(t *testing.T) {
+	s := openTestStore(t, t.TempDir())
+	t.Cleanup(func() { s.Close() })
+	a := s.Space("a/")
+	for _, sp := range []*Space{s.Space("0/"), a, s.Space("b/")} {
+		for _, k := range []string{"k1", "k2", "k3", "k4"} {
+			if err := sp.Put(k, []byte(k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	scan := func(from, to string, reverse bool, max int) string {
+		var keys []string
+		err := a.View(func(tx *Txn) error {
+			return tx.Scan(from, to, reverse, func(k string, v []byte) error {
+				if string(v) != k {
+					t.Errorf("key %s holds %q", k, v)
+				}
+				if keys = append(keys, k); len(keys) == max {
+					return ErrStop
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(keys)
+	}
+	for _, tc := range []struct {
+		from, to string
+		reverse  bool
+		max      int
+		want     string
+	}{
+		{"", "", false, 0, "[k1 k2 k3 k4]"},
+		{"k2", "k4", false, 0, "[k2 k3]"},
+		{"k2", "", false, 1, "[k2]"},
+		{"", "", true, 0, "[k4 k3 k2 k1]"},
+		{"", "k3", true, 0, "[k2 k1]"},
+		{"k2", "k4", true, 0, "[k3 k2]"},
+		{"", "", true, 1, "[k4]"},
+		{"k5", "", false, 0, "[]"},
+	} {
+		if got := scan(tc.from, tc.to, tc.reverse, tc.max); got != tc.want {
+			t.Errorf("Scan(%q, %q, reverse %v, stop after %d) = %s, want %s", tc.from, tc.to, tc.reverse, tc.max, got, tc.want)
+		}
+	}
+}

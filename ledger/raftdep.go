@@ -1,0 +1,3 @@
+package ledger
+
+import _ "github.com/hashicorp/raft" // the coordinator's consensus
