@@ -235,7 +235,7 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	o.Machine, o.Seq, o.Issued, o.Expires = forgedMachine, genuine.Seq+100, time.Now().UTC(), time.Now().UTC().Add(time.Minute)
 	body, _ := jsonMarshalOffer(o)
 	sig, _ := att.PrivKey().Sign(append([]byte(offerDomain), body...))
-	wrongKey := encodeEnvelope(offerMagic, body, sig)
+	wrongKey := EncodeEnvelope(offerMagic, body, sig)
 	// The attacker's own, validly signed offer that claims to be free of everything except a
 	// free capacity above its capacity: out of range.
 	own := testOffer(att.ID())
@@ -243,7 +243,7 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	own.Free.MemoryMB = own.Capacity.MemoryMB * 2
 	ownBody, _ := jsonMarshalOffer(own)
 	ownSig, _ := att.PrivKey().Sign(append([]byte(offerDomain), ownBody...))
-	outOfRange := encodeEnvelope(offerMagic, ownBody, ownSig)
+	outOfRange := EncodeEnvelope(offerMagic, ownBody, ownSig)
 	// The attacker's offer whose body names the victim as provider, then itself: a decoder
 	// that keeps the last member sees the attacker (the signer), one that keeps the first sees
 	// the victim. Ambiguous: refused.
@@ -252,7 +252,7 @@ func TestForgedOffersReachNoBook(t *testing.T) {
 	dupBody, _ := jsonMarshalOffer(dup)
 	dupBody = bytes.Replace(dupBody, []byte(`{"provider":`), []byte(`{"provider":"`+honest.ID().String()+`","provider":`), 1)
 	dupSig, _ := att.PrivKey().Sign(append([]byte(offerDomain), dupBody...))
-	twoProviders := encodeEnvelope(offerMagic, dupBody, dupSig)
+	twoProviders := EncodeEnvelope(offerMagic, dupBody, dupSig)
 
 	for round := range 5 {
 		for _, raw := range [][]byte{
@@ -410,13 +410,13 @@ func TestNewerNodesAreNotPenalised(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	later := append([]byte{'V', 'O', 2}, encodeEnvelope(offerMagic, body, sig)[3:]...)
+	later := append([]byte{'V', 'O', 2}, EncodeEnvelope(offerMagic, body, sig)[3:]...)
 	for range 3 {
 		if err := topic.Publish(ctx, later); err != nil {
 			t.Fatal(err)
 		}
 	}
-	extended := encodeEnvelope(offerMagic, body, sig)
+	extended := EncodeEnvelope(offerMagic, body, sig)
 	testwait.Eventually(t, 30*time.Second, func() error {
 		if err := topic.Publish(ctx, extended); err != nil {
 			return err
@@ -783,7 +783,7 @@ func TestSybilsAreScoredDown(t *testing.T) {
 		body, _ := jsonMarshalOffer(bad)
 		sig, _ := x.PrivKey().Sign(append([]byte(offerDomain), body...))
 		for k := range 4 {
-			raw := encodeEnvelope(offerMagic, append(bytes.Clone(body[:len(body)-1]), []byte(fmt.Sprintf(`,"n":%d}`, k))...), sig)
+			raw := EncodeEnvelope(offerMagic, append(bytes.Clone(body[:len(body)-1]), []byte(fmt.Sprintf(`,"n":%d}`, k))...), sig)
 			if err := topics[i].Publish(ctx, raw); err != nil {
 				t.Fatal(err)
 			}

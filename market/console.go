@@ -35,7 +35,7 @@ type consoleResponse struct {
 
 func decodeConsoleRequest(b []byte) (consoleRequest, error) {
 	var r consoleRequest
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return r, err
 	}
 	if r.VM.IsZero() {

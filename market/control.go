@@ -60,7 +60,7 @@ const maxHealth = 512
 
 func decodeControlRequest(b []byte) (controlRequest, error) {
 	var r controlRequest
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return r, err
 	}
 	if r.VM.IsZero() {
@@ -74,7 +74,7 @@ func decodeControlRequest(b []byte) (controlRequest, error) {
 
 func decodeControlResponse(b []byte) (controlResponse, error) {
 	var r controlResponse
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return r, err
 	}
 	return r, r.check()

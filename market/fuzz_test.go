@@ -116,14 +116,14 @@ func FuzzStreamMessages(f *testing.F) {
 }
 
 func FuzzEnvelope(f *testing.F) {
-	f.Add(encodeEnvelope(offerMagic, []byte("{}"), []byte("sig")))
+	f.Add(EncodeEnvelope(offerMagic, []byte("{}"), []byte("sig")))
 	f.Add([]byte("VO\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fields, err := decodeEnvelope(b, offerMagic, MaxOfferBytes, maxBodyBytes, maxSigBytes)
+		fields, err := DecodeEnvelope(b, offerMagic, MaxOfferBytes, maxBodyBytes, maxSigBytes)
 		if err != nil {
 			return
 		}
-		if !bytes.Equal(encodeEnvelope(offerMagic, fields...), b) {
+		if !bytes.Equal(EncodeEnvelope(offerMagic, fields...), b) {
 			t.Fatal("envelope does not re-encode to the same bytes")
 		}
 	})
@@ -137,7 +137,7 @@ func FuzzUniqueKeys(f *testing.F) {
 	f.Add([]byte(`[{"a":1},{"a":2}]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var v any
-		if decodeJSON(b, &v) != nil {
+		if DecodeStrict(b, &v) != nil {
 			return
 		}
 		if !json.Valid(b) {

@@ -78,7 +78,7 @@ func (s SignedLease) Complete() bool { return len(s.BuyerSig) > 0 && len(s.Provi
 // Encode writes the lease envelope: body, buyer signature, provider signature (empty in a
 // proposal).
 func (s SignedLease) Encode() []byte {
-	return encodeEnvelope(leaseMagic, s.Body, s.BuyerSig, s.ProviderSig)
+	return EncodeEnvelope(leaseMagic, s.Body, s.BuyerSig, s.ProviderSig)
 }
 
 // ProposeLease encodes l and signs it as its buyer with key.

@@ -26,7 +26,7 @@ type notice struct {
 
 func decodeNotice(b []byte) (notice, error) {
 	var n notice
-	if err := decodeJSON(b, &n); err != nil {
+	if err := DecodeStrict(b, &n); err != nil {
 		return n, err
 	}
 	if n.VM.IsZero() || len(n.Reason) > maxErrorMessage {

@@ -132,7 +132,7 @@ func SignOffer(o Offer, key crypto.PrivKey) (SignedOffer, error) {
 	if err != nil {
 		return SignedOffer{}, err
 	}
-	return SignedOffer{Offer: o, Raw: encodeEnvelope(offerMagic, body, sig)}, nil
+	return SignedOffer{Offer: o, Raw: EncodeEnvelope(offerMagic, body, sig)}, nil
 }
 
 // DecodeOffer decodes an offer envelope from the network and verifies it: size caps, strict
@@ -206,11 +206,11 @@ func signBody(what string, doc document, key crypto.PrivKey, signer peer.ID, dom
 // and the others are capped by sigCaps, decodes the body strictly into doc and validates it.
 // It returns the envelope's fields; the signatures in them are the caller's to verify.
 func openBody(what string, raw []byte, magic [3]byte, maxTotal int, doc document, sigCaps ...int) ([][]byte, error) {
-	f, err := decodeEnvelope(raw, magic, maxTotal, append([]int{maxBodyBytes}, sigCaps...)...)
+	f, err := DecodeEnvelope(raw, magic, maxTotal, append([]int{maxBodyBytes}, sigCaps...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := decodeJSON(f[0], doc); err != nil {
+	if err := DecodeStrict(f[0], doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := doc.Validate(); err != nil {

@@ -122,7 +122,7 @@ func TestDecodeOfferRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields, _ := decodeEnvelope(good.Raw, offerMagic, MaxOfferBytes, maxBodyBytes, maxSigBytes)
+	fields, _ := DecodeEnvelope(good.Raw, offerMagic, MaxOfferBytes, maxBodyBytes, maxSigBytes)
 	body, sig := fields[0], fields[1]
 	otherSig, _ := otherKey.Sign(append([]byte(offerDomain), body...))
 	flipped := bytes.Clone(sig)
@@ -135,7 +135,7 @@ func TestDecodeOfferRejects(t *testing.T) {
 			t.Fatal(err)
 		}
 		s, _ := key.Sign(append([]byte(offerDomain), b...))
-		return encodeEnvelope(offerMagic, b, s)
+		return EncodeEnvelope(offerMagic, b, s)
 	}
 	resignRaw := func(key crypto.PrivKey, edit func([]byte) []byte) []byte {
 		b, err := json.Marshal(testOffer(id))
@@ -144,18 +144,18 @@ func TestDecodeOfferRejects(t *testing.T) {
 		}
 		b = edit(b)
 		s, _ := key.Sign(append([]byte(offerDomain), b...))
-		return encodeEnvelope(offerMagic, b, s)
+		return EncodeEnvelope(offerMagic, b, s)
 	}
 	for _, tc := range []struct {
 		name string
 		raw  []byte
 		want error
 	}{
-		{"signed by another key", encodeEnvelope(offerMagic, body, otherSig), ErrForged},
-		{"signature flipped", encodeEnvelope(offerMagic, body, flipped), ErrForged},
+		{"signed by another key", EncodeEnvelope(offerMagic, body, otherSig), ErrForged},
+		{"signature flipped", EncodeEnvelope(offerMagic, body, flipped), ErrForged},
 		{"lease signature domain", func() []byte {
 			s, _ := key.Sign(append([]byte(leaseDomain), body...))
-			return encodeEnvelope(offerMagic, body, s)
+			return EncodeEnvelope(offerMagic, body, s)
 		}(), ErrForged},
 		{"empty", nil, ErrMalformed},
 		{"wrong magic", append([]byte{'V', 'L', 1}, good.Raw[3:]...), ErrMalformed},
@@ -163,8 +163,8 @@ func TestDecodeOfferRejects(t *testing.T) {
 		{"truncated", good.Raw[:len(good.Raw)-1], ErrMalformed},
 		{"trailing byte", append(bytes.Clone(good.Raw), 0), ErrMalformed},
 		{"oversized", append(bytes.Clone(good.Raw), make([]byte, MaxOfferBytes)...), ErrMalformed},
-		{"not json", encodeEnvelope(offerMagic, []byte("{nope"), sig), ErrMalformed},
-		{"field added after signing", encodeEnvelope(offerMagic, withField(body, `"x":1`), sig), ErrForged},
+		{"not json", EncodeEnvelope(offerMagic, []byte("{nope"), sig), ErrMalformed},
+		{"field added after signing", EncodeEnvelope(offerMagic, withField(body, `"x":1`), sig), ErrForged},
 		{"provider named twice", resignRaw(key, func(b []byte) []byte {
 			return bytes.Replace(b, []byte(`{"provider":`), []byte(`{"provider":"12D3KooWSomeoneElse","provider":`), 1)
 		}), ErrMalformed},
@@ -233,7 +233,7 @@ func TestUnknownFieldsAreKept(t *testing.T) {
 	}
 	body = withField(body, `"gpu":{"model":"a100","count":2}`)
 	sig, _ := key.Sign(append([]byte(offerDomain), body...))
-	raw := encodeEnvelope(offerMagic, body, sig)
+	raw := EncodeEnvelope(offerMagic, body, sig)
 	so, err := DecodeOffer(raw)
 	if err != nil {
 		t.Fatalf("offer with an unknown field: %v", err)
@@ -249,7 +249,7 @@ func TestUnknownFieldsAreKept(t *testing.T) {
 	}
 	lb = withField(lb, `"deposit":"1.5"`)
 	bsig, _ := buyerKey.Sign(append([]byte(leaseDomain), lb...))
-	sl, err := DecodeLease(encodeEnvelope(leaseMagic, lb, bsig, nil))
+	sl, err := DecodeLease(EncodeEnvelope(leaseMagic, lb, bsig, nil))
 	if err != nil {
 		t.Fatalf("lease with an unknown field: %v", err)
 	}

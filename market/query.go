@@ -35,7 +35,7 @@ const (
 
 func decodeQueryRequest(b []byte) (queryRequest, error) {
 	var r queryRequest
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return r, err
 	}
 	if r.Max < 0 || r.Skip < 0 {

@@ -34,7 +34,7 @@ type storeResponse struct {
 
 func decodeStoreRequest(b []byte) (SignedLease, error) {
 	var r storeRequest
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return SignedLease{}, err
 	}
 	return DecodeLease(r.Lease)
@@ -42,7 +42,7 @@ func decodeStoreRequest(b []byte) (SignedLease, error) {
 
 func decodeStoreResponse(b []byte) (storeResponse, error) {
 	var r storeResponse
-	if err := decodeJSON(b, &r); err != nil {
+	if err := DecodeStrict(b, &r); err != nil {
 		return r, err
 	}
 	return r, nil

@@ -319,7 +319,7 @@ func TestStoreAndControl(t *testing.T) {
 			l.Quote, _ = l.Terms.Quote(l.Config.Resources())
 			body, _ := json.Marshal(l)
 			sig, _ := x.PrivKey().Sign(append([]byte(leaseDomain), body...))
-			return framed(t, storeRequest{Lease: encodeEnvelope(leaseMagic, body, sig, nil)})
+			return framed(t, storeRequest{Lease: EncodeEnvelope(leaseMagic, body, sig, nil)})
 		}
 		huge := binary.AppendUvarint(nil, 1<<20)
 		for _, tc := range []struct {

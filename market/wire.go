@@ -33,8 +33,9 @@ const (
 	maxFrameBytes = 64 << 10 // one stream frame (requests, responses)
 )
 
-// encodeEnvelope writes magic, then each field as uvarint length and bytes.
-func encodeEnvelope(magic [3]byte, fields ...[]byte) []byte {
+// EncodeEnvelope writes magic, then each field as uvarint length and bytes: the format of every
+// signed message (offers, leases, and the ledger's entries and checkpoints).
+func EncodeEnvelope(magic [3]byte, fields ...[]byte) []byte {
 	n := len(magic)
 	for _, f := range fields {
 		n += binary.MaxVarintLen64 + len(f)
@@ -48,8 +49,10 @@ func encodeEnvelope(magic [3]byte, fields ...[]byte) []byte {
 	return b
 }
 
-// decodeEnvelope splits an envelope into its fields, each capped; nothing may follow them.
-func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byte, error) {
+// DecodeEnvelope splits an envelope into its fields, each capped; nothing may follow them. An
+// envelope of the magic's kind but another version is ErrUnknownVersion, anything else that
+// does not parse ErrMalformed.
+func DecodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byte, error) {
 	if len(b) > maxTotal {
 		return nil, fmt.Errorf("%w: %d bytes, over the %d-byte cap", ErrMalformed, len(b), maxTotal)
 	}
@@ -78,11 +81,11 @@ func decodeEnvelope(b []byte, magic [3]byte, maxTotal int, caps ...int) ([][]byt
 	return out, nil
 }
 
-// decodeJSON decodes one JSON value, refusing trailing data and objects that name a member
+// DecodeStrict decodes one JSON value, refusing trailing data and objects that name a member
 // twice (uniqueKeys). Unknown fields are ignored, so that a newer node may add optional fields
 // to a body or a message without being refused by older ones; a change that older nodes must
 // not misread takes a new envelope version or protocol ID instead.
-func decodeJSON(b []byte, v any) error {
+func DecodeStrict(b []byte, v any) error {
 	if err := uniqueKeys(b); err != nil {
 		return err
 	}
@@ -221,5 +224,5 @@ func readJSON(r *bufio.Reader, v any) error {
 	if err != nil {
 		return err
 	}
-	return decodeJSON(b, v)
+	return DecodeStrict(b, v)
 }
