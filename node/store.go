@@ -216,6 +216,14 @@ func (sp *Space) View(fn func(tx *Txn) error) error {
 	})
 }
 
+// Snapshot opens a read-only transaction that sees the space as it is now, however long it
+// is read and whatever is written meanwhile (a raft snapshot streams the ledger from one);
+// call the function returned when done.
+func (sp *Space) Snapshot() (*Txn, func()) {
+	txn := sp.store.db.NewTransaction(false)
+	return &Txn{txn: txn, prefix: sp.prefix}, txn.Discard
+}
+
 // GetJSON decodes the JSON value at key into a T.
 func GetJSON[T any](sp interface{ Get(string) ([]byte, error) }, key string) (T, error) {
 	var v T
