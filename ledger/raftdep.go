@@ -1,3 +1,0 @@
-package ledger
-
-import _ "github.com/hashicorp/raft" // the coordinator's consensus
