@@ -78,7 +78,8 @@ func (m *Mirror) Checkpoints() *Checkpoints { return m.cps }
 func (m *Mirror) Own() *Log { return m.own }
 
 // Start pushes in the background.
-func (m *Mirror) Start(context.Context, *node.Node) error {
+func (m *Mirror) Start(_ context.Context, n *node.Node) error {
+	m.routes(n.API())
 	for _, c := range m.opts.Coordinators {
 		m.n.Host().Peerstore().AddAddrs(c.ID, c.Addrs, time.Hour)
 	}

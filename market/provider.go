@@ -549,15 +549,16 @@ func (p *Provider) image(hash string) (Image, bool) {
 
 // DemoMachine is what provider i (0 or 1) of `virtuoso demo` sells: the report's two kinds of
 // provider (§5.2), one cheap to store and dear to run, one cheap to run and dear to store, so
-// that a search sorted by storage and one sorted by running cost disagree.
+// that a search sorted by storage and one sorted by running cost disagree. Its periods are
+// short (10 s running, 60 s storage) so that a demo's VM visibly costs money within a minute.
 func DemoMachine(i int) MachineSpec {
-	t := Terms{SpeedUnit: 500, MemoryUnit: 256, StorageUnit: 1024, RunningSecs: 3600, StorageSecs: 86400}
+	t := Terms{SpeedUnit: 500, MemoryUnit: 256, StorageUnit: 1024, RunningSecs: 10, StorageSecs: 60}
 	name := "cheap-to-store"
 	if i%2 == 0 {
-		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 20_000, 20_000, 500
+		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 2_000, 2_000, 100
 	} else {
 		name = "cheap-to-run"
-		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 1_000, 1_000, 50_000
+		t.SpeedPrice, t.MemoryPrice, t.StoragePrice = 100, 100, 5_000
 	}
 	return MachineSpec{Name: name, Processor: defaultProcessor, Terms: t, NetworkMbps: 1000,
 		Capacity: Resources{SpeedBogomips: 8000, MemoryMB: 4096, StorageMB: 65536}}

@@ -49,7 +49,54 @@ type Config struct {
 	Roles    RolesConfig    `toml:"roles"`
 	Provider ProviderConfig `toml:"provider"`
 	Market   MarketConfig   `toml:"market"`
+	Ledger   LedgerConfig   `toml:"ledger"`
 	Log      LogConfig      `toml:"log"`
+}
+
+// LedgerConfig is how a node settles: where it pushes its ledger entries and, on a
+// coordinator, how the group runs.
+type LedgerConfig struct {
+	// Coordinators are coordinators' full addresses (ending in /p2p/ID): any of them will do,
+	// a follower names the leader.
+	Coordinators []string `toml:"coordinators"`
+	// Bootstrap: a coordinator without raft state starts a new group of its own; set it false
+	// on a coordinator that is to join a group (virtuoso ledger join).
+	Bootstrap bool `toml:"bootstrap"`
+	// TickInterval is how often the leader ticks: charges fall due at ticks.
+	TickInterval time.Duration `toml:"tick_interval"`
+	// SyncInterval is how often a node pushes and reads its account when it has nothing new.
+	SyncInterval time.Duration `toml:"sync_interval"`
+	// WarnPeriods: a buyer whose balance covers fewer rounds of its next periods is warned.
+	WarnPeriods int64 `toml:"warn_periods"`
+}
+
+// DefaultLedgerConfig is the [ledger] section.
+func DefaultLedgerConfig() LedgerConfig {
+	return LedgerConfig{Bootstrap: true, TickInterval: 5 * time.Second, SyncInterval: 5 * time.Second, WarnPeriods: 3}
+}
+
+// Validate reports every problem of the [ledger] section.
+func (c LedgerConfig) Validate(p Profile) error { return c.problems(p).err() }
+
+func (c LedgerConfig) problems(p Profile) problems {
+	var ps problems
+	for _, s := range c.Coordinators {
+		if _, err := ParseBootstrap(s, p == ProfileLocal); err != nil {
+			ps.add("ledger.coordinators %q: %v", s, err)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"tick_interval", c.TickInterval}, {"sync_interval", c.SyncInterval}} {
+		if d.v < 100*time.Millisecond || d.v > time.Hour {
+			ps.add("ledger.%s %v is out of range: use between 100ms and 1h, e.g. \"5s\"", d.name, d.v)
+		}
+	}
+	if c.WarnPeriods < 1 || c.WarnPeriods > 1000 {
+		ps.add("ledger.warn_periods %d is out of range: use 1 to 1000", c.WarnPeriods)
+	}
+	return ps
 }
 
 // NetworkConfig is the peer-to-peer part of the configuration.
@@ -162,7 +209,7 @@ type LogConfig struct {
 // DefaultConfig returns the defaults of a profile: each section's.
 func DefaultConfig(p Profile) Config {
 	return Config{Profile: p, Network: DefaultNetworkConfig(p), API: DefaultAPIConfig(p),
-		Provider: DefaultProviderConfig(), Market: DefaultMarketConfig(), Log: DefaultLogConfig()}
+		Provider: DefaultProviderConfig(), Market: DefaultMarketConfig(), Ledger: DefaultLedgerConfig(), Log: DefaultLogConfig()}
 }
 
 // DefaultNetworkConfig is the [network] section of profile p: loopback only for the local
@@ -213,7 +260,7 @@ func (c Config) Validate() error {
 	if c.Profile != ProfileLocal && c.Profile != ProfilePublic {
 		ps.add("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
 	}
-	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Market.problems(), c.Log.problems())
+	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Market.problems(), c.Ledger.problems(c.Profile), c.Log.problems())
 	return ps.err()
 }
 
@@ -508,6 +555,20 @@ max_offers = {{.Market.MaxOffers}}
 # holding all they may leave room for a VM's owner and a buyer.
 streams_per_peer = {{.Market.StreamsPerPeer}}
 max_streams = {{.Market.MaxStreams}}
+
+[ledger]
+# Coordinators this node pushes its ledger entries to and reads its account from: full
+# addresses ending in /p2p/ID; any one of a group will do.
+coordinators = [{{range $i, $a := .Ledger.Coordinators}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
+# On a coordinator without raft state: start a new group (true), or wait to be joined to one
+# with "virtuoso ledger join" (false).
+bootstrap = {{.Ledger.Bootstrap}}
+# How often the leading coordinator ticks (charges fall due at ticks), and how often a node
+# pushes and reads its account when it has nothing new.
+tick_interval = "{{.Ledger.TickInterval}}"
+sync_interval = "{{.Ledger.SyncInterval}}"
+# A buyer whose balance covers fewer rounds of its VMs' next periods is warned.
+warn_periods = {{.Ledger.WarnPeriods}}
 
 [log]
 # debug, info, warn or error.

@@ -5,9 +5,13 @@ package daemon
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"slices"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/ledger"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 )
@@ -36,12 +40,16 @@ type Node struct {
 	VMs *VMs
 	// Provider sells a provider's machines; nil on other nodes.
 	Provider *market.Provider
+	// Ledger pushes the node's ledger log to the coordinators and reads its account.
+	Ledger *ledger.Mirror
+	// Coordinator settles the ledger with the other coordinators; nil on other nodes.
+	Coordinator *ledger.Coordinator
 }
 
 // New builds the node of home with the services of its roles; Start it to run it.
 func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	nopts := opts.Options
-	nopts.Protocols = slices.Concat(nopts.Protocols, market.Protocols(cfg.Market))
+	nopts.Protocols = slices.Concat(nopts.Protocols, market.Protocols(cfg.Market), ledger.Protocols())
 	n, err := node.New(home, cfg, nopts)
 	if err != nil {
 		return nil, err
@@ -82,5 +90,37 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	} else {
 		n.Attach(market.NotSelling{})
 	}
+	if err := d.attachLedger(cfg.Ledger, cfg.Roles.Coordinator); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// attachLedger gives every node its own ledger log, the recorder of its events into it and
+// the mirror that pushes it to the coordinators; a coordinator also runs its raft server.
+func (d *Node) attachLedger(cfg node.LedgerConfig, coordinator bool) error {
+	own, err := ledger.OpenLog(d.Store().Space("ledger/log/"), d.PrivKey())
+	if err != nil {
+		return err
+	}
+	var coords []peer.AddrInfo
+	for _, s := range cfg.Coordinators {
+		ai, err := node.ParseBootstrap(s, false)
+		if err != nil {
+			return err
+		}
+		coords = append(coords, ai)
+	}
+	if coordinator {
+		d.Coordinator = ledger.NewCoordinator(d.Node, own, ledger.CoordinatorOptions{
+			Bootstrap: cfg.Bootstrap, TickInterval: cfg.TickInterval, WarnPeriods: cfg.WarnPeriods,
+			Resolve: func(ctx context.Context, p peer.ID) (peer.AddrInfo, error) { return d.DHT().FindPeer(ctx, p) },
+		})
+		d.Attach(d.Coordinator)
+		coords = append([]peer.AddrInfo{{ID: d.ID()}}, coords...)
+	}
+	d.Attach(ledger.NewRecorder(own, nil))
+	d.Ledger = ledger.NewMirror(d.Node, own, ledger.MirrorOptions{Coordinators: coords, Interval: cfg.SyncInterval, Local: d.Coordinator})
+	d.Attach(d.Ledger)
+	return nil
 }

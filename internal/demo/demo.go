@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/ledger"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -90,7 +91,11 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 					}
 				}
 			})
+			// The first node is the demo's coordinator: every node settles with it.
+			cfg.Ledger.Coordinators = cfg.Network.Bootstrap
 		}
+		// Demo periods are seconds: ticks must keep up.
+		cfg.Ledger.TickInterval, cfg.Ledger.SyncInterval = 2*time.Second, 2*time.Second
 		opts := daemon.Options{Options: node.Options{Logger: log.With("node", r.Name), Version: version}}
 		if r.Provider && guestErr == nil {
 			opts.Images = []market.Image{guestImage(guest)}
@@ -120,7 +125,41 @@ func Start(ctx context.Context, dir, version string, log *slog.Logger) (m *Marke
 		}
 		provider++
 	}
+	// The buyer starts with money, deposited by the coordinator's operator (once per demo
+	// home: a restarted demo keeps its balances).
+	if err := m.seed(ctx); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// DemoDeposit is what the demo's buyer starts with.
+const DemoDeposit = 100 * market.Unit
+
+// seed deposits DemoDeposit to the buyer if it never had a deposit.
+func (m *Marketplace) seed(ctx context.Context) error {
+	coord, buyer := m.Nodes[0], m.Nodes[len(m.Nodes)-1]
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		if cs, err := coord.Coordinator.State().Coordinators(); err == nil && len(cs) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the demo's coordinator did not start its ledger: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	a, err := coord.Coordinator.State().Account(buyer.ID())
+	if err != nil || a.Deposited > 0 {
+		return err
+	}
+	if _, err := coord.Ledger.Own().Append(time.Now(), ledger.TypeDeposit, &ledger.DepositBody{To: buyer.ID(), Amount: DemoDeposit, Memo: "demo"}); err != nil {
+		return err
+	}
+	_, err = coord.Ledger.Sync(ctx)
+	return err
 }
 
 // guestImage is the guest as a preconfigured OS image a provider offers.
