@@ -86,7 +86,8 @@ func NewRaftTransport(layer *RaftLayer, log *slog.Logger) *raft.NetworkTransport
 type RaftLayerOptions struct {
 	// Allow admits the peers whose raft streams are served: the servers of the current
 	// configuration and a peer whose join is under way. Raft does not authenticate its
-	// messages, so a stream from any other peer is reset at once. Required.
+	// messages, so a stream from any other peer is reset at once. It is asked when a stream
+	// opens: Forget resets the streams of a peer admitted no longer. Required.
 	Allow func(peer.ID) bool
 	// Resolve finds the addresses of a server the host cannot reach with what its peerstore
 	// holds (the DHT's FindPeer). Optional: without it, only known addresses are dialled.

@@ -1,14 +1,17 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -545,4 +548,26 @@ func raftStreams(n *node.Node) int {
 		}
 	}
 	return count
+}
+
+// TestRaftLogger checks that raft's lines reach slog at their levels, with raft's own
+// fields, and that without a logger they go nowhere.
+func TestRaftLogger(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg := RaftConfig(unknownPeer(t), log)
+	cfg.Logger.Named("net").Warn("failed to heartbeat", "peer", "p1")
+	cfg.Logger.Debug("a debug line")
+	got := buf.String()
+	for _, want := range []string{"level=WARN", `msg="failed to heartbeat"`, "component=raft", "name=raft.net", "peer=p1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log %q lacks %s", got, want)
+		}
+	}
+	if strings.Contains(got, "debug line") {
+		t.Errorf("a debug line passed an info handler: %q", got)
+	}
+	if quiet := RaftConfig(unknownPeer(t), nil).Logger; quiet.IsError() {
+		t.Error("without a slog logger raft still logs errors")
+	}
 }

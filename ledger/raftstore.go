@@ -160,17 +160,20 @@ func (s *RaftStore) put(logs []*raft.Log, vals [][]byte) error {
 
 // DeleteRange deletes the entries from index lo to index hi, both included, in transactions
 // of at most raftDeleteBatch entries. Raft deletes either the oldest entries (compacting
-// after a snapshot) or the newest (those a new leader overrides): the oldest go oldest
-// first and the newest newest first, so that a crash between transactions leaves no gap.
+// after a snapshot) or the newest (those a new leader overrides): a range that reaches the
+// last entry goes newest first, any other oldest first, so that a crash between
+// transactions leaves no gap.
 func (s *RaftStore) DeleteRange(lo, hi uint64) error {
 	if lo > hi {
 		return nil
 	}
-	first, err := s.FirstIndex()
+	// The tail of the log is the cheap end to find: the head is where the tombstones of
+	// compacted entries gather until badger drops them.
+	last, err := s.LastIndex()
 	if err != nil {
 		return fmt.Errorf("delete raft logs %d to %d: %w", lo, hi, err)
 	}
-	newestFirst := lo > first
+	newestFirst := hi >= last
 	to := raftLogEnd
 	if hi < math.MaxUint64 {
 		to = raftLogKey(hi + 1)

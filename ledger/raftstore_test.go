@@ -168,17 +168,18 @@ func TestRaftStoreBounds(t *testing.T) {
 	}
 
 	// So does a deletion of more entries than one transaction deletes.
-	if err := s.StoreLogs(raftLogs(big+1, 3*raftDeleteBatch)); err != nil {
+	const last = 2*raftDeleteBatch + 20
+	if err := s.StoreLogs(raftLogs(big+1, last)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteRange(1, 2*raftDeleteBatch+10); err != nil {
+	if err := s.DeleteRange(1, raftDeleteBatch+10); err != nil {
 		t.Fatal(err)
 	}
-	checkRaftIndexes(t, s, 2*raftDeleteBatch+11, 3*raftDeleteBatch)
-	if err := s.DeleteRange(raftDeleteBatch*2+12, 3*raftDeleteBatch); err != nil {
+	checkRaftIndexes(t, s, raftDeleteBatch+11, last)
+	if err := s.DeleteRange(raftDeleteBatch+12, last); err != nil {
 		t.Fatal(err)
 	}
-	checkRaftIndexes(t, s, 2*raftDeleteBatch+11, 2*raftDeleteBatch+11)
+	checkRaftIndexes(t, s, raftDeleteBatch+11, raftDeleteBatch+11)
 }
 
 // TestRaftLogEncoding pins the stored form: entries written by this version must read the
