@@ -13,11 +13,48 @@ import (
 	"github.com/virtuoso-market/virtuoso/node"
 )
 
-// Deposit is the body of POST /v1/ledger/deposit, on a coordinator.
-type Deposit struct {
+// Payment is the body of POST /v1/ledger/deposit (on a coordinator) and
+// POST /v1/ledger/transfer.
+type Payment struct {
 	To     string       `json:"to"`
 	Amount market.Money `json:"amount"`
 	Memo   string       `json:"memo,omitempty"`
+}
+
+func (d Payment) body() (peer.ID, *TransferBody, error) {
+	to, err := peer.Decode(d.To)
+	if err != nil {
+		return "", nil, node.WithCode(http.StatusBadRequest, "invalid_id", fmt.Errorf("pay %q: not a peer id", d.To))
+	}
+	if err := checkPayment(to, d.Amount, d.Memo); err != nil {
+		return "", nil, node.WithCode(http.StatusBadRequest, "invalid", err)
+	}
+	return to, &TransferBody{To: to, Amount: d.Amount, Memo: d.Memo}, nil
+}
+
+// pay appends a deposit or transfer, pushes it and answers with the account of show.
+func (m *Mirror) pay(ctx context.Context, show peer.ID, t Type, b Body) (any, error) {
+	s, err := m.own.Append(time.Now(), t, b)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := m.push(ctx); err != nil {
+		return nil, unreachable(err)
+	}
+	a, err := m.request(ctx, mirrorRequest{Note: s.Seq})
+	if err != nil {
+		return nil, unreachable(err)
+	}
+	if a.Note == nil || a.Note.Outcome != Applied {
+		why := "the coordinator did not say"
+		if a.Note != nil {
+			why = a.Note.Message
+		}
+		return nil, node.WithCode(http.StatusConflict, "refused", fmt.Errorf("%s refused: %s", t, why))
+	}
+	return m.account(ctx, show)
 }
 
 // Account is the answer of GET /v1/ledger/account[/{peer}]: the ledger's view with the
@@ -55,38 +92,44 @@ func (m *Mirror) routes(api *node.API) {
 		return m.opts.Local.State().Proofs()
 	})
 	api.Route("POST /v1/ledger/deposit", func(r *http.Request) (any, error) {
-		var d Deposit
+		var d Payment
 		if err := node.DecodeJSON(r, &d); err != nil {
 			return nil, err
 		}
 		if m.opts.Local == nil {
 			return nil, notCoordinator()
 		}
-		to, err := peer.Decode(d.To)
-		if err != nil {
-			return nil, node.WithCode(http.StatusBadRequest, "invalid_id", fmt.Errorf("deposit to %q: not a peer id", d.To))
-		}
-		body := &DepositBody{To: to, Amount: d.Amount, Memo: d.Memo}
-		if err := body.validate(Entry{}); err != nil {
-			return nil, node.WithCode(http.StatusBadRequest, "invalid", err)
-		}
-		s, err := m.own.Append(time.Now(), TypeDeposit, body)
+		to, body, err := d.body()
 		if err != nil {
 			return nil, err
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		return m.pay(r.Context(), to, TypeDeposit, &DepositBody{To: to, Amount: body.Amount, Memo: body.Memo})
+	})
+	api.Route("POST /v1/ledger/transfer", func(r *http.Request) (any, error) {
+		var d Payment
+		if err := node.DecodeJSON(r, &d); err != nil {
+			return nil, err
+		}
+		to, body, err := d.body()
+		if err != nil {
+			return nil, err
+		}
+		if to == m.n.ID() {
+			return nil, node.WithCode(http.StatusBadRequest, "invalid", errors.New("a transfer to this node itself"))
+		}
+		return m.pay(r.Context(), m.n.ID(), TypeTransfer, body)
+	})
+	api.Route("POST /v1/ledger/leave", func(r *http.Request) (any, error) {
+		if m.opts.Local == nil {
+			return nil, notCoordinator()
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 		defer cancel()
-		if err := m.push(ctx); err != nil {
+		a, err := m.request(ctx, mirrorRequest{Leave: true})
+		if err != nil {
 			return nil, unreachable(err)
 		}
-		res, _, err := m.opts.Local.State().Note(m.n.ID(), s.Seq)
-		if err != nil {
-			return nil, err
-		}
-		if res.Outcome != Applied {
-			return nil, node.WithCode(http.StatusConflict, "refused", errors.New(res.Message))
-		}
-		return m.account(r.Context(), to)
+		return a.Status, nil
 	})
 	api.Route("POST /v1/ledger/join", func(r *http.Request) (any, error) {
 		var req struct {

@@ -295,9 +295,18 @@ func (m *Mirror) ask(ctx context.Context, to peer.ID, req mirrorRequest) (mirror
 	if l := m.opts.Local; l != nil && to == m.n.ID() {
 		return l.answer(ctx, to, req), nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	return askPeer(ctx, m.n, to, req)
+}
+
+// askPeer sends req to coordinator to over a stream of n and reads its answer.
+func askPeer(ctx context.Context, n *node.Node, to peer.ID, req mirrorRequest) (mirrorAnswer, error) {
+	timeout := 30 * time.Second
+	if req.Join {
+		timeout = 90 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := m.n.Host().NewStream(ctx, to, MirrorID)
+	st, err := n.Host().NewStream(ctx, to, MirrorID)
 	if err != nil {
 		return mirrorAnswer{}, fmt.Errorf("reach coordinator %s: %w", market.Short(to), err)
 	}
@@ -305,6 +314,8 @@ func (m *Mirror) ask(ctx context.Context, to peer.ID, req mirrorRequest) (mirror
 	if d, ok := ctx.Deadline(); ok {
 		st.SetDeadline(d)
 	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() }) // a node shutting down does not wait
+	defer stop()
 	if err := writeFrame(st, req); err != nil {
 		st.Reset()
 		return mirrorAnswer{}, err

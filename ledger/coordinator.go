@@ -49,6 +49,8 @@ type CoordinatorStatus struct {
 	Servers      []peer.ID `json:"servers"`
 	Coordinators []peer.ID `json:"coordinators"`
 	Meta         Meta      `json:"meta"`
+	// Applied is the last raft index this server applied (commands and configurations).
+	Applied uint64 `json:"applied"`
 }
 
 // Coordinator is a coordinator node's service: a server of the raft group that replicates the
@@ -179,7 +181,7 @@ func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
 
 // Status returns what this server knows of the group.
 func (c *Coordinator) Status() (CoordinatorStatus, error) {
-	s := CoordinatorStatus{Self: c.n.ID(), State: c.raft.State().String()}
+	s := CoordinatorStatus{Self: c.n.ID(), State: c.raft.State().String(), Applied: c.raft.AppliedIndex()}
 	if l, ok := c.Leader(); ok {
 		s.Leader = l
 	}
@@ -200,30 +202,45 @@ func (c *Coordinator) Status() (CoordinatorStatus, error) {
 	return s, err
 }
 
-// ticker appends the leader's genesis, then its ticks.
+// ticker appends the leader's genesis as soon as it leads an empty ledger, then a tick
+// every TickInterval.
 func (c *Coordinator) ticker() {
-	t := time.NewTicker(c.opts.TickInterval)
-	defer t.Stop()
+	poll := time.NewTicker(min(c.opts.TickInterval, 200*time.Millisecond))
+	defer poll.Stop()
+	var last time.Time
+	genesis := false
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-t.C:
+		case <-poll.C:
 		}
 		if !c.IsLeader() {
+			genesis = false
 			continue
 		}
-		coords, err := c.st.Coordinators()
-		if err != nil {
-			c.log.Warn("coordinator state", "err", err)
-			continue
-		}
-		body, typ := Body(&TickBody{}), TypeTick
-		if len(coords) == 0 {
+		var body Body
+		var typ Type
+		switch {
+		case !genesis:
+			coords, err := c.st.Coordinators()
+			if err != nil {
+				c.log.Warn("coordinator state", "err", err)
+				continue
+			}
+			if genesis = len(coords) > 0; genesis {
+				continue
+			}
 			body, typ = &CoordinatorBody{Peer: c.n.ID()}, TypeCoordinator
+			genesis = true
+		case time.Since(last) >= c.opts.TickInterval:
+			body, typ = &TickBody{}, TypeTick
+		default:
+			continue
 		}
-		if _, err := c.own.Append(time.Now(), typ, body); err != nil {
-			c.log.Warn("append a tick", "err", err)
+		last = time.Now()
+		if _, err := c.own.Append(last, typ, body); err != nil {
+			c.log.Warn("append to the ledger", "type", typ, "err", err)
 			continue
 		}
 		if c.kick != nil {
@@ -353,8 +370,10 @@ func (c *Coordinator) checkpoint(p peer.ID) ([]byte, error) {
 		Node: p, Balance: a.Balance, Seq: seq, Head: head, Signed: time.Now().UTC()}, c.n.PrivKey())
 }
 
-// Join adds p to the group as a voter and to the coordinators; the leader only.
-func (c *Coordinator) Join(p peer.ID) error {
+// Join adds p to the group and to the coordinators; the leader only. p joins as a non-voter
+// and is promoted once it has applied what the leader had: raft counts a new voter at once,
+// and one that cannot keep up would stall the group.
+func (c *Coordinator) Join(ctx context.Context, p peer.ID, ask func(context.Context, peer.ID) (CoordinatorStatus, error)) error {
 	if !c.IsLeader() {
 		return ErrNotLeader
 	}
@@ -366,8 +385,25 @@ func (c *Coordinator) Join(p peer.ID) error {
 		delete(c.joining, p)
 		c.mu.Unlock()
 	}()
-	if err := c.raft.AddVoter(raft.ServerID(p.String()), raft.ServerAddress(p.String()), 0, 30*time.Second).Error(); err != nil {
+	id, addr := raft.ServerID(p.String()), raft.ServerAddress(p.String())
+	if err := c.raft.AddNonvoter(id, addr, 0, 30*time.Second).Error(); err != nil {
 		return fmt.Errorf("add %s to the coordinators: %w", market.Short(p), err)
+	}
+	target := c.raft.AppliedIndex()
+	for {
+		st, err := ask(ctx, p)
+		if err == nil && st.Applied >= target {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			c.raft.RemoveServer(id, 0, 10*time.Second)
+			return fmt.Errorf("%s did not catch up with the coordinators: %w", market.Short(p), ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := c.raft.AddVoter(id, addr, 0, 30*time.Second).Error(); err != nil {
+		return fmt.Errorf("make %s a voting coordinator: %w", market.Short(p), err)
 	}
 	if _, err := c.own.Append(time.Now(), TypeCoordinator, &CoordinatorBody{Peer: p}); err != nil {
 		return err
@@ -408,7 +444,7 @@ func (c *Coordinator) answer(ctx context.Context, from peer.ID, req mirrorReques
 	if req.Join || req.Leave {
 		var err error
 		if req.Join {
-			err = c.Join(from)
+			err = c.Join(ctx, from, c.ask)
 		} else {
 			err = c.Leave(from)
 		}
@@ -429,6 +465,17 @@ func (c *Coordinator) answer(ctx context.Context, from peer.ID, req mirrorReques
 		return c.failure(ErrNotLeader)
 	}
 	var a mirrorAnswer
+	if req.Note > 0 {
+		r, ok, err := c.st.Note(from, req.Note)
+		if err != nil {
+			return c.failure(err)
+		}
+		if !ok {
+			r = Result{Author: from, Seq: req.Note, Outcome: Refused, Message: "the ledger does not hold this entry"}
+		}
+		a.Note = &r
+		return a
+	}
 	if len(req.Push) > 0 || !req.View {
 		rs, cp, err := c.Push(ctx, from, req.Push)
 		if err != nil {
@@ -475,7 +522,26 @@ func (c *Coordinator) serve(st network.Stream) {
 		writeFrame(st, mirrorAnswer{Error: &market.WireError{Code: "malformed", Message: fmt.Sprintf("push of %d entries, over the %d cap", len(req.Push), MaxPushEntries)}})
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 25*time.Second)
+	timeout := 25 * time.Second
+	if req.Join {
+		timeout = 85 * time.Second // the joiner catches up first
+		st.SetDeadline(time.Now().Add(90 * time.Second))
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
 	writeFrame(st, c.answer(ctx, st.Conn().RemotePeer(), req))
+}
+
+// ask asks coordinator p for its status over the mirror protocol.
+func (c *Coordinator) ask(ctx context.Context, p peer.ID) (CoordinatorStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	a, err := askPeer(ctx, c.n, p, mirrorRequest{Status: true})
+	if err != nil {
+		return CoordinatorStatus{}, err
+	}
+	if a.Status == nil {
+		return CoordinatorStatus{}, errors.New("no status in the answer")
+	}
+	return *a.Status, nil
 }

@@ -38,6 +38,8 @@ type mirrorRequest struct {
 	Status bool `json:"status,omitempty"`
 	Join   bool `json:"join,omitempty"`
 	Leave  bool `json:"leave,omitempty"`
+	// Note asks what became of the sender's entry of this sequence number.
+	Note uint64 `json:"note,omitempty"`
 }
 
 // mirrorAnswer is the coordinator's answer.
@@ -49,6 +51,7 @@ type mirrorAnswer struct {
 	Leader *peer.AddrInfo     `json:"leader,omitempty"`
 	Error  *market.WireError  `json:"error,omitempty"`
 	Status *CoordinatorStatus `json:"status,omitempty"`
+	Note   *Result            `json:"note,omitempty"`
 }
 
 // writeFrame writes v as JSON behind its uvarint length.

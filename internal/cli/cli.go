@@ -34,7 +34,7 @@ type command struct {
 }
 
 func commands() []command {
-	return append(marketCommands(), []command{
+	return append(append(marketCommands(), ledgerCommands()...), []command{
 		{"init", "[--home DIR] [--profile local|public] [--bootstrap ADDR]… [--provider] [--coordinator] [--force]", "create a node's home: identity, API token and config", runInit},
 		{"node", "[--home DIR] [--bootstrap ADDR]… [--api ADDR] [--provider] [--coordinator]", "run the node until Ctrl-C", runNode},
 		{"id", "[--home DIR] [--json]", "print the node's peer ID and addresses (configured ones when it is stopped)", runID},

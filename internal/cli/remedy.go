@@ -28,19 +28,21 @@ func localVMFailed(id string, err error) error {
 // codes of packages market and vm). In them, `virtuoso vm` stands for the command the user
 // ran and ID for the VM it named.
 var remedies = map[string]string{
-	"state_unusable":  "the saved memory state is unusable: `virtuoso vm resume --fresh ID` boots the vm from its disk instead (what was in its memory is lost)",
-	"missing_file":    "a file of the vm is missing on its provider; nothing changed: ask the provider to put it back, then try again",
-	"illegal_action":  "`virtuoso vm ls` shows what each vm can do now",
-	"stale":           "the provider's prices changed: search again (`virtuoso search --config NAME`) and store at the current prices",
-	"no_capacity":     "pick another machine from `virtuoso search --config NAME`",
-	"unavailable":     "the other node did not answer: try again later; `virtuoso vm ls --cached` shows the last known statuses",
-	"not_provider":    "this node does not sell machines: stop it, set roles.provider = true in its config.toml (or `virtuoso init --provider`), and start it again",
-	"console_busy":    "every console slot of the provider is in use: try again when one closes",
-	"pending":         "the provider is still creating the vm: try again in a moment",
-	"buyer_limit":     "this provider admits no more from one buyer until payments settle: store on another machine from `virtuoso search --config NAME`",
-	"suspend_refused": "the guest refused to suspend (it may still be booting): try again in a moment, or stop it",
-	"image_missing":   "this provider does not hold the image: pick another machine from `virtuoso search --config NAME`",
-	"machine_in_use":  "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",
+	"state_unusable":          "the saved memory state is unusable: `virtuoso vm resume --fresh ID` boots the vm from its disk instead (what was in its memory is lost)",
+	"missing_file":            "a file of the vm is missing on its provider; nothing changed: ask the provider to put it back, then try again",
+	"illegal_action":          "`virtuoso vm ls` shows what each vm can do now",
+	"stale":                   "the provider's prices changed: search again (`virtuoso search --config NAME`) and store at the current prices",
+	"no_capacity":             "pick another machine from `virtuoso search --config NAME`",
+	"unavailable":             "the other node did not answer: try again later; `virtuoso vm ls --cached` shows the last known statuses",
+	"coordinator_unreachable": "no coordinator answered: check [ledger] coordinators in this node's config.toml (full addresses ending in /p2p/ID) and that a coordinator runs (`virtuoso ledger status`)",
+	"not_coordinator":         "only a coordinator does this: run it on a node started with --coordinator",
+	"not_provider":            "this node does not sell machines: stop it, set roles.provider = true in its config.toml (or `virtuoso init --provider`), and start it again",
+	"console_busy":            "every console slot of the provider is in use: try again when one closes",
+	"pending":                 "the provider is still creating the vm: try again in a moment",
+	"buyer_limit":             "this provider admits no more from one buyer until payments settle: store on another machine from `virtuoso search --config NAME`",
+	"suspend_refused":         "the guest refused to suspend (it may still be booting): try again in a moment, or stop it",
+	"image_missing":           "this provider does not hold the image: pick another machine from `virtuoso search --config NAME`",
+	"machine_in_use":          "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",
 }
 
 // remedy is the advice for err, or "".
