@@ -76,7 +76,8 @@ func (e MachineChanged) LogRecord() node.EventRecord {
 }
 
 // VMChanged: the buyer's record of one of its VMs changed (stored, an action's answer, a
-// status refreshed from the provider, a notice that its lease ended).
+// status refreshed from the provider that differs from the one known, a notice that its lease
+// ended).
 type VMChanged struct {
 	VM   VM        `json:"vm"`
 	Time time.Time `json:"time"`
