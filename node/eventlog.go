@@ -282,7 +282,6 @@ func (l *EventLog) record(ev any) (EventRecord, bool) {
 		l.log.Warn("an event of a kind the log does not list is not recorded: add its kind to node.EventKinds", "kind", rec.Kind, "event", fmt.Sprintf("%T", ev))
 		return EventRecord{}, false
 	}
-	rec.Seq = 0
 	if rec.Time.IsZero() {
 		rec.Time = time.Now()
 	}
