@@ -2,13 +2,10 @@ package daemon_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
@@ -20,26 +17,9 @@ import (
 // the machine it sells and the VM it stores on it under a lease; the buyer's records its VM
 // stored there; each in the order it happened.
 func TestEveryNodeLogsItsEvents(t *testing.T) {
-	seller := startNode(t, func(cfg *node.Config) {
-		cfg.Roles.Provider = true
-		cfg.Provider.Accel = "tcg"
-	}, daemon.Options{})
-	buyer := startNode(t, nil, daemon.Options{})
+	seller, buyer, m := sellingTo(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := buyer.Host().Connect(ctx, peer.AddrInfo{ID: seller.ID(), Addrs: seller.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := seller.Provider.AddMachine(ctx, market.DemoMachine(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testwait.Eventually(t, 20*time.Second, func() error {
-		if _, ok := buyer.Book.Get(seller.ID(), m.ID); !ok {
-			return errors.New("the offer did not reach the buyer")
-		}
-		return nil
-	})
 	v, err := buyer.Buyer.Store(ctx, market.StoreRequest{ConfigName: "tiny", Provider: seller.ID().String(), Machine: m.ID})
 	if err != nil {
 		t.Fatal(err)
