@@ -531,8 +531,7 @@ func (l *EventLog) Follow(ctx context.Context, q EventQuery, fn func(EventRecord
 
 // ParseEventQuery reads an EventQuery from the parameters of GET /v1/events (after, vm, kind,
 // limit, newest; follow is the route's own); others are ignored. A parameter of the route given
-// twice is refused, not guessed at.
-// Errors wrap ErrInvalidEventQuery.
+// twice is refused, not guessed at. Errors wrap ErrInvalidEventQuery.
 func ParseEventQuery(v url.Values) (EventQuery, error) {
 	var q EventQuery
 	for _, name := range []string{"after", "vm", "kind", "limit", "newest", "follow"} {
