@@ -132,6 +132,7 @@ func (b *Buyer) control(ctx context.Context, req controlRequest) (VM, controlRes
 	if err != nil {
 		return VM{}, controlResponse{}, err
 	}
+	known := bl
 	var resp controlResponse
 	err = b.request(ctx, peerAddr{sl.Provider, bl.Addrs}, ControlID, b.opts.ControlTimeout, req, &resp)
 	if err == nil && resp.Error != nil {
@@ -150,7 +151,14 @@ func (b *Buyer) control(ctx context.Context, req controlRequest) (VM, controlRes
 	}
 	if resp.State.Status.Valid() || err == nil {
 		bl.Updated = b.now()
-		if perr := b.put(bl); perr != nil {
+		var perr error
+		if bl.State == known.State && bl.VM == known.VM && bl.Health == known.Health && bl.Note == known.Note {
+			// What the buyer knew, now fresh: stored, but no event.
+			perr = node.PutJSON(b.space, leaseKey(id), bl)
+		} else {
+			perr = b.put(bl)
+		}
+		if perr != nil {
 			err = errors.Join(err, perr)
 		}
 	}

@@ -18,7 +18,8 @@
 //     console handlers. A node that does not sell runs NotSelling in its place.
 //
 // The services publish on the node's event stream (node.Events): LeaseCreated, LeaseEnded,
-// MachineChanged and VMChanged, next to the vm.StatusChanged of the provider's Manager.
+// MachineChanged and VMChanged, next to the vm.StatusChanged of the provider's Manager. Each
+// is node.Loggable: the node's event log keeps them, in order, with a line a user reads.
 //
 // # Money and prices
 //

@@ -492,7 +492,13 @@ func TestStoreAndControl(t *testing.T) {
 		defer bev.Close()
 		m := c.machine(t, "evented", roomy)
 		v := c.store(t, b1, m)
-		for _, a := range []vm.Action{vm.ActionStart, vm.ActionStop, vm.ActionDelete} {
+		for _, a := range []vm.Action{vm.ActionStart, vm.ActionStop, 0, vm.ActionDelete} {
+			if a == 0 { // a status asked that changed nothing is no event
+				if _, err := b1.buyer.Status(ctx, v.ID); err != nil {
+					t.Fatalf("status: %v", err)
+				}
+				continue
+			}
 			if _, err := b1.buyer.Control(ctx, v.ID, a); err != nil {
 				t.Fatalf("%s: %v", a.Verb(), err)
 			}

@@ -28,6 +28,9 @@ type API struct {
 	ln      net.Listener
 	token   string
 	maxBody int64
+	// stopping is cancelled when the server shuts down, so that answers that last until
+	// their client goes away (an event log follower) end and let the shutdown finish.
+	stopping context.Context
 }
 
 // HTTPError carries the status and the code an API error is answered with. The client's
@@ -80,6 +83,9 @@ func statusCode(status int) string {
 	return "internal"
 }
 
+// apiReadTimeout is how long the API server gives a request to arrive whole, body and all.
+const apiReadTimeout = 30 * time.Second
+
 func newAPI(n *Node, reg *prometheus.Registry) (*API, error) {
 	token, err := n.home.Token()
 	if err != nil {
@@ -95,8 +101,11 @@ func newAPI(n *Node, reg *prometheus.Registry) (*API, error) {
 	a := &API{n: n, mux: http.NewServeMux(), ln: ln, token: token, maxBody: n.cfg.API.MaxBodyBytes}
 	// A request's header and body must come promptly and an idle connection is closed, so
 	// that connections held open by whoever can reach the port cost nothing for long.
-	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: apiReadTimeout,
 		IdleTimeout: n.cfg.API.IdleTimeout}
+	var stop context.CancelFunc
+	a.stopping, stop = context.WithCancel(context.Background())
+	a.srv.RegisterOnShutdown(stop)
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "peer": n.id.String()})
 	})

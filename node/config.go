@@ -50,6 +50,7 @@ type Config struct {
 	Provider ProviderConfig `toml:"provider"`
 	Market   MarketConfig   `toml:"market"`
 	Ledger   LedgerConfig   `toml:"ledger"`
+	Events   EventsConfig   `toml:"events"`
 	Log      LogConfig      `toml:"log"`
 }
 
@@ -200,6 +201,26 @@ func (c MarketConfig) problems() problems {
 	return ps
 }
 
+// EventsConfig is the node's event log.
+type EventsConfig struct {
+	// MaxRecords is how many records the event log keeps; the oldest go first.
+	MaxRecords int `toml:"max_records"`
+}
+
+// DefaultEventsConfig is the [events] section.
+func DefaultEventsConfig() EventsConfig { return EventsConfig{MaxRecords: DefaultMaxEventRecords} }
+
+// Validate reports every problem of the [events] section.
+func (c EventsConfig) Validate() error { return c.problems().err() }
+
+func (c EventsConfig) problems() problems {
+	var ps problems
+	if c.MaxRecords < 100 || c.MaxRecords > 10_000_000 {
+		ps.add("events.max_records %d is out of range: use between 100 and 10000000", c.MaxRecords)
+	}
+	return ps
+}
+
 // LogConfig sets logging.
 type LogConfig struct {
 	Level  string `toml:"level"`
@@ -209,7 +230,8 @@ type LogConfig struct {
 // DefaultConfig returns the defaults of a profile: each section's.
 func DefaultConfig(p Profile) Config {
 	return Config{Profile: p, Network: DefaultNetworkConfig(p), API: DefaultAPIConfig(p),
-		Provider: DefaultProviderConfig(), Market: DefaultMarketConfig(), Ledger: DefaultLedgerConfig(), Log: DefaultLogConfig()}
+		Provider: DefaultProviderConfig(), Market: DefaultMarketConfig(), Ledger: DefaultLedgerConfig(),
+		Events: DefaultEventsConfig(), Log: DefaultLogConfig()}
 }
 
 // DefaultNetworkConfig is the [network] section of profile p: loopback only for the local
@@ -260,7 +282,8 @@ func (c Config) Validate() error {
 	if c.Profile != ProfileLocal && c.Profile != ProfilePublic {
 		ps.add("profile %q is unknown: use %q or %q", c.Profile, ProfileLocal, ProfilePublic)
 	}
-	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Market.problems(), c.Ledger.problems(c.Profile), c.Log.problems())
+	ps = slices.Concat(ps, c.Network.problems(c.Profile), c.API.problems(), c.Provider.problems(c.Profile), c.Market.problems(),
+		c.Ledger.problems(c.Profile), c.Events.problems(), c.Log.problems())
 	return ps.err()
 }
 
@@ -569,6 +592,11 @@ tick_interval = "{{.Ledger.TickInterval}}"
 sync_interval = "{{.Ledger.SyncInterval}}"
 # A buyer whose balance covers fewer rounds of its VMs' next periods is warned.
 warn_periods = {{.Ledger.WarnPeriods}}
+
+[events]
+# The event log ("virtuoso events" shows it) keeps this many records of what happened on this node;
+# the oldest are removed first.
+max_records = {{.Events.MaxRecords}}
 
 [log]
 # debug, info, warn or error.

@@ -60,6 +60,7 @@ func TestValidateSaysWhatIsWrong(t *testing.T) {
 		}, "not on loopback"},
 		{"inverted vnc ports", func(c *Config) { c.Provider.VNCPorts = [2]int{5999, 5910} }, "provider.vnc_ports"},
 		{"no consoles", func(c *Config) { c.Provider.MaxConsoles = 0 }, "provider.max_consoles"},
+		{"tiny event log", func(c *Config) { c.Events.MaxRecords = 10 }, "events.max_records"},
 		{"bad level", func(c *Config) { c.Log.Level = "loud" }, `level "loud" is unknown`},
 		{"bad format", func(c *Config) { c.Log.Format = "xml" }, `log.format "xml"`},
 	} {
@@ -105,7 +106,7 @@ func TestEarlierConfigsLoad(t *testing.T) {
 		t.Run(string(p), func(t *testing.T) {
 			var kept []string
 			for _, line := range strings.Split(string(DefaultConfig(p).Marshal()), "\n") {
-				if !strings.HasPrefix(line, "driver =") && !strings.HasPrefix(line, "idle_timeout =") {
+				if !strings.HasPrefix(line, "driver =") && !strings.HasPrefix(line, "idle_timeout =") && !strings.HasPrefix(line, "max_records =") {
 					kept = append(kept, line)
 				}
 			}
@@ -117,8 +118,9 @@ func TestEarlierConfigsLoad(t *testing.T) {
 			if err != nil {
 				t.Fatalf("an earlier config: %v", err)
 			}
-			if got.Provider.Driver != DriverQEMU || got.API.IdleTimeout != DefaultAPIConfig(p).IdleTimeout || got.API.Listen != DefaultAPIConfig(p).Listen {
-				t.Fatalf("missing settings not defaulted: %+v %+v", got.Provider, got.API)
+			if got.Provider.Driver != DriverQEMU || got.API.IdleTimeout != DefaultAPIConfig(p).IdleTimeout || got.API.Listen != DefaultAPIConfig(p).Listen ||
+				got.Events != DefaultEventsConfig() {
+				t.Fatalf("missing settings not defaulted: %+v %+v %+v", got.Provider, got.API, got.Events)
 			}
 		})
 	}

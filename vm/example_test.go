@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -64,4 +65,19 @@ func ExampleManager() {
 		panic(err)
 	}
 	fmt.Println(rec.State.Status, rec.State.Version, con.Addr, vm.Actions(rec.State.Status))
+}
+
+// A status change as the node's event log records it.
+func ExampleStatusChanged_LogRecord() {
+	id, _ := vm.ParseID("3f2a1b2c-0000-4000-8000-000000000001")
+	ev := vm.StatusChanged{VM: id, State: vm.State{Status: vm.StatusStarted, Version: 4}, Cause: vm.ActionStart,
+		Time: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
+	r := ev.LogRecord()
+	fmt.Println(r.Kind, r.VM)
+	fmt.Println(r.Message)
+	fmt.Println(string(r.Data))
+	// Output:
+	// vm.status 3f2a1b2c-0000-4000-8000-000000000001
+	// vm 3f2a1b2c started (version 4)
+	// {"vm":"3f2a1b2c-0000-4000-8000-000000000001","state":{"status":"started","version":4},"cause":"startmachine","time":"2025-11-25T12:00:00Z"}
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // ManagerConfig configures a Manager.
@@ -41,6 +43,13 @@ type StatusChanged struct {
 	// powered off).
 	Cause Action    `json:"cause"`
 	Time  time.Time `json:"time"`
+}
+
+// LogRecord is the change's entry in the node's event log ("vm 3f2a1b2c started (version 4)").
+func (e StatusChanged) LogRecord() node.EventRecord {
+	return node.EventRecord{Time: e.Time, Kind: node.KindVMStatus, VM: e.VM.String(), Lease: e.Lease, Peer: e.Owner,
+		Message: fmt.Sprintf("vm %s %s (version %d)", e.VM.String()[:8], e.State.Status, e.State.Version),
+		Data:    node.RecordData(e)}
 }
 
 // DefaultStallAfter is ManagerConfig.StallAfter's default: a Linux guest prints on its console

@@ -250,7 +250,7 @@ func snapshot(t testing.TB, home string) string {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, cmd := range []string{"init", "node", "id", "peers", "demo", "version"} {
+	for _, cmd := range []string{"init", "node", "id", "peers", "events", "demo", "version"} {
 		code, out, _ := run(t, cmd, "--help")
 		if code != 0 || !strings.Contains(out, "Usage: virtuoso "+cmd) {
 			t.Errorf("%s --help: exit %d, %q", cmd, code, firstLine(out))

@@ -25,7 +25,7 @@ func localVMFailed(id string, err error) error {
 }
 
 // remedies tell the user what to do about an error the node answered, by its code (the
-// codes of packages market and vm). In them, `virtuoso vm` stands for the command the user
+// codes of packages market, vm and node). In them, `virtuoso vm` stands for the command the user
 // ran and ID for the VM it named.
 var remedies = map[string]string{
 	"state_unusable":          "the saved memory state is unusable: `virtuoso vm resume --fresh ID` boots the vm from its disk instead (what was in its memory is lost)",
@@ -43,6 +43,7 @@ var remedies = map[string]string{
 	"suspend_refused":         "the guest refused to suspend (it may still be booting): try again in a moment, or stop it",
 	"image_missing":           "this provider does not hold the image: pick another machine from `virtuoso search --config NAME`",
 	"machine_in_use":          "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",
+	"invalid_query":           "`virtuoso events --help` lists the kinds of records and the flags",
 }
 
 // remedy is the advice for err, or "".

@@ -1,6 +1,7 @@
 // Package daemon assembles a full node from its configuration: the network core from package
-// node, then, in dependency order, the VM stack of a provider, the market's Book, Buyer and
-// Provider, each handed what it consumes. The CLI and the demo build nodes only through it.
+// node and its event log, then, in dependency order, the VM stack of a provider, the market's
+// Book, Buyer and Provider, each handed what it consumes. The CLI and the demo build nodes only
+// through it.
 package daemon
 
 import (
@@ -32,6 +33,8 @@ type Options struct {
 // Node is a node with the services of its roles.
 type Node struct {
 	*node.Node
+	// EventLog is every node's record of what happened on it, in order.
+	EventLog *node.EventLog
 	// Book is every node's offer book, catalog, search and averages.
 	Book *market.Book
 	// Buyer is every node's side of the VMs it bought.
@@ -59,7 +62,9 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 			n.Close()
 		}
 	}()
-	d = &Node{Node: n}
+	// The log starts first, so that it records what the other services publish from their start.
+	d = &Node{Node: n, EventLog: node.NewEventLog(node.EventLogOptions{MaxRecords: cfg.Events.MaxRecords})}
+	n.Attach(d.EventLog)
 	if cfg.Roles.Provider {
 		if d.VMs, err = newVMs(n); err != nil {
 			return nil, err

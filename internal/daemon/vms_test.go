@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
+	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vm/qemu"
@@ -48,6 +50,32 @@ func startNode(t *testing.T, edit func(*node.Config), opts daemon.Options) *daem
 		t.Fatal(err)
 	}
 	return n
+}
+
+// sellingTo starts a provider node and a buyer node connected to it, and has the provider sell
+// a demo machine, whose offer the buyer's book holds when it returns.
+func sellingTo(t *testing.T) (seller, buyer *daemon.Node, m market.Machine) {
+	t.Helper()
+	seller = startNode(t, func(cfg *node.Config) {
+		cfg.Roles.Provider = true
+		cfg.Provider.Accel = "tcg"
+	}, daemon.Options{})
+	buyer = startNode(t, nil, daemon.Options{})
+	ctx := context.Background()
+	if err := buyer.Host().Connect(ctx, peer.AddrInfo{ID: seller.ID(), Addrs: seller.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := seller.Provider.AddMachine(ctx, market.DemoMachine(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testwait.Eventually(t, 20*time.Second, func() error {
+		if _, ok := buyer.Book.Get(seller.ID(), m.ID); !ok {
+			return errors.New("the offer did not reach the buyer")
+		}
+		return nil
+	})
+	return seller, buyer, m
 }
 
 // TestProviderAPI drives a real QEMU guest through a provider node's local API, the way

@@ -193,6 +193,7 @@ func (m *Marketplace) Print(w io.Writer) {
 		"  virtuoso vm start ID; virtuoso vm ls              # it boots to a root shell (under TCG in under a minute)\n"+
 		"  virtuoso vm console ID                            # a VNC address and password: open it with a VNC viewer\n"+
 		"  virtuoso vm stop ID\n"+
+		"  virtuoso events --follow                        # what happens on the buyer's node, as it happens\n"+
 		"  (busybox is a tiny guest that only counts on its serial port, for quick tries)\n", buyer)
 	fmt.Fprintf(w, "\nCtrl-C stops the marketplace.\n")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
+	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 )
 
@@ -33,6 +34,20 @@ func TestDemoMarketplaceConnectsEveryNode(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Every node keeps an event log: the providers' hold the machines they sell.
+	for i, n := range m.Nodes {
+		if !Roles[i].Provider {
+			continue
+		}
+		testwait.Eventually(t, 10*time.Second, func() error {
+			recs, err := n.EventLog.Query(node.EventQuery{Kind: node.KindMachineAdded})
+			if err != nil || len(recs) != 1 {
+				return fmt.Errorf("%s's log of machines added: %v, %v; want its demo machine", Roles[i].Name, recs, err)
+			}
+			return nil
+		})
+	}
 
 	// A second start on the same dir keeps every node's identity.
 	ids := map[string]bool{}
