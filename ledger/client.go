@@ -45,6 +45,8 @@ type Mirror struct {
 	last   View
 	synced bool
 	err    error
+	// refused is the last refusal told to the event log.
+	refused string
 
 	kick   chan struct{}
 	ctx    context.Context
@@ -97,6 +99,9 @@ func (m *Mirror) Close() error {
 	return nil
 }
 
+// Settles reports whether the node has a coordinator to settle with (configured, or its own).
+func (m *Mirror) Settles() bool { return len(m.opts.Coordinators) > 0 || m.opts.Local != nil }
+
 // Kick pushes now.
 func (m *Mirror) Kick() {
 	select {
@@ -134,15 +139,31 @@ func (m *Mirror) Sync(ctx context.Context) (View, error) {
 	}
 	m.mu.Lock()
 	m.err = err
+	old, first := m.last, !m.synced
 	if err == nil {
 		m.last, m.synced = v, true
 	}
+	tell := errors.Is(err, ErrRefused) && err.Error() != m.refused
+	if tell {
+		m.refused = err.Error() // once, not at every retry
+	}
 	m.mu.Unlock()
-	if err == nil && m.opts.OnView != nil {
+	if tell {
+		m.publish(Event{Kind: node.KindLedgerRefused, Time: time.Now(), Message: err.Error()})
+	}
+	if err != nil {
+		return v, err
+	}
+	for _, e := range changes(old, v, first, time.Now()) {
+		m.publish(e)
+	}
+	if m.opts.OnView != nil {
 		m.opts.OnView(v)
 	}
-	return v, err
+	return v, nil
 }
+
+func (m *Mirror) publish(e Event) { m.n.Events().Publish(e) }
 
 // Last returns the view of the last sync, whether there was one, and the last sync's error.
 func (m *Mirror) Last() (View, bool, error) {

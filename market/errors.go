@@ -47,6 +47,8 @@ var (
 	// ErrBuyerLimit: the buyer holds as much on this provider as it admits one buyer to hold
 	// until payments settle.
 	ErrBuyerLimit = errors.New("buyer's limit on this provider reached")
+	// ErrLowBalance: the buyer's settled balance does not pay the lease's first storage period.
+	ErrLowBalance = errors.New("balance too low")
 	// ErrPending: the provider is still creating the VM of this lease; ask again later.
 	ErrPending = errors.New("store still in progress")
 	// ErrInternal: the other node failed for a reason of its own.
@@ -79,6 +81,7 @@ var codes = []struct {
 	{"exists", ErrExists, http.StatusConflict},
 	{"pending", ErrPending, http.StatusConflict},
 	{"buyer_limit", ErrBuyerLimit, http.StatusConflict},
+	{"low_balance", ErrLowBalance, http.StatusPaymentRequired},
 	{"internal", ErrInternal, http.StatusInternalServerError},
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -53,6 +54,9 @@ type ProviderOptions struct {
 	// LeaseRetention is how long the record of an ended lease is kept (default 24h); the
 	// ledger keeps its history.
 	LeaseRetention time.Duration
+	// Admit, if set, is asked before any capacity is reserved whether buyer can pay a lease
+	// of quote q (the ledger's answer); an error refuses the store with it.
+	Admit func(ctx context.Context, buyer peer.ID, q Quote) error
 }
 
 func (o *ProviderOptions) fill() {

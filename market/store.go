@@ -335,6 +335,12 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		}
 	}
 
+	if p.opts.Admit != nil {
+		if err := p.opts.Admit(ctx, l.Buyer, l.Quote); err != nil {
+			return vm.Record{}, sl, err
+		}
+	}
+
 	// Reserve: one transaction checks the free capacity and records the pending lease, so two
 	// buyers racing for the last capacity cannot both pass.
 	need := l.Config.Resources()

@@ -37,12 +37,23 @@ const (
 	// KindEventsLost: the log missed events: it fell too far behind the event stream, or
 	// could not store them. What happened just before it is incomplete.
 	KindEventsLost = "events.lost"
+	// The ledger's records (ledger.Event): this node's account was charged or credited for
+	// storage and running, received or sent a payment, was warned that its balance will not
+	// pay its coming periods, was told to stop a VM whose running period went unpaid, had an
+	// entry refused by the coordinators, or was shown evidence against a coordinator.
+	KindLedgerCharged  = "ledger.charged"
+	KindLedgerPayment  = "ledger.payment"
+	KindLedgerLow      = "ledger.low_balance"
+	KindLedgerStop     = "ledger.stop"
+	KindLedgerRefused  = "ledger.refused"
+	KindLedgerEvidence = "ledger.evidence"
 )
 
 // EventKinds lists every kind of record, in the order of the constants above.
 func EventKinds() []string {
 	return []string{KindVMStatus, KindVMChanged, KindLeaseCreated, KindLeaseEnded,
-		KindMachineAdded, KindMachineEdited, KindMachineRemoved, KindEventsLost}
+		KindMachineAdded, KindMachineEdited, KindMachineRemoved, KindEventsLost,
+		KindLedgerCharged, KindLedgerPayment, KindLedgerLow, KindLedgerStop, KindLedgerRefused, KindLedgerEvidence}
 }
 
 // EventRecord is one entry of the event log.

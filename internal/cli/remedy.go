@@ -43,6 +43,7 @@ var remedies = map[string]string{
 	"suspend_refused":         "the guest refused to suspend (it may still be booting): try again in a moment, or stop it",
 	"image_missing":           "this provider does not hold the image: pick another machine from `virtuoso search --config NAME`",
 	"machine_in_use":          "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",
+	"low_balance":             "your balance does not pay the first storage period: `virtuoso account` shows it; ask a coordinator's operator for a deposit",
 	"invalid_query":           "`virtuoso events --help` lists the kinds of records and the flags",
 }
 

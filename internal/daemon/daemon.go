@@ -7,14 +7,17 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/virtuoso-market/virtuoso/ledger"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
 )
 
 // Options tune a node beyond its config.
@@ -65,6 +68,10 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	// The log starts first, so that it records what the other services publish from their start.
 	d = &Node{Node: n, EventLog: node.NewEventLog(node.EventLogOptions{MaxRecords: cfg.Events.MaxRecords})}
 	n.Attach(d.EventLog)
+	// So does the ledger's recorder; the mirror pushes what it records.
+	if err := d.attachLedger(cfg.Ledger, cfg.Roles.Coordinator); err != nil {
+		return nil, err
+	}
 	if cfg.Roles.Provider {
 		if d.VMs, err = newVMs(n); err != nil {
 			return nil, err
@@ -90,13 +97,13 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		popts.Images = slices.Concat(own, opts.Images, popts.Images)
 		popts.MaxLeasesPerBuyer = cmp.Or(popts.MaxLeasesPerBuyer, cfg.Provider.MaxLeasesPerBuyer)
 		popts.BuyerSharePercent = cmp.Or(popts.BuyerSharePercent, cfg.Provider.BuyerSharePercent)
+		if popts.Admit == nil {
+			popts.Admit = d.admit
+		}
 		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
 		n.Attach(d.Provider)
 	} else {
 		n.Attach(market.NotSelling{})
-	}
-	if err := d.attachLedger(cfg.Ledger, cfg.Roles.Coordinator); err != nil {
-		return nil, err
 	}
 	return d, nil
 }
@@ -125,7 +132,50 @@ func (d *Node) attachLedger(cfg node.LedgerConfig, coordinator bool) error {
 		coords = append([]peer.AddrInfo{{ID: d.ID()}}, coords...)
 	}
 	d.Attach(ledger.NewRecorder(own, nil))
-	d.Ledger = ledger.NewMirror(d.Node, own, ledger.MirrorOptions{Coordinators: coords, Interval: cfg.SyncInterval, Local: d.Coordinator})
+	d.Ledger = ledger.NewMirror(d.Node, own, ledger.MirrorOptions{Coordinators: coords, Interval: cfg.SyncInterval,
+		Local: d.Coordinator, OnView: d.settle})
 	d.Attach(d.Ledger)
 	return nil
+}
+
+// admit asks the ledger whether buyer can pay the first storage period of a lease of quote q:
+// a store it cannot pay is refused before any capacity is reserved. A provider that settles
+// with no coordinator ([ledger] coordinators empty) admits every buyer: nobody pays it.
+func (d *Node) admit(ctx context.Context, buyer peer.ID, q market.Quote) error {
+	if !d.Ledger.Settles() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := d.Ledger.View(ctx, buyer)
+	if err != nil {
+		return fmt.Errorf("%w: the ledger's coordinators did not say what the buyer can pay: %v", market.ErrUnavailable, err)
+	}
+	if v.Account.Balance < q.StoragePrice {
+		return fmt.Errorf("%w: the buyer's settled balance %s does not pay the first storage period (%s)", market.ErrLowBalance, v.Account.Balance, q.StoragePrice)
+	}
+	return nil
+}
+
+// settle acts on the node's view of the ledger: a provider stops (never deletes) the VMs
+// whose buyers did not pay a running period.
+func (d *Node) settle(v ledger.View) {
+	if d.Provider == nil || len(v.Stop) == 0 {
+		return
+	}
+	leases, err := d.Provider.Leases()
+	if err != nil {
+		d.Logger().Warn("leases", "err", err)
+		return
+	}
+	for _, l := range leases {
+		if !slices.Contains(v.Stop, l.Lease) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if _, err := d.VMs.Manager().Stop(ctx, l.VM); err != nil && !errors.Is(err, vm.ErrIllegalAction) {
+			d.Logger().Warn("stop a vm whose running period went unpaid", "vm", l.VM, "err", err)
+		}
+		cancel()
+	}
 }
