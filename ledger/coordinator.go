@@ -306,7 +306,7 @@ func (c *Coordinator) apply(raws [][]byte) applied {
 
 // Push applies entries of author from, in order, and returns their results and a checkpoint
 // for from. Entries that are not from's, malformed or dated in the future are refused
-// before raft.
+// before raft; signatures are checked by every replica as it applies.
 func (c *Coordinator) Push(ctx context.Context, from peer.ID, raws [][]byte) ([]Result, []byte, error) {
 	if !c.IsLeader() {
 		return nil, nil, ErrNotLeader
@@ -316,7 +316,7 @@ func (c *Coordinator) Push(ctx context.Context, from peer.ID, raws [][]byte) ([]
 	var at []int
 	now := time.Now()
 	for i, raw := range raws {
-		s, err := Decode(raw)
+		s, err := peek(raw)
 		switch {
 		case err != nil:
 			results[i] = Result{Outcome: Refused, Message: err.Error()}

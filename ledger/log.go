@@ -92,6 +92,48 @@ func (l *Log) Append(now time.Time, t Type, b Body) (Signed, error) {
 	return s, nil
 }
 
+// AppendAll signs the next entries, of type t with the bodies bs at now, and stores them in
+// one transaction: the pusher hears of them once.
+func (l *Log) AppendAll(now time.Time, t Type, bs []Body) ([]Signed, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	last := l.last
+	out := make([]Signed, 0, len(bs))
+	for _, b := range bs {
+		e, err := NewEntry(l.self, last, now, t, b)
+		if err != nil {
+			return nil, err
+		}
+		s, err := Sign(e, l.key)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+		last = &out[len(out)-1]
+	}
+	for i := 0; i < len(out); i += 256 {
+		err := l.sp.Update(func(tx *node.Txn) error {
+			for _, s := range out[i:min(len(out), i+256)] {
+				if err := tx.Put(logEntryKey(s.Seq), s.Raw); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("append to the ledger log: %w", err)
+		}
+	}
+	if len(out) > 0 {
+		l.last = last
+	}
+	select {
+	case l.Appended <- struct{}{}:
+	default:
+	}
+	return out, nil
+}
+
 // Last is the sequence number of the last entry (0 for an empty log).
 func (l *Log) Last() uint64 {
 	l.mu.Lock()
@@ -123,16 +165,23 @@ func (l *Log) Ack(seq uint64) error {
 	return nil
 }
 
+// Stored is one entry of the node's own log as stored: its sequence number and exact bytes
+// (the node signed them; they are not checked again when read).
+type Stored struct {
+	Seq uint64
+	Raw []byte
+}
+
 // Range returns up to max entries from seq on.
-func (l *Log) Range(from uint64, max int) ([]Signed, error) {
-	var out []Signed
+func (l *Log) Range(from uint64, max int) ([]Stored, error) {
+	var out []Stored
 	err := l.sp.View(func(tx *node.Txn) error {
-		return tx.Scan(logEntryKey(from), "e/~", false, func(_ string, v []byte) error {
-			s, err := Decode(v)
+		return tx.Scan(logEntryKey(from), "e/~", false, func(k string, v []byte) error {
+			seq, err := strconv.ParseUint(k[len("e/"):], 10, 64)
 			if err != nil {
-				return err
+				return fmt.Errorf("the node's own ledger log: key %q: %w", k, err)
 			}
-			if out = append(out, s); len(out) == max {
+			if out = append(out, Stored{Seq: seq, Raw: v}); len(out) == max {
 				return node.ErrStop
 			}
 			return nil

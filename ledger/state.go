@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,9 @@ import (
 // Apply is not safe for concurrent use; the readers are.
 type State struct {
 	sp *node.Space
+	// accounts, while a tick's sweep charges a chunk of leases, holds the accounts it
+	// changed, written once at the chunk's end.
+	accounts map[peer.ID]*Account
 }
 
 // NewState returns the state kept in sp.
@@ -131,20 +135,22 @@ const (
 	metaKey = "meta"
 )
 
-func headKey(p peer.ID) string { return "head/" + p.String() }
-func entryKey(p peer.ID, seq uint64) string {
-	return fmt.Sprintf("entry/%s/%020d", p, seq)
-}
-func noteKey(p peer.ID, seq uint64) string { return fmt.Sprintf("note/%s/%020d", p, seq) }
-func accountKey(p peer.ID) string          { return "acct/" + p.String() }
-func leaseKey(id market.LeaseID) string    { return "lease/" + id.String() }
-func vmKey(id vm.ID) string                { return "vm/" + id.String() }
-func coordKey(p peer.ID) string            { return "coord/" + p.String() }
-func proofKey(p peer.ID) string            { return "proof/" + p.String() }
+// Peer IDs in keys are hex of their bytes: base58 (their text form) costs more than the
+// rest of applying an entry.
+func pk(p peer.ID) string { return hex.EncodeToString([]byte(p)) }
+
+func headKey(p peer.ID) string              { return "head/" + pk(p) }
+func entryKey(p peer.ID, seq uint64) string { return fmt.Sprintf("entry/%s/%020d", pk(p), seq) }
+func noteKey(p peer.ID, seq uint64) string  { return fmt.Sprintf("note/%s/%020d", pk(p), seq) }
+func accountKey(p peer.ID) string           { return "acct/" + pk(p) }
+func leaseKey(id market.LeaseID) string     { return "lease/" + id.String() }
+func vmKey(id vm.ID) string                 { return "vm/" + id.String() }
+func coordKey(p peer.ID) string             { return "coord/" + pk(p) }
+func proofKey(p peer.ID) string             { return "proof/" + pk(p) }
 func partyKey(p peer.ID, id market.LeaseID) string {
-	return "party/" + p.String() + "/" + id.String()
+	return "party/" + pk(p) + "/" + id.String()
 }
-func lineKey(p peer.ID, height uint64) string { return fmt.Sprintf("line/%s/%020d", p, height) }
+func lineKey(p peer.ID, height uint64) string { return fmt.Sprintf("line/%s/%020d", pk(p), height) }
 
 // Due keys order charges by time: due/<unix nanoseconds>/<lease>/<s|r>.
 func dueKey(t time.Time, id market.LeaseID, kind byte) string {
@@ -229,7 +235,7 @@ func (s *State) Lease(id market.LeaseID) (LeaseState, error) {
 	var l LeaseState
 	err := s.sp.View(func(tx *node.Txn) error {
 		var err error
-		l, err = getJSON[LeaseState](tx, leaseKey(id))
+		l, err = getLease(tx, id)
 		return err
 	})
 	return l, err
@@ -239,13 +245,13 @@ func (s *State) Lease(id market.LeaseID) (LeaseState, error) {
 func (s *State) Leases(p peer.ID) ([]LeaseState, error) {
 	var out []LeaseState
 	err := s.sp.View(func(tx *node.Txn) error {
-		prefix := "party/" + p.String() + "/"
+		prefix := "party/" + pk(p) + "/"
 		return tx.Scan(prefix, prefix+"~", false, func(k string, _ []byte) error {
 			var id market.LeaseID
 			if err := id.UnmarshalText([]byte(k[len(prefix):])); err != nil {
 				return err
 			}
-			l, err := getJSON[LeaseState](tx, leaseKey(id))
+			l, err := getLease(tx, id)
 			if err != nil {
 				return err
 			}
@@ -257,20 +263,23 @@ func (s *State) Leases(p peer.ID) ([]LeaseState, error) {
 	return out, err
 }
 
-// Lines returns p's deposits and transfers, oldest first.
-func (s *State) Lines(p peer.ID) ([]Line, error) {
+// Lines returns p's newest max deposits and transfers (all when max ≤ 0), oldest first.
+func (s *State) Lines(p peer.ID, max int) ([]Line, error) {
 	var out []Line
 	err := s.sp.View(func(tx *node.Txn) error {
-		prefix := "line/" + p.String() + "/"
-		return tx.Scan(prefix, prefix+"~", false, func(_ string, v []byte) error {
+		prefix := "line/" + pk(p) + "/"
+		return tx.Scan(prefix, prefix+"~", true, func(_ string, v []byte) error {
 			var l Line
 			if err := json.Unmarshal(v, &l); err != nil {
 				return err
 			}
-			out = append(out, l)
+			if out = append(out, l); len(out) == max {
+				return node.ErrStop
+			}
 			return nil
 		})
 	})
+	slices.Reverse(out)
 	return out, err
 }
 
@@ -331,11 +340,12 @@ func (s *State) Coordinators() ([]peer.ID, error) {
 	var out []peer.ID
 	err := s.sp.View(func(tx *node.Txn) error {
 		return tx.Scan("coord/", "coord/~", false, func(k string, _ []byte) error {
-			p, err := peer.Decode(k[len("coord/"):])
-			if err == nil {
-				out = append(out, p)
+			b, err := hex.DecodeString(k[len("coord/"):])
+			if err != nil {
+				return fmt.Errorf("ledger state %s: %w", k, err)
 			}
-			return err
+			out = append(out, peer.ID(b))
+			return nil
 		})
 	})
 	return out, err
@@ -369,8 +379,14 @@ func verifyAll(raws [][]byte) []verified {
 	return out
 }
 
-// sweepChunk bounds the leases charged in one transaction by a tick.
-const sweepChunk = 2000
+// Transactions stay well inside badger's batch limit (15% of the node store's 8 MiB
+// memtable): a tick charges at most sweepChunk leases in one, and a run of entries takes at
+// most runEntries entries or runBytes of them.
+const (
+	sweepChunk = 400
+	runEntries = 256
+	runBytes   = 256 << 10
+)
 
 // Apply takes the entries of raft log index (their raw bytes, in order) and returns what
 // became of each. An index at or below the last applied is a replay and changes nothing.
@@ -397,10 +413,12 @@ func (s *State) Apply(index uint64, raws [][]byte) ([]Result, error) {
 			if err != nil {
 				return err
 			}
-			for ; i < len(vs); i++ {
-				if vs[i].err == nil && vs[i].s.Type == TypeTick {
+			size := 0
+			for start := i; i < len(vs); i++ {
+				if vs[i].err == nil && vs[i].s.Type == TypeTick || i-start == runEntries || size > runBytes {
 					break
 				}
+				size += len(raws[i])
 				if results[i], err = s.take(tx, &m, vs[i]); err != nil {
 					return err
 				}
@@ -415,6 +433,9 @@ func (s *State) Apply(index uint64, raws [][]byte) ([]Result, error) {
 		}
 		if i == len(vs) {
 			break
+		}
+		if vs[i].err != nil || vs[i].s.Type != TypeTick {
+			continue // the run was full: the next takes a transaction of its own
 		}
 		r, err := s.tick(vs[i].s, index, i == len(vs)-1)
 		if err != nil {
@@ -663,7 +684,7 @@ func (s *State) openLease(tx *node.Txn, l market.Lease, t time.Time) error {
 
 // status applies a provider's status change of a VM.
 func (s *State) status(tx *node.Txn, e Signed, b *StatusBody) error {
-	ls, err := getJSON[LeaseState](tx, leaseKey(b.Lease))
+	ls, err := getLease(tx, b.Lease)
 	if errors.Is(err, node.ErrNotFound) {
 		return rulef("lease %s is not in the ledger", b.Lease)
 	}
@@ -713,7 +734,7 @@ func (s *State) migrate(tx *node.Txn, e Signed, b *MigrationBody) error {
 	if err != nil {
 		return ruleError{err}
 	}
-	ls, err := getJSON[LeaseState](tx, leaseKey(b.From))
+	ls, err := getLease(tx, b.From)
 	if errors.Is(err, node.ErrNotFound) {
 		return rulef("lease %s is not in the ledger", b.From)
 	}
@@ -743,7 +764,7 @@ func (s *State) migrate(tx *node.Txn, e Signed, b *MigrationBody) error {
 	if err := s.openLease(tx, nl.Lease, e.Time); err != nil {
 		return err
 	}
-	moved, err := getJSON[LeaseState](tx, leaseKey(nl.ID))
+	moved, err := getLease(tx, nl.ID)
 	if err != nil {
 		return err
 	}
@@ -769,7 +790,7 @@ func (s *State) catchUp(tx *node.Txn, ls *LeaseState, t time.Time) error {
 	}
 	if !ls.RunningDue.IsZero() && !ls.RunningDue.After(t) {
 		n, next := periods(ls.RunningDue, ls.Quote.RunningSecs, t)
-		buyer, err := account(tx, ls.Buyer)
+		buyer, err := s.account(tx, ls.Buyer)
 		if err != nil {
 			return err
 		}
@@ -806,11 +827,11 @@ func (s *State) charge(tx *node.Txn, ls *LeaseState, kind byte, price market.Mon
 	}
 	n = min(n, int64(math.MaxInt64/4/price)) // absurd prices and spans saturate, never wrap
 	amount := price * market.Money(n)
-	buyer, err := account(tx, ls.Buyer)
+	buyer, err := s.account(tx, ls.Buyer)
 	if err != nil {
 		return err
 	}
-	provider, err := account(tx, ls.Provider)
+	provider, err := s.account(tx, ls.Provider)
 	if err != nil {
 		return err
 	}
@@ -823,10 +844,27 @@ func (s *State) charge(tx *node.Txn, ls *LeaseState, kind byte, price market.Mon
 	} else {
 		ls.Running += amount
 	}
-	if err := putJSON(tx, accountKey(ls.Buyer), buyer); err != nil {
+	if err := s.putAccount(tx, buyer); err != nil {
 		return err
 	}
-	return putJSON(tx, accountKey(ls.Provider), provider)
+	return s.putAccount(tx, provider)
+}
+
+// account reads p's account, through the sweep's cache when there is one.
+func (s *State) account(tx *node.Txn, p peer.ID) (Account, error) {
+	if a, ok := s.accounts[p]; ok {
+		return *a, nil
+	}
+	return account(tx, p)
+}
+
+// putAccount writes a, or keeps it in the sweep's cache until the chunk ends.
+func (s *State) putAccount(tx *node.Txn, a Account) error {
+	if s.accounts != nil {
+		s.accounts[a.Peer] = &a
+		return nil
+	}
+	return putJSON(tx, accountKey(a.Peer), a)
 }
 
 // putLease stores ls and moves its due keys from where old had them.
@@ -849,7 +887,7 @@ func (s *State) putLease(tx *node.Txn, ls, old LeaseState) error {
 			}
 		}
 	}
-	return putJSON(tx, leaseKey(ls.ID), ls)
+	return tx.Put(leaseKey(ls.ID), encodeLeaseState(ls))
 }
 
 // tick applies a tick entry: a coordinator's time, monotonic, up to which every period due is
@@ -890,10 +928,13 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 	if err != nil || at.IsZero() {
 		return r, err
 	}
+	// The scan resumes after the last key charged: charged leases move their due keys past
+	// the tick, and the deleted keys left behind would be walked again by every chunk.
+	cursor := "due/"
 	for done := false; !done; {
 		err := s.sp.Update(func(tx *node.Txn) error {
 			var due []string
-			if err := tx.Scan("due/", fmt.Sprintf("due/%020d~", at.UnixNano()), false, func(k string, _ []byte) error {
+			if err := tx.Scan(cursor, fmt.Sprintf("due/%020d~", at.UnixNano()), false, func(k string, _ []byte) error {
 				due = append(due, k)
 				if len(due) == sweepChunk {
 					return node.ErrStop
@@ -903,6 +944,11 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 				return err
 			}
 			done = len(due) < sweepChunk
+			if len(due) > 0 {
+				cursor = due[len(due)-1] + "\x00"
+			}
+			s.accounts = map[peer.ID]*Account{}
+			defer func() { s.accounts = nil }()
 			seen := map[string]bool{}
 			for _, k := range due {
 				id := k[len("due/00000000000000000000/"):][:32]
@@ -914,7 +960,7 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 				if err := lid.UnmarshalText([]byte(id)); err != nil {
 					return err
 				}
-				ls, err := getJSON[LeaseState](tx, leaseKey(lid))
+				ls, err := getLease(tx, lid)
 				if err != nil {
 					return err
 				}
@@ -926,6 +972,12 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 					return err
 				}
 			}
+			for _, a := range s.accounts {
+				if err := putJSON(tx, accountKey(a.Peer), *a); err != nil {
+					return err
+				}
+			}
+			s.accounts = nil
 			if !done {
 				return nil
 			}

@@ -25,6 +25,9 @@ type View struct {
 	Stop []market.LeaseID `json:"stop,omitempty"`
 }
 
+// MaxViewLines is how many of the newest deposits and transfers a view carries.
+const MaxViewLines = 100
+
 // View returns p's view, warning when the balance covers fewer than warn rounds of its
 // upcoming periods.
 func (s *State) View(p peer.ID, warn int64) (View, error) {
@@ -36,7 +39,7 @@ func (s *State) View(p peer.ID, warn int64) (View, error) {
 	if err != nil {
 		return View{}, err
 	}
-	lines, err := s.Lines(p)
+	lines, err := s.Lines(p, MaxViewLines)
 	if err != nil {
 		return View{}, err
 	}

@@ -12,7 +12,8 @@ import (
 const benchSummary = `Measure Virtuoso side by side with the tools a user would otherwise use, in one run.
 
   virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]
-  virtuoso bench market [--nodes 30] [--rounds 20] [--offers 10000] [--searches 300]`
+  virtuoso bench market [--nodes 30] [--rounds 20] [--offers 10000] [--searches 300]
+  virtuoso bench ledger [--pushers 8] [--entries 5000] [--checkpoints 200] [--leases 100000]`
 
 func runBench(ctx context.Context, env Env, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
@@ -23,14 +24,16 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			return benchTransfer(ctx, env, args[1:])
 		case "market":
 			return benchMarket(ctx, env, args[1:])
+		case "ledger":
+			return benchLedger(ctx, env, args[1:])
 		}
 	}
 	f := newFlags(env, "bench")
-	pos, err := f.parseArgs(args, benchSummary, "transfer|market")
+	pos, err := f.parseArgs(args, benchSummary, "transfer|market|ledger")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; use transfer or market\n", pos[0])
+	fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; use transfer, market or ledger\n", pos[0])
 	return errUsage
 }
 
@@ -50,6 +53,24 @@ func benchMarket(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	return bench.Market(ctx, opts, env.Stdout)
+}
+
+func benchLedger(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench ledger")
+	opts := bench.LedgerOptions{}
+	f.IntVar(&opts.Pushers, "pushers", 8, "nodes pushing entries at once")
+	f.IntVar(&opts.Entries, "entries", 5000, "entries each pusher pushes")
+	f.IntVar(&opts.Checkpoints, "checkpoints", 200, "single entries timed from append to signed checkpoint")
+	f.IntVar(&opts.Leases, "leases", 100_000, "leases charged by one billing sweep")
+	f.StringVar(&opts.Dir, "dir", "", "where the nodes' homes are made (default: the system temp dir)")
+	if err := f.parse(args, "Time a three-coordinator ledger on loopback: entries verified and applied per second, append-to-checkpoint latency, failover after the leader goes, and one billing sweep over many leases."); err != nil {
+		return err
+	}
+	var err error
+	if opts.Log, err = f.logger(defaultLog); err != nil {
+		return err
+	}
+	return bench.Ledger(ctx, opts, env.Stdout)
 }
 
 func benchTransfer(ctx context.Context, env Env, args []string) error {
