@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,6 +67,9 @@ func NewMirror(n *node.Node, own *Log, opts MirrorOptions) *Mirror {
 		log: opts.Log.With("service", "ledger"), kick: make(chan struct{}, 1)}
 	if opts.Local != nil {
 		opts.Local.kick = m.Kick
+		if !slices.ContainsFunc(opts.Coordinators, func(c peer.AddrInfo) bool { return c.ID == n.ID() }) {
+			m.opts.Coordinators = append([]peer.AddrInfo{{ID: n.ID()}}, opts.Coordinators...) // itself first
+		}
 	}
 	return m
 }

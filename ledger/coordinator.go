@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -346,6 +347,10 @@ func (c *Coordinator) Push(ctx context.Context, from peer.ID, raws [][]byte) ([]
 		}
 		for k, i := range at {
 			results[i] = a.results[k]
+			if r := a.results[k]; r.Outcome == Refused && strings.Contains(r.Message, "two entries") {
+				c.n.Events().Publish(Event{Kind: node.KindLedgerEvidence, Time: time.Now(),
+					Message: fmt.Sprintf("%s signed two entries %d: the proof is kept (virtuoso ledger proofs), its later entries are refused", r.Author, r.Seq)})
+			}
 		}
 	}
 	cp, err := c.checkpoint(from)

@@ -1,8 +1,12 @@
 package ledger
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +16,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
 )
 
 type ledgerNode struct {
@@ -95,6 +100,22 @@ func TestCoordinatorFailover(t *testing.T) {
 		}
 		return nil
 	})
+	// A lease whose storage periods (1 s) run across the failover.
+	tm := market.Terms{SpeedUnit: 500, MemoryUnit: 256, StorageUnit: 1024, SpeedPrice: 1, MemoryPrice: 1, StoragePrice: 1, RunningSecs: 60, StorageSecs: 1}
+	l := market.Lease{ID: market.NewLeaseID(), VM: vm.NewID(), Buyer: pusher.n.ID(), Provider: payee.n.ID(), Machine: market.MachineID{1},
+		Config: market.StandardConfigs()[0], Terms: tm, Created: time.Now().UTC()}
+	l.Quote, _ = tm.Quote(l.Config.Resources())
+	prop, err := market.ProposeLease(l, pusher.n.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := prop.Countersign(payee.n.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pusher.own.Append(time.Now(), TypeLease, &LeaseBody{Lease: full.Encode()}); err != nil {
+		t.Fatal(err)
+	}
 	for i := range transfers {
 		if _, err := pusher.own.Append(time.Now(), TypeTransfer, &TransferBody{To: payee.n.ID(), Amount: 1}); err != nil {
 			t.Fatal(err)
@@ -128,8 +149,32 @@ func TestCoordinatorFailover(t *testing.T) {
 		return nil
 	})
 	a, err := next.coord.State().Account(pusher.n.ID())
-	if err != nil || a.Balance != market.Unit-transfers || a.Sent != transfers {
+	if err != nil || a.Sent != transfers {
 		t.Fatalf("the pusher's account after %d transfers of 1: %+v, %v", transfers, a, err)
+	}
+	// Ticks of both leaders charged every storage period that began by the last tick, once.
+	time.Sleep(1500 * time.Millisecond) // (a period or so under the new leader)
+	var ls LeaseState
+	var m Meta
+	if err := next.coord.State().sp.View(func(tx *node.Txn) error {
+		var err error
+		if m, err = getMeta(tx); err != nil {
+			return err
+		}
+		if ls, err = getLease(tx, l.ID); err != nil {
+			return err
+		}
+		a, err = account(tx, pusher.n.ID())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	periods, _ := periods(l.Created.Truncate(time.Microsecond), 1, m.Tick)
+	if !m.Tick.After(killed) || periods < 3 {
+		t.Fatalf("the last tick %v, %d periods: the test did not cross the failover", m.Tick, periods)
+	}
+	if ls.Storage != market.Money(periods) || a.Balance != market.Unit-transfers-ls.Storage {
+		t.Fatalf("storage charged %s for %d periods up to the last tick, balance %s", ls.Storage, periods, a.Balance)
 	}
 	testwait.Eventually(t, 30*time.Second, func() error {
 		m1, _ := nodes[1].coord.State().Meta()
@@ -140,10 +185,81 @@ func TestCoordinatorFailover(t *testing.T) {
 		return nil
 	})
 	cp, ok, err := pusher.mirror.Checkpoints().Latest()
-	if err != nil || !ok || cp.Seq != pusher.own.Last() || cp.Balance != market.Unit-transfers {
+	if err != nil || !ok || cp.Seq != pusher.own.Last() {
 		t.Fatalf("the pusher's checkpoint %+v, %v, %v", cp, ok, err)
 	}
 	if ev, _ := pusher.mirror.Checkpoints().Evidence(); len(ev) != 0 {
 		t.Fatalf("honest coordinators produced conflicting checkpoints: %+v", ev)
+	}
+
+	// Bad input on the mirror protocol.
+	follower := nodes[1]
+	if follower == next {
+		follower = nodes[2]
+	}
+	mine, err := pusher.own.Append(time.Now(), TypeTransfer, &TransferBody{To: payee.n.ID(), Amount: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := NewEntry(payee.n.ID(), nil, time.Now(), TypeMachine, &MachineBody{Machine: market.MachineID{3}, Change: MachineAdded})
+	if err != nil {
+		t.Fatal(err)
+	}
+	others, err := Sign(other, payee.n.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	future, err := NewEntry(pusher.n.ID(), &mine, time.Now().Add(time.Hour), TypeTransfer, &TransferBody{To: payee.n.ID(), Amount: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	futures, err := Sign(future, pusher.n.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := func(to *ledgerNode, frame []byte) mirrorAnswer {
+		t.Helper()
+		st, err := pusher.n.Host().NewStream(ctx, to.n.ID(), MirrorID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Write(frame)
+		st.CloseWrite()
+		var a mirrorAnswer
+		if err := readFrame(bufio.NewReader(st), maxAnswerFrame, &a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	framed := func(v any) []byte {
+		var b bytes.Buffer
+		writeFrame(&b, v)
+		return b.Bytes()
+	}
+	if a := raw(follower, framed(mirrorRequest{Push: [][]byte{mine.Raw}})); a.Leader == nil || a.Leader.ID != next.n.ID() || len(a.Results) != 0 {
+		t.Fatalf("a push to a follower: %+v, want the leader's address", a)
+	}
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		says  string
+	}{
+		{"not json", append(binary.AppendUvarint(nil, 5), "{nope"...), "malformed"},
+		{"oversized", binary.AppendUvarint(nil, maxMirrorFrame+1), "cap"},
+		{"duplicate keys", append(binary.AppendUvarint(nil, 25), `{"view":true,"view":false}`[:25]...), "malformed"},
+	} {
+		if a := raw(next, tc.frame); a.Error == nil || !strings.Contains(a.Error.Message, tc.says) {
+			t.Fatalf("%s: %+v, want an error saying %q", tc.name, a, tc.says)
+		}
+	}
+	a = Account{}
+	ans := raw(next, framed(mirrorRequest{Push: [][]byte{others.Raw, futures.Raw}}))
+	if len(ans.Results) != 2 || ans.Results[0].Outcome != Refused || !strings.Contains(ans.Results[0].Message, "pushes its own") ||
+		ans.Results[1].Outcome != Refused || !strings.Contains(ans.Results[1].Message, "future") {
+		t.Fatalf("another's entry and a future one: %+v", ans.Results)
+	}
+	if seq, _, _, _ := next.coord.State().Head(payee.n.ID()); seq != 0 {
+		t.Fatalf("the leader took an entry another node pushed for the payee (head %d)", seq)
 	}
 }

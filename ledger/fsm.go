@@ -32,14 +32,14 @@ const maxCommandEntries = 4096
 
 func decodeCommand(b []byte) ([][]byte, error) {
 	count, k := binary.Uvarint(b)
-	if k <= 0 || count > maxCommandEntries {
+	if k <= 0 || k != minimal(count) || count > maxCommandEntries {
 		return nil, fmt.Errorf("%w: command of %d entries", ErrMalformed, count)
 	}
 	b = b[k:]
 	out := make([][]byte, 0, count)
 	for range count {
 		n, k := binary.Uvarint(b)
-		if k <= 0 || n > MaxEntryBytes || n > uint64(len(b)-k) {
+		if k <= 0 || k != minimal(n) || n > MaxEntryBytes || n > uint64(len(b)-k) {
 			return nil, fmt.Errorf("%w: command entry of %d bytes", ErrMalformed, n)
 		}
 		out = append(out, b[k:k+int(n)])
@@ -50,6 +50,10 @@ func decodeCommand(b []byte) ([][]byte, error) {
 	}
 	return out, nil
 }
+
+// minimal is the length of n's shortest uvarint: longer forms are refused, so that one command
+// has one encoding.
+func minimal(n uint64) int { return len(binary.AppendUvarint(nil, n)) }
 
 // applied is what the state machine returns for a command: each entry's result, or the
 // error that stopped it (the store's, not the entries').

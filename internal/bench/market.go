@@ -306,7 +306,7 @@ func latestSeq(b *market.Book, p peer.ID, m market.MachineID) uint64 {
 
 // waitNewSeq waits for the provider's own book to hold a newer offer of m than before.
 func waitNewSeq(ctx context.Context, s *market.Book, p peer.ID, m market.MachineID, before uint64) (uint64, error) {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second) // a flooded topic throttles the provider's own validation
 	for time.Now().Before(deadline) {
 		if seq := latestSeq(s, p, m); seq > before {
 			return seq, nil

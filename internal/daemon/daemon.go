@@ -129,7 +129,6 @@ func (d *Node) attachLedger(cfg node.LedgerConfig, coordinator bool) error {
 			Resolve: func(ctx context.Context, p peer.ID) (peer.AddrInfo, error) { return d.DHT().FindPeer(ctx, p) },
 		})
 		d.Attach(d.Coordinator)
-		coords = append([]peer.AddrInfo{{ID: d.ID()}}, coords...)
 	}
 	d.Attach(ledger.NewRecorder(own, nil))
 	d.Ledger = ledger.NewMirror(d.Node, own, ledger.MirrorOptions{Coordinators: coords, Interval: cfg.SyncInterval,
