@@ -562,7 +562,7 @@ func (s *State) effect(tx *node.Txn, m *Meta, e Signed) error {
 		l, _ := b.Decode()
 		return s.openLease(tx, l.Lease, e.Time)
 	case *StatusBody:
-		return s.status(tx, e, b)
+		return s.status(tx, m, e, b)
 	case *MachineBody:
 		return nil // recorded in the provider's log; leases carry their own terms
 	case *MigrationBody:
@@ -682,8 +682,10 @@ func (s *State) openLease(tx *node.Txn, l market.Lease, t time.Time) error {
 	return s.putLease(tx, ls, LeaseState{})
 }
 
-// status applies a provider's status change of a VM.
-func (s *State) status(tx *node.Txn, e Signed, b *StatusBody) error {
+// status applies a provider's status change of a VM. A start is billed from its entry's time,
+// but never from earlier than the clock skew before the last tick: a provider cannot back-date
+// a start into periods it would be paid for.
+func (s *State) status(tx *node.Txn, m *Meta, e Signed, b *StatusBody) error {
 	ls, err := getLease(tx, b.Lease)
 	if errors.Is(err, node.ErrNotFound) {
 		return rulef("lease %s is not in the ledger", b.Lease)
@@ -711,6 +713,9 @@ func (s *State) status(tx *node.Txn, e Signed, b *StatusBody) error {
 	switch {
 	case b.Status == vm.StatusStarted && ls.RunningDue.IsZero():
 		ls.RunningDue = e.Time
+		if floor := m.Tick.Add(-market.MaxClockSkew); ls.RunningDue.Before(floor) {
+			ls.RunningDue = floor
+		}
 		if err := s.catchUp(tx, &ls, e.Time); err != nil {
 			return err
 		}

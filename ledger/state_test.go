@@ -326,6 +326,17 @@ func TestBilling(t *testing.T) {
 		w.must(Void, w.coord.sign(at(55), TypeTick, &TickBody{})) // not after the last tick
 		w.charged(l, 2*storePrice, 0)
 	})
+	t.Run("a start back-dated before the last tick is billed from the tick", func(t *testing.T) {
+		w := newWorld(t, 100*market.Unit)
+		l := lease(t, w.buyer, w.prov, at(0), terms())
+		w.must(Applied, w.buyer.sign(at(0), TypeLease, &LeaseBody{Lease: l.Encode()}))
+		w.tick(1000)
+		// Dated 15 minutes before the tick: the running periods start 2 minutes before it.
+		w.status(l, 100, vm.StatusStarted, 2)
+		w.tick(1001)
+		// Storage: periods at 0, 60, ..., 960 (17); running: 880, 890, ..., 1000 (13).
+		w.charged(l, 17*storePrice, 13*runPrice)
+	})
 	t.Run("deletion ends the lease; migration hands billing over", func(t *testing.T) {
 		w := newWorld(t, 100*market.Unit)
 		l := lease(t, w.buyer, w.prov, at(0), terms())
