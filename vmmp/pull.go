@@ -1,0 +1,102 @@
+package vmmp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
+)
+
+// Incoming is a migration as its destination sees it: which VM comes from which origin, in
+// which state there (migrating, with its prior status), for whom, and which files to fetch.
+type Incoming struct {
+	VM     vm.ID
+	Origin peer.ID
+	State  vm.State
+	Owner  string
+	Lease  string
+	Files  []string // names as the origin's vm.Files gives them
+}
+
+// Pull is the destination's part of a migration (the migration server's copy): it fetches
+// the VM's files from the origin, as the origin granted, into a staging directory of m's
+// driver — seeded with the copy this provider kept from an earlier stay, so that only what
+// changed travels — and adopts them into m at the next version. The transfer verifies every
+// file's hash before it commits; a failure leaves nothing adopted and the staging directory
+// removed.
+func Pull(ctx context.Context, h host.Host, m *vm.Manager, in Incoming, opts ...transfer.Option) (vm.Record, *transfer.Result, error) {
+	imp, ok := m.Driver().(vm.Importer)
+	if !ok {
+		return vm.Record{}, nil, fmt.Errorf("pull vm %s: this provider's hypervisor cannot import: %w", in.VM, vm.ErrUnsupported)
+	}
+	dir, err := imp.StagingDir(ctx, in.VM)
+	if err != nil {
+		return vm.Record{}, nil, err
+	}
+	adopted := false
+	defer func() {
+		if !adopted {
+			os.RemoveAll(dir)
+		}
+	}()
+	if rec, err := m.Get(in.VM); err == nil && rec.Cached {
+		if err := seed(ctx, m, in.VM, dir); err != nil {
+			return vm.Record{}, nil, err
+		}
+	}
+	res, err := transfer.Fetch(ctx, h, in.Origin, transfer.Request{VM: in.VM.String(), Files: in.Files}, dir, opts...)
+	if err != nil {
+		return vm.Record{}, res, fmt.Errorf("pull vm %s from %s: %w", in.VM, in.Origin, err)
+	}
+	rec, err := m.Adopt(ctx, vm.AdoptRequest{ID: in.VM, Dir: dir, State: in.State, Origin: in.Origin.String(), Owner: in.Owner, Lease: in.Lease})
+	if err != nil {
+		return vm.Record{}, res, err
+	}
+	adopted = true
+	return rec, res, nil
+}
+
+// seed copies the files of the cached copy of id into dir, for the transfer to patch.
+func seed(ctx context.Context, m *vm.Manager, id vm.ID, dir string) error {
+	files, err := m.Driver().Files(ctx, id)
+	if err != nil {
+		if errors.Is(err, vm.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	for _, name := range files.Names {
+		if err := copyFile(filepath.Join(files.Dir, name), filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("seed the migration of vm %s with its cached copy: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,120 @@
+package vmmp
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/virtuoso-market/virtuoso/node"
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
+)
+
+// provider is a host with a QEMU VM stack and a transfer server authorised by its grants.
+type provider struct {
+	h      host.Host
+	mgr    *vm.Manager
+	grants *Grants
+}
+
+func newProvider(t *testing.T, g qemutest.Guest) *provider {
+	t.Helper()
+	p := &provider{h: testHost(t), grants: NewGrants()}
+	drv := qemutest.NewDriver(t, qemutest.DriverConfig(t, g))
+	store, err := node.OpenStore(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	inv, err := vm.OpenInventory(store.Space("vm/inventory/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: drv, Inventory: inv}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := transfer.NewServer(p.h, p.grants.Authorize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return p
+}
+
+// move migrates VM id from one provider to the other the way the protocol does: the origin
+// marks it migrating and grants the destination its files, the destination pulls and adopts
+// it, the origin keeps its files as a cache.
+func move(t *testing.T, ctx context.Context, id vm.ID, from, to *provider) (vm.Record, *transfer.Result) {
+	t.Helper()
+	rec, err := from.mgr.BeginMigration(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := from.mgr.Driver().Files(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := from.grants.Grant(id, to.h.ID(), files, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got, res, err := Pull(ctx, to.h, to.mgr, Incoming{VM: id, Origin: from.h.ID(), State: rec.State, Owner: rec.Owner, Lease: rec.Lease, Files: files.Names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	from.grants.Revoke(id)
+	if _, err := from.mgr.FinishMigration(ctx, id, true); err != nil {
+		t.Fatal(err)
+	}
+	return got, res
+}
+
+// TestPullThereAndBack: a stored VM moves to another provider, runs there, and moves back;
+// the way back sends only what the guest changed, since the origin kept its copy.
+func TestPullThereAndBack(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	a, b := newProvider(t, g), newProvider(t, g)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := b.h.Connect(ctx, peer.AddrInfo{ID: a.h.ID(), Addrs: a.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	id := vm.NewID()
+	if _, err := a.mgr.Create(ctx, vm.CreateRequest{Config: g.Config(id, 128, 64), Owner: "buyer", Lease: "lease-1"}); err != nil {
+		t.Fatal(err)
+	}
+	there, res := move(t, ctx, id, a, b)
+	if there.State.Status != vm.StatusStored || there.Origin != a.h.ID().String() || there.Owner != "buyer" {
+		t.Fatalf("at the destination: %+v", there)
+	}
+	first := res.WireBytes
+	if old, _ := a.mgr.Get(id); !old.Cached {
+		t.Fatal("the origin did not keep its copy as a cache")
+	}
+	// It runs at the destination: the guest counts on its serial console.
+	if _, err := b.mgr.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.WaitSerial(t, ctx, b.mgr.Driver().(*qemu.Driver), id, "ticks", func(out string) bool { return qemutest.LastTick(out) >= 2 })
+	if _, err := b.mgr.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	back, res := move(t, ctx, id, b, a)
+	if back.State.Status != vm.StatusStopped || back.Cached || back.State.Version <= there.State.Version {
+		t.Fatalf("back at the origin: %+v", back)
+	}
+	t.Logf("first move %d bytes on the wire, the way back %d", first, res.WireBytes)
+	if res.WireBytes*4 > first {
+		t.Fatalf("the way back sent %d bytes, the first move %d: the cached copy was not used", res.WireBytes, first)
+	}
+	if _, err := a.mgr.Start(ctx, id); err != nil {
+		t.Fatalf("start after coming back: %v", err)
+	}
+	if _, err := a.mgr.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
