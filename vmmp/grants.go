@@ -33,22 +33,36 @@ type Grants struct {
 type grant struct {
 	to      peer.ID
 	files   vm.Files
+	rec     vm.Record
 	expires time.Time
 }
 
 // NewGrants returns an empty set of grants.
 func NewGrants() *Grants { return &Grants{now: time.Now, grants: map[vm.ID]grant{}} }
 
-// Grant lets to read files of VM id for ttl, replacing any earlier grant of the VM (a VM
-// moves to one destination at a time).
-func (g *Grants) Grant(id vm.ID, to peer.ID, files vm.Files, ttl time.Duration) error {
+// Grant lets to read the files of the VM of rec (migrating) for ttl, replacing any earlier
+// grant of the VM (a VM moves to one destination at a time); the destination may also ask
+// for rec's state, owner and lease (Ask).
+func (g *Grants) Grant(rec vm.Record, to peer.ID, files vm.Files, ttl time.Duration) error {
 	if to.Validate() != nil || files.Dir == "" || len(files.Names) == 0 || ttl <= 0 {
-		return fmt.Errorf("grant of vm %s: a peer, files and a time to live are needed", id)
+		return fmt.Errorf("grant of vm %s: a peer, files and a time to live are needed", rec.ID)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.grants[id] = grant{to: to, files: vm.Files{Dir: files.Dir, Names: slices.Clone(files.Names)}, expires: g.now().Add(ttl)}
+	g.grants[rec.ID] = grant{to: to, files: vm.Files{Dir: files.Dir, Names: slices.Clone(files.Names)}, rec: rec, expires: g.now().Add(ttl)}
 	return nil
+}
+
+// live returns the grant of id to from, if there is a live one.
+func (g *Grants) live(id vm.ID, from peer.ID) (grant, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gr, ok := g.grants[id]
+	if ok && !g.now().Before(gr.expires) {
+		delete(g.grants, id)
+		ok = false
+	}
+	return gr, ok && gr.to == from
 }
 
 // Revoke ends the grant of VM id, if any.
@@ -65,14 +79,8 @@ func (g *Grants) Authorize(_ context.Context, from peer.ID, req transfer.Request
 	if err != nil {
 		return nil, ErrNotGranted
 	}
-	g.mu.Lock()
-	gr, ok := g.grants[id]
-	if ok && !g.now().Before(gr.expires) {
-		delete(g.grants, id)
-		ok = false
-	}
-	g.mu.Unlock()
-	if !ok || gr.to != from {
+	gr, ok := g.live(id, from)
+	if !ok {
 		return nil, ErrNotGranted
 	}
 	paths := make([]string, len(req.Files))

@@ -60,7 +60,7 @@ func TestGrants(t *testing.T) {
 	if err := fetch(dest, id, "disk.img"); err == nil {
 		t.Fatal("a fetch before any grant succeeded")
 	}
-	if err := g.Grant(id, dest.ID(), files, time.Minute); err != nil {
+	if err := g.Grant(vm.Record{ID: id}, dest.ID(), files, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if err := fetch(dest, id, "disk.img", "state.zst"); err != nil {
@@ -86,7 +86,7 @@ func TestGrants(t *testing.T) {
 	}
 	now := time.Now()
 	g.now = func() time.Time { return now }
-	if err := g.Grant(id, dest.ID(), files, time.Second); err != nil {
+	if err := g.Grant(vm.Record{ID: id}, dest.ID(), files, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	g.now = func() time.Time { return now.Add(2 * time.Second) }

@@ -59,7 +59,7 @@ func move(t *testing.T, ctx context.Context, id vm.ID, from, to *provider) (vm.R
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := from.grants.Grant(id, to.h.ID(), files, time.Minute); err != nil {
+	if err := from.grants.Grant(rec, to.h.ID(), files, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	got, res, err := Pull(ctx, to.h, to.mgr, Incoming{VM: id, Origin: from.h.ID(), State: rec.State, Owner: rec.Owner, Lease: rec.Lease, Files: files.Names})

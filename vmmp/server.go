@@ -1,0 +1,249 @@
+package vmmp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
+)
+
+// OriginID is the back-end protocol a destination asks the origin on (report §7.2.3: ask_state,
+// the files, make migratable): one JSON line each way, for a VM the origin granted it.
+const OriginID protocol.ID = "/vmmp/origin/1.0.0"
+
+// maxOriginLine caps a back-end line.
+const maxOriginLine = 16 << 10
+
+// originRequest asks for a granted VM; originAnswer is its state and files, or why not.
+type originRequest struct {
+	VM vm.ID `json:"vm"`
+}
+
+type originAnswer struct {
+	State vm.State `json:"state"`
+	Owner string   `json:"owner,omitempty"`
+	Lease string   `json:"lease,omitempty"`
+	Files []string `json:"files,omitempty"`
+	Error string   `json:"error,omitempty"`
+}
+
+// ServeOrigin answers destinations' back-end queries on h for the VMs g granted them.
+func (g *Grants) ServeOrigin(h host.Host) {
+	h.SetStreamHandler(OriginID, func(st network.Stream) {
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(30 * time.Second))
+		var req originRequest
+		var a originAnswer
+		if err := readLine(bufio.NewReader(st), maxOriginLine, &req); err != nil {
+			a.Error = err.Error()
+		} else if gr, ok := g.live(req.VM, st.Conn().RemotePeer()); !ok {
+			a.Error = ErrNotGranted.Error()
+		} else {
+			a = originAnswer{State: gr.rec.State, Owner: gr.rec.Owner, Lease: gr.rec.Lease, Files: gr.files.Names}
+		}
+		writeLine(st, a)
+	})
+}
+
+// askOrigin asks origin for VM id's state and files.
+func askOrigin(ctx context.Context, h host.Host, origin peer.ID, id vm.ID) (originAnswer, error) {
+	st, err := h.NewStream(ctx, origin, OriginID)
+	if err != nil {
+		return originAnswer{}, fmt.Errorf("ask the origin %s: %w", origin, err)
+	}
+	defer st.Close()
+	if d, ok := ctx.Deadline(); ok {
+		st.SetDeadline(d)
+	}
+	if err := writeLine(st, originRequest{VM: id}); err != nil {
+		st.Reset()
+		return originAnswer{}, err
+	}
+	st.CloseWrite()
+	var a originAnswer
+	if err := readLine(bufio.NewReader(st), maxOriginLine, &a); err != nil {
+		st.Reset()
+		return originAnswer{}, fmt.Errorf("the origin's answer: %w", err)
+	}
+	if a.Error != "" {
+		return a, fmt.Errorf("the origin refused: %s", a.Error)
+	}
+	return a, nil
+}
+
+func writeLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func readLine(r *bufio.Reader, limit int, v any) error {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > limit {
+			return fmt.Errorf("%w: a line over the %d-byte cap", ErrMalformed, limit)
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
+	}
+	if err := json.Unmarshal(line, v); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return nil
+}
+
+// ServerOptions are what a destination's migration server asks of its provider.
+type ServerOptions struct {
+	// Methods are the transfer methods the destination can take VM id with (QUERY).
+	Methods func(id vm.ID) []string
+	// Admit decides whether the agent may migrate the VM here now (the destination agreed to
+	// host it: a lease, capacity); an error is a FAIL whose code it names (vm.Code).
+	Admit func(ctx context.Context, agent peer.ID, req Message) error
+	// Heartbeat is how often the server tells the agent it is still at it (default 1 s).
+	Heartbeat time.Duration
+	// Transfer options for the copy.
+	Transfer []transfer.Option
+	Log      *slog.Logger
+}
+
+// Server is the migration server of a destination provider (report §7.2.3): it answers
+// QUERY with its methods and carries out a REQ: it asks the origin for the VM's state and
+// files, pulls them (Pull), adopts the VM, and answers RESP, heartbeating while it works.
+type Server struct {
+	h    host.Host
+	mgr  *vm.Manager
+	opts ServerOptions
+	wg   sync.WaitGroup
+}
+
+// NewServer registers the migration server of mgr on h.
+func NewServer(h host.Host, mgr *vm.Manager, opts ServerOptions) *Server {
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{h: h, mgr: mgr, opts: opts}
+	h.SetStreamHandler(ProtocolID, s.handle)
+	return s
+}
+
+// Close stops serving and waits for the migrations under way to end.
+func (s *Server) Close() error {
+	s.h.RemoveStreamHandler(ProtocolID)
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) handle(st network.Stream) {
+	s.wg.Add(1)
+	defer s.wg.Done()
+	defer st.Close()
+	agent := st.Conn().RemotePeer()
+	st.SetReadDeadline(time.Now().Add(30 * time.Second))
+	m, err := ReadMessage(bufio.NewReader(st))
+	if err != nil {
+		st.Reset()
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	switch m.Kind {
+	case Query:
+		var methods []string
+		if s.opts.Methods != nil {
+			methods = s.opts.Methods(m.VM)
+		}
+		WriteMessage(st, Message{Kind: Results, VM: m.VM, Methods: methods})
+	case Req:
+		var mu sync.Mutex // the heartbeats and the RESP share the stream
+		send := func(m Message) {
+			mu.Lock()
+			defer mu.Unlock()
+			st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			WriteMessage(st, m)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		done := make(chan struct{})
+		go func() {
+			t := time.NewTicker(s.opts.Heartbeat)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					send(Message{Kind: Heartbeat, VM: m.VM})
+				}
+			}
+		}()
+		rec, err := s.migrate(ctx, agent, m)
+		close(done)
+		if err != nil {
+			s.opts.Log.Warn("migration failed", "vm", m.VM, "err", err)
+			send(Message{Kind: Resp, VM: m.VM, Version: m.Version, Code: failCode(err)})
+			return
+		}
+		send(Message{Kind: Resp, VM: m.VM, Version: rec.State.Version, Success: true})
+	default:
+		WriteMessage(st, Message{Kind: Resp, VM: m.VM, Code: "unexpected"})
+	}
+}
+
+func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Record, error) {
+	if s.opts.Admit != nil {
+		if err := s.opts.Admit(ctx, agent, m); err != nil {
+			return vm.Record{}, err
+		}
+	}
+	s.h.Peerstore().AddAddr(m.Origin.Peer, m.Origin.Addr, time.Hour)
+	a, err := askOrigin(ctx, s.h, m.Origin.Peer, m.VM)
+	if err != nil {
+		return vm.Record{}, err
+	}
+	if a.State.Version != m.Version {
+		return vm.Record{}, fmt.Errorf("%w: the origin holds version %d, the request says %d", errStale, a.State.Version, m.Version)
+	}
+	opts := s.opts.Transfer
+	if m.Method == "full" {
+		opts = append(opts, transfer.WithMethod(transfer.MethodFull))
+	}
+	rec, _, err := Pull(ctx, s.h, s.mgr, Incoming{VM: m.VM, Origin: m.Origin.Peer, State: a.State, Owner: a.Owner, Lease: a.Lease, Files: a.Files}, opts...)
+	return rec, err
+}
+
+var errStale = errors.New("stale")
+
+// failCode names why a migration failed, for RESP.
+func failCode(err error) string {
+	if errors.Is(err, errStale) {
+		return "stale"
+	}
+	if c, _, ok := vm.Code(err); ok && token.MatchString(c) {
+		return c
+	}
+	return "failed"
+}
