@@ -46,7 +46,9 @@ type LeaseRecord struct {
 }
 
 // Holds reports whether the lease holds capacity on its machine.
-func (l LeaseRecord) Holds() bool { return l.State == LeaseStatePending || l.State == LeaseStateActive }
+func (l LeaseRecord) Holds() bool {
+	return l.State == LeaseStatePending || l.State == LeaseStateActive || l.State == LeaseStateIncoming
+}
 
 // Signed decodes and verifies the lease envelope.
 func (l LeaseRecord) Signed() (SignedLease, error) { return DecodeLease(l.Raw) }
@@ -169,7 +171,7 @@ func (p *Provider) ownedLease(id vm.ID, from peer.ID) (LeaseRecord, error) {
 		return l, fmt.Errorf("%w: you have no vm %s here", ErrNotFound, id)
 	case err != nil:
 		return l, err
-	case l.State == LeaseStatePending:
+	case l.State == LeaseStatePending || l.State == LeaseStateIncoming:
 		return l, fmt.Errorf("%w: vm %s", ErrPending, id)
 	}
 	return l, nil
@@ -322,6 +324,13 @@ func (p *Provider) compactLeases() {
 	}
 	cutoff := p.now().Add(-p.opts.LeaseRetention)
 	for _, l := range leases {
+		if l.State == LeaseStateIncoming && p.now().Sub(l.Created) > IncomingTTL {
+			p.log.Info("the vm of an incoming lease never arrived: capacity released", "vm", l.VM, "lease", l.Lease)
+			if err := p.CancelIncoming(l.VM); err != nil {
+				p.log.Warn("release an incoming lease", "vm", l.VM, "err", err)
+			}
+			continue
+		}
 		if l.State == LeaseStateEnded && l.Ended.Before(cutoff) {
 			if err := p.space.Delete(leaseKey(l.VM)); err != nil {
 				p.log.Warn("compact lease records", "vm", l.VM, "err", err)

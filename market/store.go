@@ -23,6 +23,9 @@ import (
 // storeRequest carries the buyer-signed lease proposal.
 type storeRequest struct {
 	Lease []byte `json:"lease"`
+	// Incoming proposes the lease of a VM that is to migrate here: capacity is reserved and
+	// the lease countersigned, but the VM comes later, by migration (Provider.Incoming).
+	Incoming bool `json:"incoming,omitempty"`
 }
 
 // storeResponse carries the countersigned lease and the new VM's state, or an error.
@@ -32,12 +35,15 @@ type storeResponse struct {
 	Error *WireError `json:"error,omitempty"`
 }
 
-func decodeStoreRequest(b []byte) (SignedLease, error) {
+// decodeStoreRequest decodes a store request: the lease proposal and whether it is of an
+// incoming migration.
+func decodeStoreRequest(b []byte) (SignedLease, bool, error) {
 	var r storeRequest
 	if err := DecodeStrict(b, &r); err != nil {
-		return SignedLease{}, err
+		return SignedLease{}, false, err
 	}
-	return DecodeLease(r.Lease)
+	sl, err := DecodeLease(r.Lease)
+	return sl, r.Incoming, err
 }
 
 func decodeStoreResponse(b []byte) (storeResponse, error) {
@@ -282,8 +288,12 @@ func (b *Buyer) retryPending(ctx context.Context) {
 // countersigns the lease. Whatever fails, nothing stays reserved or created.
 func (p *Provider) handleStore(ctx context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	resp := storeResponse{}
-	sl, err := decodeStoreRequest(frame)
-	if err == nil {
+	sl, incoming, err := decodeStoreRequest(frame)
+	switch {
+	case err == nil && incoming:
+		sl, err = p.acceptIncoming(ctx, st.Conn().RemotePeer(), sl)
+		resp.Lease = sl.Encode()
+	case err == nil:
 		var rec vm.Record
 		rec, sl, err = p.store(ctx, st.Conn().RemotePeer(), sl)
 		resp.State, resp.Lease = rec.State, sl.Encode()
@@ -295,38 +305,42 @@ func (p *Provider) handleStore(ctx context.Context, st network.Stream, frame []b
 	return writeJSON(st, resp)
 }
 
-func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.Record, SignedLease, error) {
+// reserve checks a lease proposal of from against this provider (its machine, current terms,
+// processor, image, the buyer's admission) and reserves its capacity, recording the lease in
+// state; it returns the VM's configuration. One transaction checks the free capacity and
+// records the lease, so two buyers racing for the last capacity cannot both pass.
+func (p *Provider) reserve(ctx context.Context, from peer.ID, sl SignedLease, state string) (vm.Config, error) {
 	l := sl.Lease
 	switch {
 	case l.Provider != p.n.ID():
-		return vm.Record{}, sl, fmt.Errorf("%w: the lease names provider %s, this is %s", ErrInvalid, l.Provider, p.n.ID())
+		return vm.Config{}, fmt.Errorf("%w: the lease names provider %s, this is %s", ErrInvalid, l.Provider, p.n.ID())
 	case l.Buyer != from:
-		return vm.Record{}, sl, fmt.Errorf("%w: lease of buyer %s sent by %s", ErrForged, l.Buyer, from)
+		return vm.Config{}, fmt.Errorf("%w: lease of buyer %s sent by %s", ErrForged, l.Buyer, from)
 	case len(sl.ProviderSig) > 0:
-		return vm.Record{}, sl, fmt.Errorf("%w: a proposal carries no provider signature", ErrInvalid)
+		return vm.Config{}, fmt.Errorf("%w: a proposal carries no provider signature", ErrInvalid)
 	}
 	if d := p.now().Sub(l.Created); d > MaxClockSkew || d < -MaxClockSkew {
-		return vm.Record{}, sl, fmt.Errorf("%w: lease dated %s, %v from this provider's clock", ErrExpired, l.Created.Format(time.RFC3339), d.Round(time.Second))
+		return vm.Config{}, fmt.Errorf("%w: lease dated %s, %v from this provider's clock", ErrExpired, l.Created.Format(time.RFC3339), d.Round(time.Second))
 	}
 	m, err := p.machine(l.Machine)
 	if err != nil {
-		return vm.Record{}, sl, err
+		return vm.Config{}, err
 	}
 	if l.Terms != m.Terms {
-		return vm.Record{}, sl, fmt.Errorf("%w: machine %q now sells at %s per running period and %s per storage period for this configuration; search again and store at the current prices", ErrStale, m.Name, quoteText(m.Terms, l.Config), storageText(m.Terms, l.Config))
+		return vm.Config{}, fmt.Errorf("%w: machine %q now sells at %s per running period and %s per storage period for this configuration; search again and store at the current prices", ErrStale, m.Name, quoteText(m.Terms, l.Config), storageText(m.Terms, l.Config))
 	}
 	if proc := l.Config.Processor; proc != "" && !strings.EqualFold(proc, m.Processor) {
-		return vm.Record{}, sl, fmt.Errorf("%w: configuration wants processor %s, machine %q has %s", ErrInvalid, proc, m.Name, m.Processor)
+		return vm.Config{}, fmt.Errorf("%w: configuration wants processor %s, machine %q has %s", ErrInvalid, proc, m.Name, m.Processor)
 	}
 	cfg := vm.Config{ID: l.VM, Name: l.Config.Name, SpeedBogomips: l.Config.SpeedBogomips, MemoryMB: l.Config.MemoryMB,
 		DiskMB: l.Config.DiskMB, Processor: l.Config.Processor, OS: l.Config.OS, MAC: vm.MACFor(l.VM)}
 	if l.Config.Image != "" {
 		img, ok := p.image(l.Config.Image)
 		if !ok {
-			return vm.Record{}, sl, fmt.Errorf("%w: %s", ErrImageMissing, l.Config.Image)
+			return vm.Config{}, fmt.Errorf("%w: %s", ErrImageMissing, l.Config.Image)
 		}
 		if l.Config.DiskMB < img.sizeMB {
-			return vm.Record{}, sl, fmt.Errorf("%w: disk of %d MB smaller than the %d MB image", ErrInvalid, l.Config.DiskMB, img.sizeMB)
+			return vm.Config{}, fmt.Errorf("%w: disk of %d MB smaller than the %d MB image", ErrInvalid, l.Config.DiskMB, img.sizeMB)
 		}
 		cfg.BaseImage = img.Disk
 		if img.Boot != nil {
@@ -337,12 +351,10 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 
 	if p.opts.Admit != nil {
 		if err := p.opts.Admit(ctx, l.Buyer, l.Quote); err != nil {
-			return vm.Record{}, sl, err
+			return vm.Config{}, err
 		}
 	}
 
-	// Reserve: one transaction checks the free capacity and records the pending lease, so two
-	// buyers racing for the last capacity cannot both pass.
 	need := l.Config.Resources()
 	key := leaseKey(l.VM)
 	err = p.space.Update(func(tx *node.Txn) error {
@@ -390,11 +402,22 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		if share := m.Capacity.Percent(p.opts.BuyerSharePercent); !mine.Add(need).Fits(share) {
 			return fmt.Errorf("%w: one buyer may hold at most %d%% of machine %q (%s) until payments settle", ErrBuyerLimit, p.opts.BuyerSharePercent, m.Name, share)
 		}
-		return node.PutJSON(tx, key, LeaseRecord{Raw: sl.Encode(), Lease: l.ID, State: LeaseStatePending, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
+		return node.PutJSON(tx, key, LeaseRecord{Raw: sl.Encode(), Lease: l.ID, State: state, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
 	})
+	if err != nil {
+		return vm.Config{}, err
+	}
+	return cfg, nil
+}
+
+func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.Record, SignedLease, error) {
+	cfg, err := p.reserve(ctx, from, sl, LeaseStatePending)
 	if err != nil {
 		return vm.Record{}, sl, err
 	}
+	l := sl.Lease
+	key := leaseKey(l.VM)
+	need := l.Config.Resources()
 	release := func() {
 		if err := p.space.Delete(key); err != nil {
 			p.log.Error("release reservation", "vm", l.VM, "err", err)
@@ -410,9 +433,9 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		err = p.space.Update(func(tx *node.Txn) error {
 			// Still pending? A forced removal of the machine may have ended it meanwhile.
 			if pl, err := node.GetJSON[LeaseRecord](tx, key); err != nil || pl.State != LeaseStatePending {
-				return fmt.Errorf("%w: machine %q was removed while the vm was being created", ErrNotFound, m.Name)
+				return fmt.Errorf("%w: machine %s was removed while the vm was being created", ErrNotFound, l.Machine)
 			}
-			return node.PutJSON(tx, key, LeaseRecord{Raw: full.Encode(), Lease: l.ID, State: LeaseStateActive, Machine: m.ID, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
+			return node.PutJSON(tx, key, LeaseRecord{Raw: full.Encode(), Lease: l.ID, State: LeaseStateActive, Machine: l.Machine, VM: l.VM, Buyer: l.Buyer, Need: need, Created: p.now()})
 		})
 	}
 	if err != nil {
@@ -422,7 +445,7 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 		release()
 		return vm.Record{}, sl, err
 	}
-	p.log.Info("vm stored", "vm", l.VM, "lease", l.ID, "machine", m.ID, "buyer", l.Buyer)
+	p.log.Info("vm stored", "vm", l.VM, "lease", l.ID, "machine", l.Machine, "buyer", l.Buyer)
 	p.n.Events().Publish(LeaseCreated{Lease: full, Time: p.now()})
 	p.changed()
 	return rec, full, nil
