@@ -201,14 +201,8 @@ func TestCoordinatorFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := NewEntry(payee.n.ID(), nil, time.Now(), TypeMachine, &MachineBody{Machine: market.MachineID{3}, Change: MachineAdded})
-	if err != nil {
-		t.Fatal(err)
-	}
-	others, err := Sign(other, payee.n.PrivKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	someone := newActor(t) // an identity of no node here
+	others := mustSigned(t, someone.sign(time.Now(), TypeMachine, &MachineBody{Machine: market.MachineID{3}, Change: MachineAdded}))
 	future, err := NewEntry(pusher.n.ID(), &mine, time.Now().Add(time.Hour), TypeTransfer, &TransferBody{To: payee.n.ID(), Amount: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -259,7 +253,16 @@ func TestCoordinatorFailover(t *testing.T) {
 		ans.Results[1].Outcome != Refused || !strings.Contains(ans.Results[1].Message, "future") {
 		t.Fatalf("another's entry and a future one: %+v", ans.Results)
 	}
-	if seq, _, _, _ := next.coord.State().Head(payee.n.ID()); seq != 0 {
-		t.Fatalf("the leader took an entry another node pushed for the payee (head %d)", seq)
+	if seq, _, _, _ := next.coord.State().Head(someone.id); seq != 0 {
+		t.Fatalf("the leader took an entry pushed by a node not its author (head %d)", seq)
 	}
+}
+
+func mustSigned(t *testing.T, raw []byte) Signed {
+	t.Helper()
+	s, err := Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -64,6 +64,8 @@ func (r *Recorder) loop(n *node.Node) {
 				continue // not a VM this node sells under a lease
 			}
 			typ, body = TypeStatus, &StatusBody{VM: ev.VM, Lease: lease, Status: ev.State.Status, Version: ev.State.Version, Cause: ev.Cause.String()}
+		case market.Migrated:
+			typ, body = TypeMigration, &MigrationBody{VM: ev.VM, From: ev.From, Lease: ev.Lease.Encode(), Status: ev.Status}
 		case market.MachineChanged:
 			terms := ev.Machine.Terms
 			typ, body = TypeMachine, &MachineBody{Machine: ev.Machine.ID, Change: string(ev.Change), Name: ev.Machine.Name, Terms: &terms}
@@ -84,6 +86,8 @@ func timeOf(ev any) time.Time {
 	case vm.StatusChanged:
 		return ev.Time
 	case market.MachineChanged:
+		return ev.Time
+	case market.Migrated:
 		return ev.Time
 	}
 	return time.Now()

@@ -58,26 +58,21 @@ func (p *Provider) Incoming(id vm.ID, buyer peer.ID) (LeaseRecord, error) {
 	return l, err
 }
 
-// Arrived makes the incoming lease of VM id active: the migration adopted the VM here.
+// Arrived makes the incoming lease of VM id active: the migration adopted the VM here. (The
+// lease enters the ledger with the migration, which the buyer records: not as a new lease.)
 func (p *Provider) Arrived(id vm.ID) error {
-	var full SignedLease
 	err := p.space.Update(func(tx *node.Txn) error {
 		l, err := node.GetJSON[LeaseRecord](tx, leaseKey(id))
 		if err != nil || l.State != LeaseStateIncoming {
 			return fmt.Errorf("%w: no incoming lease of vm %s", ErrNotFound, id)
 		}
-		if full, err = l.Signed(); err != nil {
-			return err
-		}
 		l.State = LeaseStateActive
 		return node.PutJSON(tx, leaseKey(id), l)
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		p.changed()
 	}
-	p.n.Events().Publish(LeaseCreated{Lease: full, Time: p.now()})
-	p.changed()
-	return nil
+	return err
 }
 
 // CancelIncoming releases the capacity held for VM id, which will not arrive.

@@ -40,7 +40,7 @@ func Protocols(c node.MarketConfig) []node.ProtocolLimit {
 	}
 	return []node.ProtocolLimit{
 		limit(OffersQueryID, 64<<20), limit(StoreID, 64<<20), limit(ControlID, 64<<20),
-		limit(ConsoleID, 64<<20), limit(NoticeID, 16<<20),
+		limit(ConsoleID, 64<<20), limit(NoticeID, 16<<20), limit(MigrateID, 16<<20),
 	}
 }
 

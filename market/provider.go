@@ -17,6 +17,7 @@ import (
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vmmp"
 )
 
 // Hypervisor is the VM stack a Provider sells from: vm.Manager, which checks every action
@@ -30,6 +31,10 @@ type Hypervisor interface {
 	Console(ctx context.Context, id vm.ID) (vm.Record, vm.Console, error)
 	Delete(ctx context.Context, id vm.ID) (vm.Record, error)
 	DescribeHost(ctx context.Context) (vm.Host, error)
+	// BeginMigration and FinishMigration bracket a VM's move away; Driver lists its files.
+	BeginMigration(ctx context.Context, id vm.ID) (vm.Record, error)
+	FinishMigration(ctx context.Context, id vm.ID, moved bool) (vm.Record, error)
+	Driver() vm.Driver
 }
 
 // ProviderOptions configure the Provider. The zero value takes the defaults below.
@@ -54,6 +59,9 @@ type ProviderOptions struct {
 	// LeaseRetention is how long the record of an ended lease is kept (default 24h); the
 	// ledger keeps its history.
 	LeaseRetention time.Duration
+	// Grants, if set, is where the provider grants a migration's destination its VM's files
+	// (the transfer server's authorisation); without it, VMs do not migrate away from here.
+	Grants *vmmp.Grants
 	// Admit, if set, is asked before any capacity is reserved whether buyer can pay a lease
 	// of quote q (the ledger's answer); an error refuses the store with it.
 	Admit func(ctx context.Context, buyer peer.ID, q Quote) error
@@ -115,6 +123,7 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 	p.serve(StoreID, maxFrameBytes, 256<<10, p.opts.StoreTimeout, p.handleStore)
 	p.serve(ControlID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleControl)
 	p.serve(ConsoleID, 4096, 256<<10, 0, p.handleConsole)
+	p.serve(MigrateID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleMigrate)
 	p.routes(n.API())
 	p.group.Go(p.publishLoop)
 	p.group.Go(p.every(min(p.opts.LeaseRetention, time.Minute), p.compactLeases))

@@ -358,7 +358,8 @@ func (p *Provider) reserve(ctx context.Context, from peer.ID, sl SignedLease, st
 	need := l.Config.Resources()
 	key := leaseKey(l.VM)
 	err = p.space.Update(func(tx *node.Txn) error {
-		if _, err := tx.Get(key); err == nil {
+		// The record of an ended lease of the VM gives way: a VM comes back after it moved.
+		if prev, err := node.GetJSON[LeaseRecord](tx, key); err == nil && prev.State != LeaseStateEnded {
 			return fmt.Errorf("%w: vm %s", ErrExists, l.VM)
 		}
 		// The machine again, inside the transaction: it may have been edited or removed

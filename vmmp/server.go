@@ -119,13 +119,23 @@ type ServerOptions struct {
 	// Methods are the transfer methods the destination can take VM id with (QUERY).
 	Methods func(id vm.ID) []string
 	// Admit decides whether the agent may migrate the VM here now (the destination agreed to
-	// host it: a lease, capacity); an error is a FAIL whose code it names (vm.Code).
-	Admit func(ctx context.Context, agent peer.ID, req Message) error
+	// host it: a lease, capacity) and under which owner and lease the VM is to be kept here;
+	// an error is a FAIL whose code it names (vm.Code). Without it, every REQ is admitted
+	// under the origin's owner and lease.
+	Admit func(ctx context.Context, agent peer.ID, req Message) (Admission, error)
+	// Arrived, if set, is told of a VM adopted here, before RESP SUCCESS; an error undoes
+	// nothing of the copy but answers FAIL.
+	Arrived func(ctx context.Context, rec vm.Record) error
 	// Heartbeat is how often the server tells the agent it is still at it (default 1 s).
 	Heartbeat time.Duration
 	// Transfer options for the copy.
 	Transfer []transfer.Option
 	Log      *slog.Logger
+}
+
+// Admission is what a destination keeps an admitted VM under.
+type Admission struct {
+	Owner, Lease string
 }
 
 // Server is the migration server of a destination provider (report §7.2.3): it answers
@@ -135,7 +145,10 @@ type Server struct {
 	h    host.Host
 	mgr  *vm.Manager
 	opts ServerOptions
-	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // NewServer registers the migration server of mgr on h.
@@ -154,12 +167,22 @@ func NewServer(h host.Host, mgr *vm.Manager, opts ServerOptions) *Server {
 // Close stops serving and waits for the migrations under way to end.
 func (s *Server) Close() error {
 	s.h.RemoveStreamHandler(ProtocolID)
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
 }
 
 func (s *Server) handle(st network.Stream) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		st.Reset()
+		return
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	defer s.wg.Done()
 	defer st.Close()
 	agent := st.Conn().RemotePeer()
@@ -214,8 +237,10 @@ func (s *Server) handle(st network.Stream) {
 }
 
 func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Record, error) {
+	var adm Admission
 	if s.opts.Admit != nil {
-		if err := s.opts.Admit(ctx, agent, m); err != nil {
+		var err error
+		if adm, err = s.opts.Admit(ctx, agent, m); err != nil {
 			return vm.Record{}, err
 		}
 	}
@@ -231,7 +256,14 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Reco
 	if m.Method == "full" {
 		opts = append(opts, transfer.WithMethod(transfer.MethodFull))
 	}
-	rec, _, err := Pull(ctx, s.h, s.mgr, Incoming{VM: m.VM, Origin: m.Origin.Peer, State: a.State, Owner: a.Owner, Lease: a.Lease, Files: a.Files}, opts...)
+	in := Incoming{VM: m.VM, Origin: m.Origin.Peer, State: a.State, Owner: a.Owner, Lease: a.Lease, Files: a.Files}
+	if adm.Owner != "" {
+		in.Owner, in.Lease = adm.Owner, adm.Lease
+	}
+	rec, _, err := Pull(ctx, s.h, s.mgr, in, opts...)
+	if err == nil && s.opts.Arrived != nil {
+		err = s.opts.Arrived(ctx, rec)
+	}
 	return rec, err
 }
 

@@ -29,8 +29,11 @@ func TestMigrationProtocol(t *testing.T) {
 	origin.grants.ServeOrigin(origin.h)
 	var admitted atomic.Int32
 	srv := NewServer(dest.h, dest.mgr, ServerOptions{
-		Methods:   func(vm.ID) []string { return []string{"blockdiff", "full"} },
-		Admit:     func(context.Context, peer.ID, Message) error { admitted.Add(1); return nil },
+		Methods: func(vm.ID) []string { return []string{"blockdiff", "full"} },
+		Admit: func(context.Context, peer.ID, Message) (Admission, error) {
+			admitted.Add(1)
+			return Admission{Owner: "buyer", Lease: "lease-2"}, nil
+		},
 		Heartbeat: 50 * time.Millisecond,
 	})
 	defer srv.Close()
@@ -75,7 +78,7 @@ func TestMigrationProtocol(t *testing.T) {
 		t.Fatalf("REQ: %+v, %v", resp, err)
 	}
 	got, err := dest.mgr.Get(rec.ID)
-	if err != nil || got.State.Status != vm.StatusStored || got.State.Version != resp.Version || got.Owner != "buyer" {
+	if err != nil || got.State.Status != vm.StatusStored || got.State.Version != resp.Version || got.Owner != "buyer" || got.Lease != "lease-2" {
 		t.Fatalf("at the destination after RESP: %+v, %v", got, err)
 	}
 	t.Logf("RESP after %d heartbeats", beats)
@@ -100,7 +103,10 @@ func TestMigrationProtocol(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
 	srv2 := NewServer(silent.h, silent.mgr, ServerOptions{
-		Admit:     func(ctx context.Context, _ peer.ID, _ Message) error { <-hold; return errors.New("too late") },
+		Admit: func(ctx context.Context, _ peer.ID, _ Message) (Admission, error) {
+			<-hold
+			return Admission{}, errors.New("too late")
+		},
 		Heartbeat: time.Hour,
 	})
 	defer func() { go srv2.Close() }()

@@ -18,6 +18,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vmmp"
 )
 
 // Options tune a node beyond its config.
@@ -100,8 +101,11 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		if popts.Admit == nil {
 			popts.Admit = d.admit
 		}
+		mig := &Migrations{Grants: vmmp.NewGrants(), vms: d.VMs, provider: func() *market.Provider { return d.Provider }}
+		popts.Grants = mig.Grants
 		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
 		n.Attach(d.Provider)
+		n.Attach(mig)
 	} else {
 		n.Attach(market.NotSelling{})
 	}
