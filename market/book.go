@@ -117,7 +117,9 @@ func (b *Book) Start(ctx context.Context, n *node.Node) error {
 		return fmt.Errorf("market: score %s: %w", OffersTopic, err)
 	}
 	n.ScorePeers(b.appScore)
-	if b.sub, err = topic.Subscribe(); err != nil {
+	// gossipsub drops what a subscriber is too slow to take; persisting an offer takes a store
+	// transaction, so the queue is deep enough for bursts (a flood, a busy store) to wait.
+	if b.sub, err = topic.Subscribe(pubsub.WithBufferSize(subscriptionBuffer)); err != nil {
 		return fmt.Errorf("market: subscribe %s: %w", OffersTopic, err)
 	}
 	b.serve(OffersQueryID, 1024, 1<<20, 30*time.Second, b.handleQuery)
@@ -146,6 +148,9 @@ func (b *Book) Offers() []Offer { return b.offers.Live(b.now()) }
 
 // Len is the number of offers held, tombstones of withdrawn ones included.
 func (b *Book) Len() int { return b.offers.Len() }
+
+// subscriptionBuffer is how many validated offers may wait for the book.
+const subscriptionBuffer = 4096
 
 // publish sends an offer envelope on the offers topic (the Provider's offers). The local
 // validation of one's own offer can be throttled while the topic is flooded; it is tried
