@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
+	"github.com/virtuoso-market/virtuoso/vmmp"
 )
 
 // TestMigrateThereAndBack: a buyer moves a stored VM to another provider with one call, starts
@@ -106,6 +108,33 @@ func TestMigrateThereAndBack(t *testing.T) {
 	back := at(a, b, vm.StatusStarted)
 	if back.State.Version <= there.State.Version {
 		t.Fatalf("version %d after coming back, %d before", back.State.Version, there.State.Version)
+	}
+
+	// A destination whose migration server is gone after it took the new lease: the move
+	// reverts after the origin began it; the VM runs at the origin again, under its old
+	// lease, and the destination's capacity is released.
+	c := startNode(t, provider, daemon.Options{})
+	t.Cleanup(func() { c.VMs.StopAll(context.Background()) })
+	if err := buyer.Host().Connect(ctx, peer.AddrInfo{ID: c.ID(), Addrs: c.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	mc, err := c.Provider.AddMachine(ctx, market.DemoMachine(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testwait.Eventually(t, 20*time.Second, func() error {
+		if _, ok := buyer.Book.Get(c.ID(), mc.ID); !ok {
+			return errors.New("the offer did not reach the buyer")
+		}
+		return nil
+	})
+	c.Host().RemoveStreamHandler(vmmp.ProtocolID)
+	if _, err := buyer.Buyer.Migrate(ctx, v.ID, market.MigrateRequest{Provider: c.ID().String(), Machine: mc.ID}); err == nil || !strings.Contains(err.Error(), "reverted") {
+		t.Fatalf("a migration to a destination that cannot take it: %v, want reverted", err)
+	}
+	reverted := at(a, c, vm.StatusStarted)
+	if reverted.Lease != back.Lease {
+		t.Fatalf("after the revert the lease is %s, was %s", reverted.Lease, back.Lease)
 	}
 
 	// A move to where the VM is already is refused before anything happens.
