@@ -69,7 +69,7 @@ func (b *Buyer) routes(a *node.API) {
 	})
 	// POST /v1/market/vms/{id}/{action}: an action by name or verb (start, stop, suspend,
 	// resume, console, rm); resume?fresh=true boots from the disk; console answers a
-	// ConsoleSession.
+	// ConsoleSession; migrate takes a MigrateRequest and moves the VM.
 	route(a, "POST /v1/market/vms/{id}/{action}", func(r *http.Request) (any, error) {
 		id, err := b.FindVM(r.PathValue("id"))
 		if err != nil {
@@ -81,6 +81,8 @@ func (b *Buyer) routes(a *node.API) {
 		}
 		fresh, _ := strconv.ParseBool(r.URL.Query().Get("fresh"))
 		switch {
+		case act == vm.ActionMigrate:
+			return decoded(r, func(req MigrateRequest) (any, error) { return b.Migrate(r.Context(), id, req) })
 		case act == vm.ActionView:
 			return b.Console(r.Context(), id)
 		case fresh && act == vm.ActionResume:

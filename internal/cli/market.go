@@ -26,6 +26,7 @@ func marketCommands() []command {
 		{"store", "--config NAME [edits] --machine ID [--provider PEER] [--running-price P --storage-price P] [--json]", "store a configuration on a provider's machine", runStore},
 		{"vm", "ls|status|start|stop|suspend|resume|console|rm [ID] [--json]; create|--local … for this provider's hypervisor", "act on your leased VMs wherever they are stored", runMarketVM},
 		{"machine", "add|edit|ls|rm [ID] [flags]", "sell this provider's machines: describe, price, remove", runMachine},
+		{"migrate", "VM --machine ID [--provider PEER] [--method blockdiff|full] [--json]", "move a VM to another provider's machine, atomically, billing handed over", runMigrate},
 	}
 }
 
@@ -267,6 +268,71 @@ func editArgs(e market.ConfigEdit) string {
 		fmt.Fprintf(&b, " --processor %q", e.Processor)
 	}
 	return b.String()
+}
+
+const migrateSummary = `Move one of your VMs to another provider's machine (from ` + "`virtuoso search`" + `), atomically:
+the destination takes a new lease at its current terms, the origin suspends the VM if it runs,
+the destination copies it (only what differs, if it held an older copy) and adopts it, and the
+ledger moves the lease; the VM runs again at the destination if it ran. If anything fails, the
+VM stays where it is, in its status, under its old lease.`
+
+func runMigrate(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "migrate")
+	var req market.MigrateRequest
+	machine := f.String("machine", "", "the destination machine's ID (from `virtuoso search`)")
+	f.StringVar(&req.Provider, "provider", "", "the destination's peer ID (needed only if the machine ID is ambiguous)")
+	f.StringVar(&req.Method, "method", "blockdiff", "how the files travel: blockdiff (only what differs) or full")
+	asJSON := f.Bool("json", false, "print JSON")
+	pos, err := f.parseArgs(args, migrateSummary, "VM")
+	if err != nil {
+		return err
+	}
+	if *machine == "" {
+		fmt.Fprintln(env.Stderr, "virtuoso migrate: --machine is required; `virtuoso search --config NAME` finds machines")
+		return errUsage
+	}
+	if req.Method != "blockdiff" && req.Method != "full" {
+		fmt.Fprintf(env.Stderr, "virtuoso migrate: --method %q: use blockdiff or full\n", req.Method)
+		return errUsage
+	}
+	if req.Machine, err = machineByPrefix(ctx, f, *machine, &req.Provider); err != nil {
+		return fmt.Errorf("--machine: %w", err)
+	}
+	fmt.Fprintf(env.Stderr, "migrating %s…\n", pos[0])
+	var v market.VM
+	if printed, err := f.call(ctx, http.MethodPost, "/v1/market/vms/"+url.PathEscape(pos[0])+"/migrate", req, &v, *asJSON); printed || err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "vm %s is on %s (machine %s) now, %s, version %d, lease %s\n", v.ID, market.Short(v.Provider), v.Machine.String()[:8], v.State.Status, v.State.Version, v.Lease)
+	fmt.Fprintf(env.Stdout, "charged %s per %s while running, %s per %s while stored from now on\n",
+		v.Quote.RunningPrice, secs(v.Quote.RunningSecs), v.Quote.StoragePrice, secs(v.Quote.StorageSecs))
+	return nil
+}
+
+// machineByPrefix resolves a machine ID, or the start of one as `virtuoso search` prints it,
+// from the node's offer book; an ambiguous prefix is refused.
+func machineByPrefix(ctx context.Context, f *flags, text string, provider *string) (market.MachineID, error) {
+	if id, err := market.ParseMachineID(text); err == nil {
+		return id, nil
+	}
+	var offers []market.Offer
+	if _, err := f.call(ctx, http.MethodGet, "/v1/market/offers", nil, &offers, false); err != nil {
+		return market.MachineID{}, err
+	}
+	var found []market.Offer
+	for _, o := range offers {
+		if strings.HasPrefix(o.Machine.String(), strings.ToLower(text)) && (*provider == "" || o.Provider.String() == *provider) {
+			found = append(found, o)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return market.MachineID{}, fmt.Errorf("no machine %q in the offer book (`virtuoso search --config NAME` lists them)", text)
+	case 1:
+		*provider = found[0].Provider.String()
+		return found[0].Machine, nil
+	}
+	return market.MachineID{}, fmt.Errorf("%q is the start of %d machines' IDs: give more of it", text, len(found))
 }
 
 func runStore(ctx context.Context, env Env, args []string) error {
