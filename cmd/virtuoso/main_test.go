@@ -189,6 +189,16 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"unknown flag", nil, func(h string) []string { return []string{"node", "--home", h, "--bogus"} }, 2, "flag provided but not defined: -bogus"},
 		{"unknown command", nil, func(h string) []string { return []string{"frobnicate"} }, 2, "unknown command"},
+		{"migrate without a machine", nil, func(h string) []string { return []string{"migrate", "bf6ca656", "--home", running} }, 2, "--machine is required"},
+		{"migrate by an unknown method", nil, func(h string) []string {
+			return []string{"migrate", "bf6ca656", "--machine", "a1f6", "--method", "ftp", "--home", running}
+		}, 2, "use blockdiff or full"},
+		{"migrate to a machine not in the book", nil, func(h string) []string {
+			return []string{"migrate", "bf6ca656", "--machine", "a1f6", "--home", running}
+		}, 1, "no machine \"a1f6\" in the offer book"},
+		{"ledger deposit on a node that is no coordinator", nil, func(h string) []string {
+			return []string{"ledger", "deposit", "12D3KooWGzYMiWfhaXgvPpMHG8HWdQMPqjmWfdRy3MEcCEQrWx1x", "5", "--home", running}
+		}, 1, "not a coordinator"},
 		{"missing config", func(h string) { os.Remove(filepath.Join(h, "config.toml")) },
 			func(h string) []string { return []string{"node", "--home", h} }, 1, "run `virtuoso init` first"},
 		{"corrupt config", func(h string) { os.WriteFile(filepath.Join(h, "config.toml"), []byte("profile = [\n"), 0o600) },

@@ -35,7 +35,6 @@ var remedies = map[string]string{
 	"no_capacity":             "pick another machine from `virtuoso search --config NAME`",
 	"unavailable":             "the other node did not answer: try again later; `virtuoso vm ls --cached` shows the last known statuses",
 	"coordinator_unreachable": "no coordinator answered: check [ledger] coordinators in this node's config.toml (full addresses ending in /p2p/ID) and that a coordinator runs (`virtuoso ledger status`)",
-	"not_coordinator":         "only a coordinator does this: run it on a node started with --coordinator",
 	"not_provider":            "this node does not sell machines: stop it, set roles.provider = true in its config.toml (or `virtuoso init --provider`), and start it again",
 	"console_busy":            "every console slot of the provider is in use: try again when one closes",
 	"pending":                 "the provider is still creating the vm: try again in a moment",
