@@ -270,23 +270,32 @@ func WriteMessage(w io.Writer, m Message) error {
 
 // ReadMessage reads one newline-terminated message, at most MaxMessageBytes.
 func ReadMessage(r *bufio.Reader) (Message, error) {
+	line, err := readCappedLine(r, MaxMessageBytes)
+	if err != nil {
+		return Message{}, err
+	}
+	return Parse(bytes.TrimSuffix(line, []byte("\n")))
+}
+
+// readCappedLine reads one line ending in '\n', refusing one over limit bytes before it is all
+// read; a stream that ends in the middle of a line is ErrMalformed, one that ends before it
+// the reader's error.
+func readCappedLine(r *bufio.Reader, limit int) ([]byte, error) {
 	var line []byte
 	for {
 		chunk, err := r.ReadSlice('\n')
 		line = append(line, chunk...)
-		if len(line) > MaxMessageBytes {
-			return Message{}, fmt.Errorf("%w: a line over the %d-byte cap", ErrMalformed, MaxMessageBytes)
+		if len(line) > limit {
+			return nil, fmt.Errorf("%w: a line over the %d-byte cap", ErrMalformed, limit)
 		}
-		if err == nil {
-			break
+		switch {
+		case err == nil:
+			return line, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return nil, fmt.Errorf("%w: message cut short", ErrMalformed)
+		default:
+			return nil, err
 		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if errors.Is(err, io.EOF) && len(line) > 0 {
-			return Message{}, fmt.Errorf("%w: message cut short", ErrMalformed)
-		}
-		return Message{}, err
 	}
-	return Parse(bytes.TrimSuffix(line, []byte("\n")))
 }

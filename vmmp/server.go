@@ -94,19 +94,9 @@ func writeLine(w io.Writer, v any) error {
 }
 
 func readLine(r *bufio.Reader, limit int, v any) error {
-	var line []byte
-	for {
-		chunk, err := r.ReadSlice('\n')
-		line = append(line, chunk...)
-		if len(line) > limit {
-			return fmt.Errorf("%w: a line over the %d-byte cap", ErrMalformed, limit)
-		}
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			return fmt.Errorf("%w: %w", ErrMalformed, err)
-		}
+	line, err := readCappedLine(r, limit)
+	if err != nil {
+		return err
 	}
 	if err := json.Unmarshal(line, v); err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
