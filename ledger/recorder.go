@@ -55,40 +55,26 @@ func (r *Recorder) loop(n *node.Node) {
 		}
 		var typ Type
 		var body Body
+		var at time.Time
 		switch ev := ev.(type) {
 		case market.LeaseCreated:
-			typ, body = TypeLease, &LeaseBody{Lease: ev.Lease.Encode()}
+			typ, body, at = TypeLease, &LeaseBody{Lease: ev.Lease.Encode()}, ev.Time
 		case vm.StatusChanged:
 			var lease market.LeaseID
 			if ev.Lease == "" || lease.UnmarshalText([]byte(ev.Lease)) != nil {
 				continue // not a VM this node sells under a lease
 			}
-			typ, body = TypeStatus, &StatusBody{VM: ev.VM, Lease: lease, Status: ev.State.Status, Version: ev.State.Version, Cause: ev.Cause.String()}
+			typ, body, at = TypeStatus, &StatusBody{VM: ev.VM, Lease: lease, Status: ev.State.Status, Version: ev.State.Version, Cause: ev.Cause.String()}, ev.Time
 		case market.Migrated:
-			typ, body = TypeMigration, &MigrationBody{VM: ev.VM, From: ev.From, Lease: ev.Lease.Encode(), Status: ev.Status}
+			typ, body, at = TypeMigration, &MigrationBody{VM: ev.VM, From: ev.From, Lease: ev.Lease.Encode(), Status: ev.Status}, ev.Time
 		case market.MachineChanged:
 			terms := ev.Machine.Terms
-			typ, body = TypeMachine, &MachineBody{Machine: ev.Machine.ID, Change: string(ev.Change), Name: ev.Machine.Name, Terms: &terms}
+			typ, body, at = TypeMachine, &MachineBody{Machine: ev.Machine.ID, Change: string(ev.Change), Name: ev.Machine.Name, Terms: &terms}, ev.Time
 		default:
 			continue
 		}
-		if _, err := r.own.Append(timeOf(ev), typ, body); err != nil {
+		if _, err := r.own.Append(at, typ, body); err != nil {
 			r.log.Warn("record in the ledger", "type", typ, "err", err)
 		}
 	}
-}
-
-// timeOf is when an event happened.
-func timeOf(ev any) time.Time {
-	switch ev := ev.(type) {
-	case market.LeaseCreated:
-		return ev.Time
-	case vm.StatusChanged:
-		return ev.Time
-	case market.MachineChanged:
-		return ev.Time
-	case market.Migrated:
-		return ev.Time
-	}
-	return time.Now()
 }

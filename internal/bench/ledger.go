@@ -407,12 +407,8 @@ func wait(ctx context.Context, within time.Duration, done func() bool) error {
 	return nil
 }
 
-var cpuMu sync.Mutex
-
 // cpuTime is the process's user and system CPU time.
 func cpuTime() time.Duration {
-	cpuMu.Lock()
-	defer cpuMu.Unlock()
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
