@@ -79,11 +79,7 @@ func DecodeCheckpoint(raw []byte) (Checkpoint, error) {
 	if err := c.Validate(); err != nil {
 		return Checkpoint{}, err
 	}
-	pub, err := c.Coordinator.ExtractPublicKey()
-	if err != nil {
-		return Checkpoint{}, fmt.Errorf("%w: checkpoint of %s", ErrForged, c.Coordinator)
-	}
-	if ok, err := pub.Verify(append([]byte(checkpointDomain), f[0]...), f[1]); err != nil || !ok {
+	if !signedBy(c.Coordinator, checkpointDomain, f[0], f[1]) {
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint of %s", ErrForged, market.Short(c.Coordinator))
 	}
 	return c, nil

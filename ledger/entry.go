@@ -258,11 +258,7 @@ func Decode(raw []byte) (Signed, error) {
 	if err != nil {
 		return Signed{}, err
 	}
-	pub, err := e.Author.ExtractPublicKey()
-	if err != nil {
-		return Signed{}, fmt.Errorf("%w: no public key in author %s", ErrForged, e.Author)
-	}
-	if ok, err := pub.Verify(append([]byte(entryDomain), f[0]...), f[1]); err != nil || !ok {
+	if !signedBy(e.Author, entryDomain, f[0], f[1]) {
 		return Signed{}, fmt.Errorf("%w: entry %d of %s", ErrForged, e.Seq, market.Short(e.Author))
 	}
 	raw = slices.Clone(raw)
@@ -279,4 +275,14 @@ func decodeBody(raw []byte, v any) error {
 		return errors.New("data after the body")
 	}
 	return nil
+}
+
+// signedBy reports whether sig is id's signature over domain followed by body.
+func signedBy(id peer.ID, domain string, body, sig []byte) bool {
+	pub, err := id.ExtractPublicKey()
+	if err != nil {
+		return false
+	}
+	ok, err := pub.Verify(append([]byte(domain), body...), sig)
+	return err == nil && ok
 }

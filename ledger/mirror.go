@@ -54,7 +54,8 @@ type mirrorAnswer struct {
 	Note   *Result            `json:"note,omitempty"`
 }
 
-// writeFrame writes v as JSON behind its uvarint length.
+// writeFrame writes v as one frame in the market's form (a uvarint length, then JSON), capped
+// by the mirror's own limits rather than the market's smaller one.
 func writeFrame(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -64,21 +65,15 @@ func writeFrame(w io.Writer, v any) error {
 	return err
 }
 
-// readFrame reads one frame of at most limit bytes into v, strictly.
+// readFrame reads one request or answer frame of at most limit bytes into v, strictly (the
+// market's frames: a uvarint length, then JSON).
 func readFrame(r *bufio.Reader, limit int, v any) error {
-	n, err := binary.ReadUvarint(r)
+	b, err := market.ReadFrame(r, limit)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return err
 		}
-		return fmt.Errorf("%w: frame length: %w", ErrMalformed, err)
-	}
-	if n > uint64(limit) {
-		return fmt.Errorf("%w: frame of %d bytes, over the %d-byte cap", ErrMalformed, n, limit)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return fmt.Errorf("%w: frame cut short: %w", ErrMalformed, err)
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if err := market.DecodeStrict(b, v); err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)

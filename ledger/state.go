@@ -184,31 +184,11 @@ func (s *State) Meta() (Meta, error) {
 }
 
 func getMeta(tx *node.Txn) (Meta, error) {
-	m, err := getJSON[Meta](tx, metaKey)
+	m, err := node.GetJSON[Meta](tx, metaKey)
 	if errors.Is(err, node.ErrNotFound) {
 		return Meta{}, nil
 	}
 	return m, err
-}
-
-func getJSON[T any](tx *node.Txn, key string) (T, error) {
-	var v T
-	b, err := tx.Get(key)
-	if err != nil {
-		return v, err
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return v, fmt.Errorf("ledger state %s: %w", key, err)
-	}
-	return v, nil
-}
-
-func putJSON(tx *node.Txn, key string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return tx.Put(key, b)
 }
 
 // Account returns p's account (zero if it never had one).
@@ -223,7 +203,7 @@ func (s *State) Account(p peer.ID) (Account, error) {
 }
 
 func account(tx *node.Txn, p peer.ID) (Account, error) {
-	a, err := getJSON[Account](tx, accountKey(p))
+	a, err := node.GetJSON[Account](tx, accountKey(p))
 	if errors.Is(err, node.ErrNotFound) {
 		return Account{Peer: p}, nil
 	}
@@ -287,7 +267,7 @@ func (s *State) Lines(p peer.ID, max int) ([]Line, error) {
 // equivocated.
 func (s *State) Head(p peer.ID) (seq uint64, hash Hash, equivocated bool, err error) {
 	err = s.sp.View(func(tx *node.Txn) error {
-		h, err := getJSON[head](tx, headKey(p))
+		h, err := node.GetJSON[head](tx, headKey(p))
 		if errors.Is(err, node.ErrNotFound) {
 			return nil
 		}
@@ -302,7 +282,7 @@ func (s *State) Note(p peer.ID, seq uint64) (Result, bool, error) {
 	var r Result
 	var ok bool
 	err := s.sp.View(func(tx *node.Txn) error {
-		h, err := getJSON[head](tx, headKey(p))
+		h, err := node.GetJSON[head](tx, headKey(p))
 		if errors.Is(err, node.ErrNotFound) || err == nil && h.Seq < seq {
 			return nil
 		}
@@ -310,7 +290,7 @@ func (s *State) Note(p peer.ID, seq uint64) (Result, bool, error) {
 			return err
 		}
 		ok = true
-		r, err = getJSON[Result](tx, noteKey(p, seq))
+		r, err = node.GetJSON[Result](tx, noteKey(p, seq))
 		if errors.Is(err, node.ErrNotFound) {
 			r, err = Result{Author: p, Seq: seq, Outcome: Applied}, nil
 		}
@@ -426,7 +406,7 @@ func (s *State) Apply(index uint64, raws [][]byte) ([]Result, error) {
 			if i == len(vs) {
 				m.Applied = max(m.Applied, index)
 			}
-			return putJSON(tx, metaKey, m)
+			return node.PutJSON(tx, metaKey, m)
 		})
 		if err != nil {
 			return nil, err
@@ -463,7 +443,7 @@ func (s *State) takeWith(tx *node.Txn, m *Meta, v verified, effect func() error)
 	}
 	e := v.s
 	r := Result{Author: e.Author, Seq: e.Seq}
-	h, err := getJSON[head](tx, headKey(e.Author))
+	h, err := node.GetJSON[head](tx, headKey(e.Author))
 	if err != nil && !errors.Is(err, node.ErrNotFound) {
 		return r, err
 	}
@@ -495,14 +475,14 @@ func (s *State) takeWith(tx *node.Txn, m *Meta, v verified, effect func() error)
 			return r, err
 		}
 		r.Outcome, r.Message = Void, err.Error()
-		if err := putJSON(tx, noteKey(e.Author, e.Seq), r); err != nil {
+		if err := node.PutJSON(tx, noteKey(e.Author, e.Seq), r); err != nil {
 			return r, err
 		}
 	}
 	if err := tx.Put(entryKey(e.Author, e.Seq), e.Raw); err != nil {
 		return r, err
 	}
-	if err := putJSON(tx, headKey(e.Author), head{Seq: e.Seq, Hash: e.Hash}); err != nil {
+	if err := node.PutJSON(tx, headKey(e.Author), head{Seq: e.Seq, Hash: e.Hash}); err != nil {
 		return r, err
 	}
 	chain(m, e.Hash, r.Outcome)
@@ -533,15 +513,15 @@ func chain(m *Meta, h Hash, outcome string) {
 // refuses its later entries.
 func (s *State) equivocate(tx *node.Txn, m *Meta, r Result, e Signed, old []byte) (Result, error) {
 	p := Proof{Author: e.Author, Seq: e.Seq, A: old, B: e.Raw}
-	if err := putJSON(tx, proofKey(e.Author), p); err != nil {
+	if err := node.PutJSON(tx, proofKey(e.Author), p); err != nil {
 		return r, err
 	}
-	h, err := getJSON[head](tx, headKey(e.Author))
+	h, err := node.GetJSON[head](tx, headKey(e.Author))
 	if err != nil {
 		return r, err
 	}
 	h.Equivocated = true
-	if err := putJSON(tx, headKey(e.Author), h); err != nil {
+	if err := node.PutJSON(tx, headKey(e.Author), h); err != nil {
 		return r, err
 	}
 	chain(m, e.Hash, "equivocation")
@@ -582,10 +562,10 @@ func (s *State) effect(tx *node.Txn, m *Meta, e Signed) error {
 		a.Balance += b.Amount
 		a.Deposited += b.Amount
 		m.Supply = supply
-		if err := putJSON(tx, lineKey(b.To, m.Height), Line{Height: m.Height, Time: e.Time, Type: TypeDeposit, Peer: e.Author, Amount: b.Amount, Memo: b.Memo}); err != nil {
+		if err := node.PutJSON(tx, lineKey(b.To, m.Height), Line{Height: m.Height, Time: e.Time, Type: TypeDeposit, Peer: e.Author, Amount: b.Amount, Memo: b.Memo}); err != nil {
 			return err
 		}
-		return putJSON(tx, accountKey(b.To), a)
+		return node.PutJSON(tx, accountKey(b.To), a)
 	case *TransferBody:
 		from, err := account(tx, e.Author)
 		if err != nil {
@@ -609,14 +589,14 @@ func (s *State) effect(tx *node.Txn, m *Meta, e Signed) error {
 			{e.Author, Line{Height: m.Height, Time: e.Time, Type: TypeTransfer, Peer: b.To, Amount: -b.Amount, Memo: b.Memo}},
 			{b.To, Line{Height: m.Height, Time: e.Time, Type: TypeTransfer, Peer: e.Author, Amount: b.Amount, Memo: b.Memo}},
 		} {
-			if err := putJSON(tx, lineKey(l.p, m.Height), l.line); err != nil {
+			if err := node.PutJSON(tx, lineKey(l.p, m.Height), l.line); err != nil {
 				return err
 			}
 		}
-		if err := putJSON(tx, accountKey(e.Author), from); err != nil {
+		if err := node.PutJSON(tx, accountKey(e.Author), from); err != nil {
 			return err
 		}
-		return putJSON(tx, accountKey(b.To), to)
+		return node.PutJSON(tx, accountKey(b.To), to)
 	case *CoordinatorBody:
 		n := 0
 		if err := tx.Scan("coord/", "coord/~", false, func(string, []byte) error { n++; return nil }); err != nil {
@@ -869,7 +849,7 @@ func (s *State) putAccount(tx *node.Txn, a Account) error {
 		s.accounts[a.Peer] = &a
 		return nil
 	}
-	return putJSON(tx, accountKey(a.Peer), a)
+	return node.PutJSON(tx, accountKey(a.Peer), a)
 }
 
 // putLease stores ls and moves its due keys from where old had them.
@@ -906,7 +886,7 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 			return err
 		}
 		// Order and authorship as any entry, and a tick's own rules, before any charge.
-		h, err := getJSON[head](tx, headKey(e.Author))
+		h, err := node.GetJSON[head](tx, headKey(e.Author))
 		if err != nil && !errors.Is(err, node.ErrNotFound) {
 			return err
 		}
@@ -928,7 +908,7 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 		if last {
 			m.Applied = max(m.Applied, index)
 		}
-		return putJSON(tx, metaKey, m)
+		return node.PutJSON(tx, metaKey, m)
 	})
 	if err != nil || at.IsZero() {
 		return r, err
@@ -978,7 +958,7 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 				}
 			}
 			for _, a := range s.accounts {
-				if err := putJSON(tx, accountKey(a.Peer), *a); err != nil {
+				if err := node.PutJSON(tx, accountKey(a.Peer), *a); err != nil {
 					return err
 				}
 			}
@@ -997,7 +977,7 @@ func (s *State) tick(e Signed, index uint64, last bool) (Result, error) {
 			if last {
 				m.Applied = max(m.Applied, index)
 			}
-			return putJSON(tx, metaKey, m)
+			return node.PutJSON(tx, metaKey, m)
 		})
 		if err != nil {
 			return r, err

@@ -723,11 +723,11 @@ func TestOfferFloodIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeJSON(st, queryRequest{Max: 1})
+	WriteJSON(st, queryRequest{Max: 1})
 	st.CloseWrite()
 	r := bufio.NewReader(st)
 	for {
-		raw, err := readFrame(r, MaxOfferBytes)
+		raw, err := ReadFrame(r, MaxOfferBytes)
 		if err != nil || len(raw) == 0 {
 			break
 		}

@@ -147,13 +147,13 @@ func (b *Buyer) tunnelConn(t *tunnel, c net.Conn) error {
 		return err
 	}
 	st.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := writeJSON(st, consoleRequest{VM: t.vm}); err != nil {
+	if err := WriteJSON(st, consoleRequest{VM: t.vm}); err != nil {
 		st.Reset()
 		return err
 	}
 	r := bufio.NewReader(st)
 	var resp consoleResponse
-	if err := readJSON(r, &resp); err != nil {
+	if err := ReadJSON(r, &resp); err != nil {
 		st.Reset()
 		return err
 	}
@@ -203,10 +203,10 @@ func (p *Provider) handleConsole(ctx context.Context, st network.Stream, frame [
 		conn, err = p.dialConsole(ctx, st.Conn().RemotePeer(), req.VM)
 	}
 	if err != nil {
-		return writeJSON(st, consoleResponse{Error: toWire(err)})
+		return WriteJSON(st, consoleResponse{Error: toWire(err)})
 	}
 	defer conn.Close()
-	if err := writeJSON(st, consoleResponse{}); err != nil {
+	if err := WriteJSON(st, consoleResponse{}); err != nil {
 		return err
 	}
 	return pipe(ctx, st, r, conn)

@@ -186,7 +186,7 @@ func (p *Provider) handleControl(ctx context.Context, st network.Stream, frame [
 	if err != nil {
 		resp = controlResponse{State: resp.State, Error: toWire(err)}
 	}
-	return writeJSON(st, resp)
+	return WriteJSON(st, resp)
 }
 
 func (p *Provider) execute(ctx context.Context, from peer.ID, req controlRequest) (controlResponse, error) {

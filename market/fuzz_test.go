@@ -87,12 +87,12 @@ func FuzzStreamMessages(f *testing.F) {
 	} {
 		b, _ := json.Marshal(v)
 		var framed bytes.Buffer
-		writeFrame(&framed, b)
+		WriteFrame(&framed, b)
 		f.Add(framed.Bytes())
 	}
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		frame, err := readFrame(bufio.NewReader(bytes.NewReader(b)), maxFrameBytes)
+		frame, err := ReadFrame(bufio.NewReader(bytes.NewReader(b)), maxFrameBytes)
 		if err != nil {
 			return
 		}

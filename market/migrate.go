@@ -64,7 +64,7 @@ func (p *Provider) handleMigrate(ctx context.Context, st network.Stream, frame [
 		p.log.Info("migration step refused", "from", st.Conn().RemotePeer(), "op", req.Op, "err", err)
 		resp.Error = toWire(err)
 	}
-	return writeJSON(st, resp)
+	return WriteJSON(st, resp)
 }
 
 func (p *Provider) migrateStep(ctx context.Context, from peer.ID, req migrateRequest) (migrateResponse, error) {

@@ -51,7 +51,7 @@ func (p *Provider) notify(l LeaseRecord, reason string) {
 			return nil
 		}
 		st.SetDeadline(time.Now().Add(30 * time.Second))
-		if err := writeJSON(st, notice{Lease: sl.ID, VM: l.VM, Reason: reason}); err != nil {
+		if err := WriteJSON(st, notice{Lease: sl.ID, VM: l.VM, Reason: reason}); err != nil {
 			st.Reset()
 			return nil
 		}

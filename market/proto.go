@@ -54,7 +54,7 @@ type errorReply struct {
 // read errors (the peer went away) are returned, and the stream is reset.
 func replyMalformed(w io.Writer, err error) error {
 	if errors.Is(err, ErrMalformed) {
-		return writeJSON(w, errorReply{Error: toWire(err)})
+		return WriteJSON(w, errorReply{Error: toWire(err)})
 	}
 	return err
 }

@@ -69,11 +69,11 @@ func (b *Book) handleQuery(_ context.Context, st network.Stream, frame []byte, _
 	offers = offers[min(req.Skip, len(offers)):]
 	w := bufio.NewWriter(st)
 	for _, so := range offers[:min(limit, len(offers))] {
-		if err := writeFrame(w, so.Raw); err != nil {
+		if err := WriteFrame(w, so.Raw); err != nil {
 			return err
 		}
 	}
-	if err := writeFrame(w, nil); err != nil {
+	if err := WriteFrame(w, nil); err != nil {
 		return err
 	}
 	return w.Flush()
@@ -111,7 +111,7 @@ func (b *Book) queryPage(ctx context.Context, p peer.ID, skip int) (added, got i
 	}
 	defer st.Reset() // a no-op after Close
 	st.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := writeJSON(st, queryRequest{Max: MaxQueryPage, Skip: skip}); err != nil {
+	if err := WriteJSON(st, queryRequest{Max: MaxQueryPage, Skip: skip}); err != nil {
 		return 0, 0, fmt.Errorf("%w: query %s: %w", ErrUnavailable, Short(p), err)
 	}
 	st.CloseWrite()
@@ -124,7 +124,7 @@ func (b *Book) queryPage(ctx context.Context, p peer.ID, skip int) (added, got i
 	}
 	defer flush()
 	for ; ; got++ {
-		raw, err := readFrame(r, MaxOfferBytes)
+		raw, err := ReadFrame(r, MaxOfferBytes)
 		if err != nil {
 			if errors.Is(err, ErrMalformed) {
 				b.count(p, true)

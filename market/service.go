@@ -141,7 +141,7 @@ func (b *base) serve(id protocol.ID, frameCap, memory int, timeout time.Duration
 		}
 		st.SetDeadline(time.Now().Add(b.firstFrame))
 		r := bufio.NewReader(st)
-		frame, err := readFrame(r, frameCap)
+		frame, err := ReadFrame(r, frameCap)
 		if err != nil {
 			if rerr := replyMalformed(st, err); rerr != nil {
 				b.log.Debug("stream failed", "protocol", id, "peer", st.Conn().RemotePeer(), "err", err)
@@ -188,12 +188,12 @@ func (b *base) request(ctx context.Context, p peerAddr, id protocol.ID, timeout 
 		return err
 	}
 	st.SetDeadline(time.Now().Add(timeout))
-	if err := writeJSON(st, req); err != nil {
+	if err := WriteJSON(st, req); err != nil {
 		st.Reset()
 		return fmt.Errorf("%w: send to %s: %w", ErrUnavailable, Short(p.id), err)
 	}
 	st.CloseWrite()
-	if err := readJSON(bufio.NewReader(st), resp); err != nil {
+	if err := ReadJSON(bufio.NewReader(st), resp); err != nil {
 		st.Reset()
 		if errors.Is(err, ErrMalformed) {
 			return fmt.Errorf("answer of %s: %w", Short(p.id), err)

@@ -302,7 +302,7 @@ func (p *Provider) handleStore(ctx context.Context, st network.Stream, frame []b
 		p.log.Info("store refused", "from", st.Conn().RemotePeer(), "err", err)
 		resp = storeResponse{Error: toWire(err)}
 	}
-	return writeJSON(st, resp)
+	return WriteJSON(st, resp)
 }
 
 // reserve checks a lease proposal of from against this provider (its machine, current terms,

@@ -42,7 +42,7 @@ func rawRequest(t *testing.T, from, to *node.Node, id protocol.ID, frame []byte,
 		t.Fatal(err)
 	}
 	st.CloseWrite()
-	b, err := readFrame(bufio.NewReader(st), maxFrameBytes)
+	b, err := ReadFrame(bufio.NewReader(st), maxFrameBytes)
 	if err != nil {
 		return err
 	}
@@ -391,7 +391,7 @@ func TestStoreAndControl(t *testing.T) {
 			t.Fatal("offer not taken")
 		}
 		x.Host().SetStreamHandler(StoreID, func(st network.Stream) {
-			readFrame(bufio.NewReader(st), maxFrameBytes)
+			ReadFrame(bufio.NewReader(st), maxFrameBytes)
 			st.Reset()
 		})
 		_, err = b1.buyer.Store(ctx, StoreRequest{ConfigName: "tiny", Edit: small, Provider: x.ID().String(), Machine: o.Machine})
@@ -413,8 +413,8 @@ func TestStoreAndControl(t *testing.T) {
 		}
 		// The provider comes back and does not know the VM: the pending record goes.
 		x.Host().SetStreamHandler(ControlID, func(st network.Stream) {
-			readFrame(bufio.NewReader(st), maxFrameBytes)
-			writeJSON(st, errorReply{Error: toWire(ErrNotFound)})
+			ReadFrame(bufio.NewReader(st), maxFrameBytes)
+			WriteJSON(st, errorReply{Error: toWire(ErrNotFound)})
 			st.Close()
 		})
 		if _, err := b1.buyer.recoverLease(ctx, pending.ID); !errors.Is(err, ErrNotFound) {

@@ -169,8 +169,8 @@ func foldName(s string) string {
 	return string(out)
 }
 
-// writeFrame writes one frame: uvarint length, then the bytes.
-func writeFrame(w io.Writer, b []byte) error {
+// WriteFrame writes one frame: uvarint length, then the bytes.
+func WriteFrame(w io.Writer, b []byte) error {
 	if len(b) > maxFrameBytes {
 		return fmt.Errorf("frame of %d bytes over the %d-byte cap", len(b), maxFrameBytes)
 	}
@@ -179,9 +179,9 @@ func writeFrame(w io.Writer, b []byte) error {
 	return err
 }
 
-// readFrame reads one frame of at most limit bytes. A frame over the cap or a bad length is
+// ReadFrame reads one frame of at most limit bytes. A frame over the cap or a bad length is
 // ErrMalformed; a stream that ends or breaks is the reader's error (io.EOF before any byte).
-func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
+func ReadFrame(r *bufio.Reader, limit int) ([]byte, error) {
 	var n uint64
 	for i := 0; ; i++ {
 		c, err := r.ReadByte()
@@ -209,18 +209,18 @@ func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
 	return b, nil
 }
 
-// writeJSON writes v as one JSON frame.
-func writeJSON(w io.Writer, v any) error {
+// WriteJSON writes v as one JSON frame.
+func WriteJSON(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return writeFrame(w, b)
+	return WriteFrame(w, b)
 }
 
-// readJSON reads one JSON frame into v.
-func readJSON(r *bufio.Reader, v any) error {
-	b, err := readFrame(r, maxFrameBytes)
+// ReadJSON reads one JSON frame into v.
+func ReadJSON(r *bufio.Reader, v any) error {
+	b, err := ReadFrame(r, maxFrameBytes)
 	if err != nil {
 		return err
 	}
