@@ -149,8 +149,9 @@ type config struct {
 	idle        time.Duration
 	workers     int
 	noSync      bool
-	writeLimit  int64         // test hook: staging writes past this many bytes fail with ENOSPC
-	reportEvery time.Duration // progress throttle
+	writeLimit  int64             // test hook: staging writes past this many bytes fail with ENOSPC
+	reportEvery time.Duration     // progress throttle
+	sent        func(path string) // test hook: a file's blocks are all sent, its identity not yet checked
 }
 
 func newConfig(opts []Option) config {
@@ -205,3 +206,7 @@ func withWriteLimit(n int64) Option { return func(c *config) { c.writeLimit = n 
 
 // withReportEvery changes the progress throttle; tests report every frame.
 func withReportEvery(d time.Duration) Option { return func(c *config) { c.reportEvery = d } }
+
+// withSent calls fn on the server once a file's blocks are all sent and before the server checks
+// that the file did not change meanwhile: tests change a source there.
+func withSent(fn func(path string)) Option { return func(c *config) { c.sent = fn } }

@@ -352,15 +352,14 @@ func TestFetchDiskFull(t *testing.T) {
 }
 
 func TestSourceChangedDuringTransfer(t *testing.T) {
-	p := newPair(t)
+	var once sync.Once
+	p := newPair(t, withSent(func(path string) {
+		// The server has sent every block and not yet checked the file: a write lands now.
+		once.Do(func() { scribble(t, path, 62, 10, testSize-100) })
+	}))
 	src := filepath.Join(p.srcDir, "disk.img")
 	writeImage(t, src, testSize, 61)
-	var once sync.Once
-	_, err := p.fetch(t, []string{"disk.img"}, withReportEvery(0), WithProgress(func(pr Progress) {
-		if pr.Done > 0 {
-			once.Do(func() { scribble(t, src, 62, 10, testSize-100) })
-		}
-	}))
+	_, err := p.fetch(t, []string{"disk.img"})
 	if !errors.Is(err, ErrSourceChanged) {
 		t.Fatalf("fetch: %v, want ErrSourceChanged", err)
 	}

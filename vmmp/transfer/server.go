@@ -660,6 +660,9 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 	if err := flushRun(); err != nil {
 		return err
 	}
+	if ss.cfg.sent != nil {
+		ss.cfg.sent(sf.path)
+	}
 	if err := ss.checkUnchanged(sf); err != nil {
 		return err
 	}
