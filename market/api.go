@@ -67,6 +67,16 @@ func (b *Buyer) routes(a *node.API) {
 		}
 		return b.Status(r.Context(), id)
 	})
+	route(a, "GET /v1/market/migrations", func(r *http.Request) (any, error) {
+		return nonNil(b.Migrations())
+	})
+	route(a, "GET /v1/market/migrations/{id}", func(r *http.Request) (any, error) {
+		id, err := b.FindVM(r.PathValue("id"))
+		if err != nil {
+			return nil, err
+		}
+		return b.MigrationOf(id)
+	})
 	// POST /v1/market/vms/{id}/{action}: an action by name or verb (start, stop, suspend,
 	// resume, console, rm); resume?fresh=true boots from the disk; console answers a
 	// ConsoleSession; migrate takes a MigrateRequest and moves the VM.

@@ -20,8 +20,8 @@ type BuyerOptions struct {
 	ControlTimeout time.Duration
 	// ConsoleIdle closes a console tunnel nobody used for this long (default 10m).
 	ConsoleIdle time.Duration
-	// Housekeeping is how often idle tunnels are closed and pending stores retried (default
-	// 10s).
+	// Housekeeping is how often idle tunnels are closed, pending stores retried and
+	// migrations that could not be decided tried again (default 10s).
 	Housekeeping time.Duration
 }
 
@@ -41,25 +41,35 @@ type Buyer struct {
 	book  *Book
 	space *node.Space
 
+	// migrations holds the migrations under way, each recorded before each of its steps.
+	migrations *node.Space
+
 	mu      sync.Mutex
 	tunnels map[vm.ID]*tunnel
-	storing map[vm.ID]bool // stores in flight: not for the pending-store retry to recover
+	storing map[vm.ID]bool      // stores in flight: not for the pending-store retry to recover
+	moving  map[vm.ID]Migration // migrations driven now, with the copy's latest progress
+	ended   map[vm.ID]Migration // migrations that ended in the last recentMigrations
 }
 
 // NewBuyer returns the buyer of a node that finds providers in book; attach it to the node
 // after book.
 func NewBuyer(book *Book, opts BuyerOptions) *Buyer {
 	opts.fill()
-	return &Buyer{opts: opts, book: book, tunnels: map[vm.ID]*tunnel{}, storing: map[vm.ID]bool{}}
+	return &Buyer{opts: opts, book: book, tunnels: map[vm.ID]*tunnel{}, storing: map[vm.ID]bool{}, moving: map[vm.ID]Migration{},
+		ended: map[vm.ID]Migration{}}
 }
 
 // Start implements node.Service.
 func (b *Buyer) Start(ctx context.Context, n *node.Node) error {
 	b.begin(ctx, n, b.opts.Logger, "buyer", b.opts.StreamOptions)
 	b.space = n.Store().Space("market/buyer/")
+	b.migrations = n.Store().Space("market/migrations/")
 	b.serve(NoticeID, 4096, 64<<10, 30*time.Second, b.handleNotice)
 	b.routes(n.API())
-	b.group.Go(b.every(b.opts.Housekeeping, b.housekeeping))
+	b.group.Go(func() error {
+		b.resumeMigrations(b.ctx) // those of a node that stopped in the middle, at once
+		return b.every(b.opts.Housekeeping, b.housekeeping)()
+	})
 	return nil
 }
 
@@ -74,8 +84,10 @@ func (b *Buyer) Close() error {
 	return b.stop()
 }
 
-// housekeeping closes idle console tunnels and retries pending stores.
+// housekeeping closes idle console tunnels, retries pending stores and takes up migrations
+// not driven to their end.
 func (b *Buyer) housekeeping() {
 	b.closeIdleTunnels()
 	b.retryPending(b.ctx)
+	b.resumeMigrations(b.ctx)
 }

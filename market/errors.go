@@ -51,6 +51,10 @@ var (
 	ErrLowBalance = errors.New("balance too low")
 	// ErrPending: the provider is still creating the VM of this lease; ask again later.
 	ErrPending = errors.New("store still in progress")
+	// ErrMigrating: a migration of the VM is under way; no other action is legal until it ends.
+	ErrMigrating = errors.New("migration under way")
+	// ErrReverted: a migration failed and was undone: the VM is where it was, as it was.
+	ErrReverted = errors.New("migration reverted")
 	// ErrInternal: the other node failed for a reason of its own.
 	ErrInternal = errors.New("internal error")
 )
@@ -82,6 +86,8 @@ var codes = []struct {
 	{"pending", ErrPending, http.StatusConflict},
 	{"buyer_limit", ErrBuyerLimit, http.StatusConflict},
 	{"low_balance", ErrLowBalance, http.StatusPaymentRequired},
+	{"migrating", ErrMigrating, http.StatusConflict},
+	{"reverted", ErrReverted, http.StatusConflict},
 	{"internal", ErrInternal, http.StatusInternalServerError},
 }
 

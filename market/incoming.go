@@ -58,13 +58,18 @@ func (p *Provider) Incoming(id vm.ID, buyer peer.ID) (LeaseRecord, error) {
 	return l, err
 }
 
-// Arrived makes the incoming lease of VM id active: the migration adopted the VM here. (The
-// lease enters the ledger with the migration, which the buyer records: not as a new lease.)
+// Arrived makes the incoming lease of VM id active: the migration adopted the VM here. It is
+// the migration's commit: it happens at most once, never after CancelIncoming and never after
+// the lease lapsed. (The lease enters the ledger with the migration, which the buyer records:
+// not as a new lease.)
 func (p *Provider) Arrived(id vm.ID) error {
 	err := p.space.Update(func(tx *node.Txn) error {
 		l, err := node.GetJSON[LeaseRecord](tx, leaseKey(id))
 		if err != nil || l.State != LeaseStateIncoming {
 			return fmt.Errorf("%w: no incoming lease of vm %s", ErrNotFound, id)
+		}
+		if p.now().Sub(l.Created) > IncomingTTL {
+			return fmt.Errorf("%w: the incoming lease of vm %s lapsed", ErrExpired, id)
 		}
 		l.State = LeaseStateActive
 		return node.PutJSON(tx, leaseKey(id), l)
@@ -75,8 +80,11 @@ func (p *Provider) Arrived(id vm.ID) error {
 	return err
 }
 
-// CancelIncoming releases the capacity held for VM id, which will not arrive.
-func (p *Provider) CancelIncoming(id vm.ID) error {
+// CancelIncoming releases the capacity held for VM id, which will not arrive, and deletes
+// what a migration that did not commit adopted of it (a destination that stopped between
+// adopting the VM and Arrived).
+func (p *Provider) CancelIncoming(ctx context.Context, id vm.ID) error {
+	var lease LeaseID
 	err := p.space.Update(func(tx *node.Txn) error {
 		l, err := node.GetJSON[LeaseRecord](tx, leaseKey(id))
 		if errors.Is(err, node.ErrNotFound) || err == nil && l.State != LeaseStateIncoming {
@@ -85,10 +93,21 @@ func (p *Provider) CancelIncoming(id vm.ID) error {
 		if err != nil {
 			return err
 		}
+		lease = l.Lease
 		return tx.Delete(leaseKey(id))
 	})
-	if err == nil {
-		p.changed()
+	if err != nil {
+		return err
 	}
-	return err
+	p.changed()
+	if p.vms == nil {
+		return nil
+	}
+	if rec, err := p.vms.Get(id); err == nil && !rec.Cached && rec.Lease == lease.String() {
+		p.log.Info("an adopted vm whose migration did not commit is deleted", "vm", id)
+		if _, err := p.vms.Delete(ctx, id); err != nil {
+			return fmt.Errorf("delete the uncommitted copy of vm %s: %w", id, err)
+		}
+	}
+	return nil
 }

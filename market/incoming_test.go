@@ -94,13 +94,13 @@ func TestIncomingLease(t *testing.T) {
 	if _, err := ask(propose(id2)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.prov.CancelIncoming(id2); err != nil {
+	if err := p.prov.CancelIncoming(t.Context(), id2); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.prov.Lease(id2); err == nil {
 		t.Fatal("a cancelled incoming lease is still recorded")
 	}
-	if err := p.prov.CancelIncoming(id); err != nil {
+	if err := p.prov.CancelIncoming(t.Context(), id); err != nil {
 		t.Fatal(err)
 	}
 	if l, _ := p.prov.Lease(id); l.State != LeaseStateActive {

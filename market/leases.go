@@ -43,6 +43,10 @@ type LeaseRecord struct {
 	Created time.Time `json:"created"`
 	Ended   time.Time `json:"ended,omitzero"`
 	Reason  string    `json:"reason,omitempty"`
+	// MigratingTo and MigratingSince: on the origin, the destination the VM's files are
+	// granted to, and since when (a restarted provider grants them again until they lapse).
+	MigratingTo    peer.ID   `json:"migrating_to,omitempty"`
+	MigratingSince time.Time `json:"migrating_since,omitzero"`
 }
 
 // Holds reports whether the lease holds capacity on its machine.
@@ -322,11 +326,12 @@ func (p *Provider) compactLeases() {
 		p.log.Warn("compact lease records", "err", err)
 		return
 	}
+	p.restoreMigrations(p.ctx)
 	cutoff := p.now().Add(-p.opts.LeaseRetention)
 	for _, l := range leases {
 		if l.State == LeaseStateIncoming && p.now().Sub(l.Created) > IncomingTTL {
 			p.log.Info("the vm of an incoming lease never arrived: capacity released", "vm", l.VM, "lease", l.Lease)
-			if err := p.CancelIncoming(l.VM); err != nil {
+			if err := p.CancelIncoming(p.ctx, l.VM); err != nil {
 				p.log.Warn("release an incoming lease", "vm", l.VM, "err", err)
 			}
 			continue

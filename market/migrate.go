@@ -14,7 +14,6 @@ import (
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
-	"github.com/virtuoso-market/virtuoso/vmmp"
 )
 
 // MigrateID carries the steps of a migration between the buyer's node (the agent) and the
@@ -30,17 +29,21 @@ const (
 )
 
 // migrateRequest is one step: begin (To is the destination), finish (Moved says whether the
-// VM arrived), cancel.
+// VM arrived), cancel (of the incoming Lease).
 type migrateRequest struct {
 	VM    vm.ID   `json:"vm"`
 	Op    string  `json:"op"`
 	To    peer.ID `json:"to,omitempty"`
 	Moved bool    `json:"moved,omitempty"`
+	Lease LeaseID `json:"lease,omitzero"`
 }
 
+// migrateResponse is the VM's state after the step; to a cancel, Arrived says that the VM is
+// here under that lease already (the migration committed) and nothing was cancelled.
 type migrateResponse struct {
-	State vm.State   `json:"state"`
-	Error *WireError `json:"error,omitempty"`
+	State   vm.State   `json:"state"`
+	Arrived bool       `json:"arrived,omitempty"`
+	Error   *WireError `json:"error,omitempty"`
 }
 
 // Migrated: a buyer's VM moved to another provider under a new lease (the ledger's migration
@@ -69,11 +72,14 @@ func (p *Provider) handleMigrate(ctx context.Context, st network.Stream, frame [
 
 func (p *Provider) migrateStep(ctx context.Context, from peer.ID, req migrateRequest) (migrateResponse, error) {
 	id := req.VM
-	if req.Op == migrateCancel {
-		if _, err := p.Incoming(id, from); err != nil {
-			return migrateResponse{}, err
-		}
-		return migrateResponse{}, p.CancelIncoming(id)
+	switch req.Op {
+	case migrateCancel:
+		return p.cancelIncoming(ctx, from, req)
+	case migrateFinish:
+		return p.finishMigration(ctx, from, req)
+	case migrateBegin:
+	default:
+		return migrateResponse{}, fmt.Errorf("%w: migration step %q", ErrMalformed, req.Op)
 	}
 	if _, err := p.ownedLease(id, from); err != nil {
 		return migrateResponse{}, err
@@ -81,49 +87,152 @@ func (p *Provider) migrateStep(ctx context.Context, from peer.ID, req migrateReq
 	if p.opts.Grants == nil {
 		return migrateResponse{}, fmt.Errorf("%w: this provider does not let VMs migrate away", vm.ErrUnsupported)
 	}
-	switch req.Op {
-	case migrateBegin:
-		if req.To.Validate() != nil || req.To == p.n.ID() || req.To == from {
-			return migrateResponse{}, fmt.Errorf("%w: a migration needs another provider as its destination", ErrInvalid)
-		}
-		rec, err := p.vms.Get(id)
-		if err != nil {
-			return migrateResponse{}, err
-		}
-		if rec.State.Status == vm.StatusStarted {
-			// A running VM is suspended first; the destination resumes it.
-			p.dropConsole(id)
-			if rec, err = p.vms.Do(ctx, id, vm.ActionSuspend); err != nil {
-				return migrateResponse{State: rec.State}, err
-			}
-		}
-		if rec, err = p.vms.BeginMigration(ctx, id); err != nil {
+	if req.To.Validate() != nil || req.To == p.n.ID() || req.To == from {
+		return migrateResponse{}, fmt.Errorf("%w: a migration needs another provider as its destination", ErrInvalid)
+	}
+	rec, err := p.vms.Get(id)
+	if err != nil {
+		return migrateResponse{}, err
+	}
+	if rec.State.Status == vm.StatusStarted {
+		// A running VM is suspended first; the destination resumes it.
+		p.dropConsole(id)
+		if rec, err = p.vms.Do(ctx, id, vm.ActionSuspend); err != nil {
 			return migrateResponse{State: rec.State}, err
 		}
-		files, err := p.vms.Driver().Files(ctx, id)
-		if err == nil {
-			err = p.opts.Grants.Grant(rec, req.To, files, IncomingTTL)
-		}
+	}
+	if rec, err = p.vms.BeginMigration(ctx, id); err != nil {
+		return migrateResponse{State: rec.State}, err
+	}
+	now := p.now()
+	err = p.updateLease(id, func(l *LeaseRecord) { l.MigratingTo, l.MigratingSince = req.To, now })
+	if err == nil {
+		err = p.grant(ctx, rec, req.To, IncomingTTL)
+	}
+	if err != nil {
+		rec, _ = p.vms.FinishMigration(context.WithoutCancel(ctx), id, false)
+		return migrateResponse{State: rec.State}, err
+	}
+	p.log.Info("vm migrating away", "vm", id, "to", req.To)
+	return migrateResponse{State: rec.State}, nil
+}
+
+// grant lets to read the files of the VM of rec for ttl.
+func (p *Provider) grant(ctx context.Context, rec vm.Record, to peer.ID, ttl time.Duration) error {
+	files, err := p.vms.Driver().Files(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
+	return p.opts.Grants.Grant(rec, to, files, ttl)
+}
+
+// updateLease changes the record of VM id's lease.
+func (p *Provider) updateLease(id vm.ID, change func(*LeaseRecord)) error {
+	return p.space.Update(func(tx *node.Txn) error {
+		l, err := node.GetJSON[LeaseRecord](tx, leaseKey(id))
 		if err != nil {
-			rec, _ = p.vms.FinishMigration(context.WithoutCancel(ctx), id, false)
-			return migrateResponse{State: rec.State}, err
+			return err
 		}
-		p.log.Info("vm migrating away", "vm", id, "to", req.To)
-		return migrateResponse{State: rec.State}, nil
-	case migrateFinish:
+		change(&l)
+		return node.PutJSON(tx, leaseKey(id), l)
+	})
+}
+
+// finishMigration ends a migration away from here, as its buyer says: moved (the origin
+// keeps the files as a cache and the lease ends) or not (the VM is back in its prior status).
+// It is idempotent: a buyer that was not sure its word arrived says it again.
+func (p *Provider) finishMigration(ctx context.Context, from peer.ID, req migrateRequest) (migrateResponse, error) {
+	id := req.VM
+	l, err := node.GetJSON[LeaseRecord](p.space, leaseKey(id))
+	if errors.Is(err, node.ErrNotFound) || err == nil && l.Buyer != from {
+		return migrateResponse{}, fmt.Errorf("%w: you have no vm %s here", ErrNotFound, id)
+	}
+	if err != nil {
+		return migrateResponse{}, err
+	}
+	rec, err := p.vms.Get(id)
+	if err != nil {
+		return migrateResponse{}, err
+	}
+	if rec.State.Status != vm.StatusMigrating {
+		if req.Moved && !rec.Cached {
+			return migrateResponse{State: rec.State}, fmt.Errorf("%w: vm %s is %s here, not migrating", vm.ErrIllegalAction, id, rec.State.Status)
+		}
+		return migrateResponse{State: rec.State}, nil // said before
+	}
+	if p.opts.Grants != nil {
 		p.opts.Grants.Revoke(id)
-		rec, err := p.vms.FinishMigration(ctx, id, req.Moved)
-		if err != nil {
+	}
+	if rec, err = p.vms.FinishMigration(ctx, id, req.Moved); err != nil {
+		return migrateResponse{State: rec.State}, err
+	}
+	if req.Moved {
+		if err := p.EndLease(id, "migrated away"); err != nil {
 			return migrateResponse{State: rec.State}, err
 		}
-		if req.Moved {
-			if err := p.EndLease(id, "migrated away"); err != nil {
-				return migrateResponse{State: rec.State}, err
-			}
-		}
+		p.log.Info("vm migrated away; its files stay as a cache", "vm", id, "to", l.MigratingTo)
 		return migrateResponse{State: rec.State}, nil
 	}
-	return migrateResponse{}, fmt.Errorf("%w: migration step %q", ErrMalformed, req.Op)
+	if err := p.updateLease(id, func(l *LeaseRecord) { l.MigratingTo, l.MigratingSince = "", time.Time{} }); err != nil {
+		return migrateResponse{State: rec.State}, err
+	}
+	p.log.Info("migration reverted: the vm stays", "vm", id, "status", rec.State.Status.String())
+	return migrateResponse{State: rec.State}, nil
+}
+
+// cancelIncoming releases, at the destination, what its buyer agreed for a VM to arrive:
+// unless the VM arrived under that lease already (the migration committed), which it answers.
+func (p *Provider) cancelIncoming(ctx context.Context, from peer.ID, req migrateRequest) (migrateResponse, error) {
+	l, err := node.GetJSON[LeaseRecord](p.space, leaseKey(req.VM))
+	switch {
+	case errors.Is(err, node.ErrNotFound) || err == nil && l.Buyer != from:
+		return migrateResponse{}, nil // nothing held for this buyer
+	case err != nil:
+		return migrateResponse{}, err
+	case l.State == LeaseStateActive && l.Lease == req.Lease:
+		rec, err := p.vms.Get(req.VM)
+		return migrateResponse{State: rec.State, Arrived: true}, err
+	case l.State == LeaseStateIncoming:
+		return migrateResponse{}, p.CancelIncoming(ctx, req.VM)
+	}
+	return migrateResponse{}, nil
+}
+
+// restoreMigrations grants again, after a restart, the files of the VMs migrating away to
+// their destinations (grants are kept in memory), and reverts the migrations whose grant
+// lapsed: no destination can take the VM then (its incoming lease lapsed before), and the
+// buyer's node never said how it ended.
+func (p *Provider) restoreMigrations(ctx context.Context) {
+	if p.vms == nil {
+		return
+	}
+	leases, err := p.Leases()
+	if err != nil {
+		p.log.Warn("restore migrations", "err", err)
+		return
+	}
+	for _, l := range leases {
+		if l.State != LeaseStateActive || l.MigratingSince.IsZero() {
+			continue
+		}
+		rec, err := p.vms.Get(l.VM)
+		if err != nil || rec.State.Status != vm.StatusMigrating {
+			continue
+		}
+		left := IncomingTTL + 2*MaxClockSkew - p.now().Sub(l.MigratingSince)
+		if left > 0 {
+			if p.opts.Grants != nil && !p.opts.Grants.Granted(l.VM) {
+				if err := p.grant(ctx, rec, l.MigratingTo, left); err != nil {
+					p.log.Warn("grant the files of a migrating vm again", "vm", l.VM, "err", err)
+				}
+			}
+			continue
+		}
+		p.log.Warn("a migration away was never finished by its buyer: the vm stays here", "vm", l.VM, "to", l.MigratingTo, "since", l.MigratingSince)
+		if _, err := p.finishMigration(ctx, l.Buyer, migrateRequest{VM: l.VM, Op: migrateFinish}); err != nil {
+			p.log.Warn("revert a lapsed migration", "vm", l.VM, "err", err)
+		}
+	}
 }
 
 // MigrateRequest asks the buyer's node to move one of its VMs to a provider's machine.
@@ -132,141 +241,13 @@ type MigrateRequest struct {
 	Machine  MachineID `json:"machine"`
 	// Method is the transfer method: "blockdiff" (the default) or "full".
 	Method string `json:"method,omitempty"`
+	// Progress, if set, is told of each step and of the copy's progress; it must not block.
+	Progress func(Migration) `json:"-"`
 }
 
 // MigrateWindow is how long the agent waits for a heartbeat of the destination before it
 // reverts the migration.
 const MigrateWindow = 30 * time.Second
-
-// Migrate moves VM id to the machine of req, atomically: the destination takes a new lease at
-// its current terms (capacity held, no VM yet), the origin suspends the VM if it runs and marks
-// it migrating, the destination pulls and adopts it (VMMP REQ, heartbeats, RESP) and, on
-// SUCCESS, the origin keeps its files as a cache and ends the old lease, and the VM runs again
-// at the destination if it ran before. Any failure reverts: the VM is at the origin in its
-// previous status under its old lease, and the destination's capacity is released.
-func (b *Buyer) Migrate(ctx context.Context, id vm.ID, req MigrateRequest) (VM, error) {
-	bl, err := node.GetJSON[buyerLease](b.space, leaseKey(id))
-	if errors.Is(err, node.ErrNotFound) {
-		return VM{}, fmt.Errorf("%w: you have no vm %s (see `virtuoso vm ls`)", ErrNotFound, id)
-	}
-	if err != nil {
-		return VM{}, err
-	}
-	if bl.State != LeaseStateActive {
-		return VM{}, fmt.Errorf("%w: the lease of vm %s is %s", ErrNotFound, id, bl.State)
-	}
-	old, err := DecodeLease(bl.Raw)
-	if err != nil {
-		return VM{}, err
-	}
-	offer, err := b.findOffer(req.Provider, req.Machine)
-	if err != nil {
-		return VM{}, err
-	}
-	if offer.Provider == old.Provider || offer.Provider == b.n.ID() {
-		return VM{}, fmt.Errorf("%w: the vm is stored there already, or that is this node", ErrInvalid)
-	}
-	method := req.Method
-	if method == "" {
-		method = "blockdiff"
-	}
-	q, err := offer.Terms.Quote(old.Config.Resources())
-	if err != nil {
-		return VM{}, err
-	}
-	proposal, err := ProposeLease(Lease{ID: NewLeaseID(), VM: id, Buyer: b.n.ID(), Provider: offer.Provider, Machine: offer.Machine,
-		Config: old.Config, Terms: offer.Terms, Quote: q, Created: b.now().Truncate(time.Millisecond)}, b.n.PrivKey())
-	if err != nil {
-		return VM{}, err
-	}
-	origin, dest := peerAddr{old.Provider, bl.Addrs}, peerAddr{offer.Provider, offer.Addrs}
-	prior := bl.VM.Status
-
-	// 1. The destination holds capacity under the new lease.
-	var sresp storeResponse
-	if err := b.request(ctx, dest, StoreID, b.opts.StoreTimeout, storeRequest{Lease: proposal.Encode(), Incoming: true}, &sresp); err != nil {
-		return VM{}, fmt.Errorf("migrate to %s: %w", Short(dest.id), err)
-	}
-	if sresp.Error != nil {
-		return VM{}, fmt.Errorf("provider %s refused the new lease: %w", Short(dest.id), sresp.Error.err())
-	}
-	full, err := DecodeLease(sresp.Lease)
-	if err == nil && (!full.Complete() || string(full.Body) != string(proposal.Body)) {
-		err = fmt.Errorf("%w: the destination answered with another lease", ErrForged)
-	}
-	cancelDest := func() {
-		var r migrateResponse
-		if err := b.request(context.WithoutCancel(ctx), dest, MigrateID, b.opts.ControlTimeout, migrateRequest{VM: id, Op: migrateCancel}, &r); err != nil {
-			b.log.Warn("release the destination's capacity", "vm", id, "err", err)
-		}
-	}
-	if err != nil {
-		cancelDest()
-		return VM{}, err
-	}
-	// 2. The origin marks the VM migrating (suspending it if it runs) and grants the files.
-	step := func(ctx context.Context, r migrateRequest) (vm.State, error) {
-		var resp migrateResponse
-		err := b.request(ctx, origin, MigrateID, b.opts.ControlTimeout, r, &resp)
-		if err == nil && resp.Error != nil {
-			err = resp.Error.err()
-		}
-		return resp.State, err
-	}
-	begun, err := step(ctx, migrateRequest{VM: id, Op: migrateBegin, To: dest.id})
-	if err != nil {
-		cancelDest()
-		return VM{}, fmt.Errorf("begin the migration at %s: %w", Short(origin.id), err)
-	}
-	revert := func(cause error) (VM, error) {
-		st, err := step(context.WithoutCancel(ctx), migrateRequest{VM: id, Op: migrateFinish, Moved: false})
-		cancelDest()
-		if err == nil && prior == vm.StatusStarted {
-			_, _, rerr := b.control(context.WithoutCancel(ctx), controlRequest{VM: id, Action: vm.ActionResume})
-			err = rerr
-		} else if err == nil {
-			bl.VM = st
-			b.put(bl)
-		}
-		if err != nil {
-			cause = errors.Join(cause, fmt.Errorf("revert at the origin: %w", err))
-		}
-		v, _ := b.Status(context.WithoutCancel(ctx), id)
-		return v, fmt.Errorf("migration of vm %s reverted (it is at %s as before): %w", id, Short(origin.id), cause)
-	}
-	// 3. The destination pulls and adopts it.
-	oaddr, err := firstAddr(bl.Addrs)
-	if err != nil {
-		return revert(err)
-	}
-	aaddrs := b.n.Host().Addrs()
-	if len(aaddrs) == 0 {
-		return revert(errors.New("this node listens nowhere"))
-	}
-	resp, err := vmmp.Request(ctx, b.n.Host(), dest.id, vmmp.Message{Kind: vmmp.Req, VM: id, Version: begun.Version,
-		Origin: vmmp.Addr{Peer: origin.id, Addr: oaddr}, Agent: vmmp.Addr{Peer: b.n.ID(), Addr: aaddrs[0]}, Method: method}, MigrateWindow, nil)
-	if err != nil {
-		return revert(err)
-	}
-	// 4. Committed at the destination: the ledger moves the lease, the origin lets go.
-	moved := prior
-	if prior == vm.StatusStarted {
-		moved = vm.StatusSuspended
-	}
-	b.n.Events().Publish(Migrated{VM: id, From: old.ID, Lease: full, Status: moved, Time: b.now()})
-	if _, err := step(ctx, migrateRequest{VM: id, Op: migrateFinish, Moved: true}); err != nil {
-		b.log.Warn("the origin did not take note of the move (its copy stays until it does)", "vm", id, "err", err)
-	}
-	bl.Raw, bl.Addrs, bl.VM, bl.Note, bl.Updated = full.Encode(), offer.Addrs, vm.State{Status: moved, Version: resp.Version}, "", b.now()
-	if err := b.put(bl); err != nil {
-		return VM{}, err
-	}
-	b.log.Info("vm migrated", "vm", id, "from", origin.id, "to", dest.id, "version", resp.Version)
-	if prior == vm.StatusStarted {
-		return b.Control(ctx, id, vm.ActionResume)
-	}
-	return bl.view()
-}
 
 // firstAddr is the first address of addrs as a multiaddr without /p2p/.
 func firstAddr(addrs []string) (ma.Multiaddr, error) {

@@ -120,6 +120,7 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 	if err := p.recoverPending(ctx); err != nil {
 		return err
 	}
+	p.restoreMigrations(ctx)
 	p.serve(StoreID, maxFrameBytes, 256<<10, p.opts.StoreTimeout, p.handleStore)
 	p.serve(ControlID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleControl)
 	p.serve(ConsoleID, 4096, 256<<10, 0, p.handleConsole)

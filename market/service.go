@@ -83,28 +83,12 @@ type peerAddr struct {
 	addrs []string
 }
 
-// open opens a stream to p. When not connected it dials the addresses p advertised in its
-// offer, then whatever the DHT knows of p.
+// open opens a stream to p, connecting first (connect).
 func (b *base) open(ctx context.Context, p peerAddr, id protocol.ID) (network.Stream, error) {
-	h := b.n.Host()
-	if h.Network().Connectedness(p.id) != network.Connected {
-		var addrs []ma.Multiaddr
-		for _, a := range p.addrs {
-			if m, err := ma.NewMultiaddr(a); err == nil {
-				addrs = append(addrs, m)
-			}
-		}
-		err := h.Connect(ctx, peer.AddrInfo{ID: p.id, Addrs: addrs})
-		if err != nil {
-			var info peer.AddrInfo
-			if info, err = b.n.DHT().FindPeer(ctx, p.id); err == nil {
-				err = h.Connect(ctx, info)
-			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: cannot reach %s: %w", ErrUnavailable, Short(p.id), err)
-		}
+	if err := b.connect(ctx, p); err != nil {
+		return nil, err
 	}
+	h := b.n.Host()
 	st, err := h.NewStream(ctx, p.id, id)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: open %s: %w", ErrUnavailable, Short(p.id), id, err)
@@ -114,6 +98,32 @@ func (b *base) open(ctx context.Context, p peerAddr, id protocol.ID) (network.St
 		return nil, fmt.Errorf("open %s: %w", id, err)
 	}
 	return st, nil
+}
+
+// connect connects to p unless connected: to the addresses p advertised in its offer, then
+// to whatever the DHT knows of p.
+func (b *base) connect(ctx context.Context, p peerAddr) error {
+	h := b.n.Host()
+	if h.Network().Connectedness(p.id) == network.Connected {
+		return nil
+	}
+	var addrs []ma.Multiaddr
+	for _, a := range p.addrs {
+		if m, err := ma.NewMultiaddr(a); err == nil {
+			addrs = append(addrs, m)
+		}
+	}
+	err := h.Connect(ctx, peer.AddrInfo{ID: p.id, Addrs: addrs})
+	if err != nil {
+		var info peer.AddrInfo
+		if info, err = b.n.DHT().FindPeer(ctx, p.id); err == nil {
+			err = h.Connect(ctx, info)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w: cannot reach %s: %w", ErrUnavailable, Short(p.id), err)
+	}
+	return nil
 }
 
 // DefaultFirstFrame is StreamOptions.FirstFrame's default.

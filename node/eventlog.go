@@ -47,13 +47,16 @@ const (
 	KindLedgerStop     = "ledger.stop"
 	KindLedgerRefused  = "ledger.refused"
 	KindLedgerEvidence = "ledger.evidence"
+	// KindMigrationStep: a migration the buyer's node runs took a step, or its destination did
+	// (market.MigrationStep).
+	KindMigrationStep = "migration.step"
 )
 
 // EventKinds lists every kind of record, in the order of the constants above.
 func EventKinds() []string {
 	return []string{KindVMStatus, KindVMChanged, KindLeaseCreated, KindLeaseEnded,
 		KindMachineAdded, KindMachineEdited, KindMachineRemoved, KindEventsLost,
-		KindLedgerCharged, KindLedgerPayment, KindLedgerLow, KindLedgerStop, KindLedgerRefused, KindLedgerEvidence}
+		KindLedgerCharged, KindLedgerPayment, KindLedgerLow, KindLedgerStop, KindLedgerRefused, KindLedgerEvidence, KindMigrationStep}
 }
 
 // EventRecord is one entry of the event log.

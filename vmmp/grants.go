@@ -65,6 +65,14 @@ func (g *Grants) live(id vm.ID, from peer.ID) (grant, bool) {
 	return gr, ok && gr.to == from
 }
 
+// Granted reports whether VM id has a live grant, to any peer.
+func (g *Grants) Granted(id vm.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gr, ok := g.grants[id]
+	return ok && g.now().Before(gr.expires)
+}
+
 // Revoke ends the grant of VM id, if any.
 func (g *Grants) Revoke(id vm.ID) {
 	g.mu.Lock()

@@ -58,6 +58,10 @@ type Message struct {
 	Success bool     // RESP
 	// Code names why a RESP is FAIL (an error code such as "no_capacity"); optional.
 	Code string
+	// HEARTBEAT, optional: the destination's step (a token such as "copy") and, in it, the
+	// image bytes settled of the total and the bytes on the wire so far.
+	Step              string
+	Done, Total, Wire uint64
 }
 
 // Addr is a node as VMMP names it: its peer ID and one multiaddr where it listens (the
@@ -82,7 +86,14 @@ func (m Message) Validate() error {
 		return fmt.Errorf("%w: %s without a vm id", ErrMalformed, m.Kind)
 	}
 	switch m.Kind {
-	case Query, Heartbeat:
+	case Query:
+	case Heartbeat:
+		if m.Step != "" {
+			return checkToken("step", m.Step)
+		}
+		if m.Done != 0 || m.Total != 0 || m.Wire != 0 {
+			return fmt.Errorf("%w: HEARTBEAT progress without a step", ErrMalformed)
+		}
 	case Results:
 		if len(m.Methods) > MaxMethods {
 			return fmt.Errorf("%w: %d methods, at most %d", ErrMalformed, len(m.Methods), MaxMethods)
@@ -127,6 +138,10 @@ func (m Message) MarshalText() ([]byte, error) {
 	switch m.Kind {
 	case Query:
 		f = append(f, "METHODS")
+	case Heartbeat:
+		if m.Step != "" {
+			f = append(f, m.Step, strconv.FormatUint(m.Done, 10), strconv.FormatUint(m.Total, 10), strconv.FormatUint(m.Wire, 10))
+		}
 	case Results:
 		f = append(f, strconv.Itoa(len(m.Methods)))
 		f = append(f, m.Methods...)
@@ -184,7 +199,7 @@ func Parse(b []byte) (Message, error) {
 	number := func(t string) (uint64, error) {
 		n, err := strconv.ParseUint(t, 10, 64)
 		if err != nil || strconv.FormatUint(n, 10) != t {
-			return 0, fmt.Errorf("%w: %q is not a version", ErrMalformed, t)
+			return 0, fmt.Errorf("%w: %q is not a decimal number", ErrMalformed, t)
 		}
 		return n, nil
 	}
@@ -197,8 +212,16 @@ func Parse(b []byte) (Message, error) {
 			return Message{}, fmt.Errorf("%w: QUERY asks for METHODS, not %q", ErrMalformed, rest[0])
 		}
 	case Heartbeat:
-		if err := want(0); err != nil {
-			return Message{}, err
+		if len(rest) != 0 && len(rest) != 4 {
+			return Message{}, fmt.Errorf("%w: HEARTBEAT has %d fields after the vm id, want 0 or 4", ErrMalformed, len(rest))
+		}
+		if len(rest) == 4 {
+			m.Step = rest[0]
+			for i, n := range []*uint64{&m.Done, &m.Total, &m.Wire} {
+				if *n, err = number(rest[1+i]); err != nil {
+					return Message{}, err
+				}
+			}
 		}
 	case Results:
 		if len(rest) == 0 {

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -113,8 +115,8 @@ type ServerOptions struct {
 	// an error is a FAIL whose code it names (vm.Code). Without it, every REQ is admitted
 	// under the origin's owner and lease.
 	Admit func(ctx context.Context, agent peer.ID, req Message) (Admission, error)
-	// Arrived, if set, is told of a VM adopted here, before RESP SUCCESS; an error undoes
-	// nothing of the copy but answers FAIL.
+	// Arrived, if set, is told of a VM adopted here, before RESP SUCCESS: it is the
+	// migration's commit. An error deletes what was adopted and answers FAIL.
 	Arrived func(ctx context.Context, rec vm.Record) error
 	// Heartbeat is how often the server tells the agent it is still at it (default 1 s).
 	Heartbeat time.Duration
@@ -200,6 +202,19 @@ func (s *Server) handle(st network.Stream) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
+		// The agent sends nothing after REQ: its stream ending means it is gone, and the
+		// migration is to be reverted, not finished behind its back.
+		go func() {
+			var b [1]byte
+			st.Read(b[:])
+			cancel()
+		}()
+		var at atomic.Pointer[Message] // the step and progress the next heartbeat tells
+		report := func(hb Message) {
+			hb.Kind, hb.VM = Heartbeat, m.VM
+			at.Store(&hb)
+		}
+		report(Message{Step: "admit"})
 		done := make(chan struct{})
 		go func() {
 			t := time.NewTicker(s.opts.Heartbeat)
@@ -209,24 +224,26 @@ func (s *Server) handle(st network.Stream) {
 				case <-done:
 					return
 				case <-t.C:
-					send(Message{Kind: Heartbeat, VM: m.VM})
+					send(*at.Load())
 				}
 			}
 		}()
-		rec, err := s.migrate(ctx, agent, m)
+		rec, err := s.migrate(ctx, agent, m, report)
 		close(done)
 		if err != nil {
 			s.opts.Log.Warn("migration failed", "vm", m.VM, "err", err)
 			send(Message{Kind: Resp, VM: m.VM, Version: m.Version, Code: failCode(err)})
 			return
 		}
+		send(*at.Load()) // the last figures, then the answer
 		send(Message{Kind: Resp, VM: m.VM, Version: rec.State.Version, Success: true})
 	default:
 		WriteMessage(st, Message{Kind: Resp, VM: m.VM, Code: "unexpected"})
 	}
 }
 
-func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Record, error) {
+// migrate carries out REQ m of agent, reporting each step and the copy's progress.
+func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message, report func(Message)) (vm.Record, error) {
 	var adm Admission
 	if s.opts.Admit != nil {
 		var err error
@@ -234,6 +251,7 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Reco
 			return vm.Record{}, err
 		}
 	}
+	report(Message{Step: "ask"})
 	s.h.Peerstore().AddAddr(m.Origin.Peer, m.Origin.Addr, time.Hour)
 	a, err := askOrigin(ctx, s.h, m.Origin.Peer, m.VM)
 	if err != nil {
@@ -242,7 +260,12 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Reco
 	if a.State.Version != m.Version {
 		return vm.Record{}, fmt.Errorf("%w: the origin holds version %d, the request says %d", errStale, a.State.Version, m.Version)
 	}
-	opts := s.opts.Transfer
+	report(Message{Step: "copy"})
+	var last transfer.Progress
+	opts := append(slices.Clip(s.opts.Transfer), transfer.WithProgress(func(p transfer.Progress) {
+		last = p
+		report(Message{Step: "copy", Done: uint64(p.Done), Total: uint64(p.Total), Wire: uint64(p.WireBytes)})
+	}))
 	if m.Method == "full" {
 		opts = append(opts, transfer.WithMethod(transfer.MethodFull))
 	}
@@ -250,11 +273,21 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message) (vm.Reco
 	if adm.Owner != "" {
 		in.Owner, in.Lease = adm.Owner, adm.Lease
 	}
-	rec, _, err := Pull(ctx, s.h, s.mgr, in, opts...)
-	if err == nil && s.opts.Arrived != nil {
-		err = s.opts.Arrived(ctx, rec)
+	rec, res, err := Pull(ctx, s.h, s.mgr, in, opts...)
+	if res != nil {
+		report(Message{Step: "adopt", Done: uint64(last.Total), Total: uint64(last.Total), Wire: uint64(res.WireBytes)})
 	}
-	return rec, err
+	if err != nil || s.opts.Arrived == nil {
+		return rec, err
+	}
+	if err := s.opts.Arrived(ctx, rec); err != nil {
+		// Not committed (cancelled meanwhile, or lapsed): what was adopted goes.
+		if _, derr := s.mgr.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
+			err = errors.Join(err, fmt.Errorf("delete the uncommitted copy: %w", derr))
+		}
+		return vm.Record{}, err
+	}
+	return rec, nil
 }
 
 var errStale = errors.New("stale")
