@@ -25,10 +25,11 @@ const (
 	// StepCopy: the destination pulls the files (VMMP REQ, HEARTBEAT … RESP). Its own steps
 	// (admit, ask, copy, adopt) are the migration's DestStep.
 	StepCopy = "copy"
-	// StepCommit: the destination answered SUCCESS; the ledger is told the lease moved.
-	StepCommit = "commit"
-	// StepFinish: the origin is told the VM moved; it keeps its files as a cache.
+	// StepFinish: the destination answered SUCCESS; the origin, which knows whether it sent
+	// the files, is told the VM moved and keeps its files as a cache.
 	StepFinish = "finish"
+	// StepCommit: the ledger is told the lease moved, and the buyer's record follows the VM.
+	StepCommit = "commit"
 	// StepResume: a VM that ran before runs again at the destination.
 	StepResume = "resume"
 	// StepRevert: the migration failed before the destination committed; the destination's
@@ -72,6 +73,8 @@ type Migration struct {
 	// cannot be reached), if anything.
 	Error   string `json:"error,omitempty"`
 	Waiting string `json:"waiting,omitempty"`
+	// Refuted: the origin never sent the files to the destination that answered SUCCESS.
+	Refuted bool `json:"refuted,omitempty"`
 }
 
 // Rate is the copy's image bytes per second so far.
@@ -378,12 +381,33 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 				continue
 			}
 			m.Arrived = resp.Version
+			if err := next(StepFinish); err != nil {
+				return err
+			}
+		case StepFinish:
+			// 4. The origin, which knows whether it sent the files to their end, lets go and
+			// keeps them as a cache; a destination that answered SUCCESS without them is
+			// found out here.
+			_, err := step(ctx, migrateRequest{VM: m.VM, Op: migrateFinish, Moved: true})
+			if errors.Is(err, ErrNotFetched) {
+				cause, m.Refuted = err, true
+				if err := next(StepRevert); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				m.Waiting = fmt.Sprintf("the origin %s has not confirmed the move yet (asked again every %v): %v", Short(origin.id), b.opts.Housekeeping, err)
+				b.record(m)
+				return fmt.Errorf("vm %s arrived at %s; the move completes once the origin %s confirms it (asked again every %v): %w",
+					m.VM, Short(dest.id), Short(origin.id), b.opts.Housekeeping, err)
+			}
 			if err := next(StepCommit); err != nil {
 				return err
 			}
 		case StepCommit:
-			// 4. Committed at the destination: the ledger moves the lease and the buyer's
-			// record follows the VM.
+			// 5. The ledger moves the lease (billing switches here) and the buyer's record
+			// follows the VM.
 			full, err := DecodeLease(m.Lease)
 			if err != nil {
 				return err
@@ -400,16 +424,6 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 			bl.Raw, bl.Addrs, bl.VM, bl.Note, bl.Updated = full.Encode(), m.ToAddrs, vm.State{Status: moved, Version: m.Arrived}, "", b.now()
 			if err := b.put(bl); err != nil {
 				return err
-			}
-			if err := next(StepFinish); err != nil {
-				return err
-			}
-		case StepFinish:
-			// 5. The origin lets go (it keeps its files as a cache).
-			if _, err := step(ctx, migrateRequest{VM: m.VM, Op: migrateFinish, Moved: true}); err != nil {
-				m.Waiting = fmt.Sprintf("the origin %s has not taken note of the move yet (told again every %v): %v", Short(origin.id), b.opts.Housekeeping, err)
-				b.record(m)
-				return nil // the VM is at the destination; the origin is told later
 			}
 			s := StepDone
 			if m.Prior == vm.StatusStarted {
@@ -437,7 +451,7 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 				return fmt.Errorf("migration of vm %s is not reverted yet (the node tries again every %v): %w", m.VM, b.opts.Housekeeping, err)
 			}
 			if arrived {
-				if err := next(StepCommit); err != nil {
+				if err := next(StepFinish); err != nil {
 					return err
 				}
 				continue
@@ -502,7 +516,7 @@ func (b *Buyer) copyVia(ctx context.Context, m *Migration, progress func(Migrati
 // reverts. A destination that cannot be reached leaves it undecided: the VM stays migrating at
 // the origin, which cannot be told to take it back while it may be at the destination.
 func (b *Buyer) decide(ctx context.Context, m *Migration, next func(string) error) error {
-	arrived, version, err := b.cancelAt(ctx, m)
+	arrived, version, err := b.cancelAt(ctx, m, false)
 	if err != nil {
 		m.Waiting = fmt.Sprintf("undecided: the destination %s cannot be asked whether it holds the vm (asked again every %v): %v", Short(m.To), b.opts.Housekeeping, err)
 		b.record(m)
@@ -510,7 +524,7 @@ func (b *Buyer) decide(ctx context.Context, m *Migration, next func(string) erro
 	}
 	if arrived {
 		m.Arrived = version
-		return next(StepCommit)
+		return next(StepFinish)
 	}
 	if m.Error == "" {
 		m.Error = "the node stopped during the copy"
@@ -520,10 +534,13 @@ func (b *Buyer) decide(ctx context.Context, m *Migration, next func(string) erro
 
 // cancelAt asks the destination to release the VM of m: it does unless the VM arrived there
 // under m's lease (committed), which it then answers with the VM's version there.
-func (b *Buyer) cancelAt(ctx context.Context, m *Migration) (arrived bool, version uint64, err error) {
+//
+// With void (the origin refuted the destination's SUCCESS), the destination is to delete the
+// VM even if it says it arrived.
+func (b *Buyer) cancelAt(ctx context.Context, m *Migration, void bool) (arrived bool, version uint64, err error) {
 	var r migrateResponse
 	err = b.request(ctx, peerAddr{m.To, m.ToAddrs}, MigrateID, b.opts.ControlTimeout,
-		migrateRequest{VM: m.VM, Op: migrateCancel, Lease: leaseIDOf(m.Proposal)}, &r)
+		migrateRequest{VM: m.VM, Op: migrateCancel, Lease: leaseIDOf(m.Proposal), Void: void}, &r)
 	if err == nil && r.Error != nil {
 		err = r.Error.err()
 	}
@@ -542,8 +559,10 @@ func leaseIDOf(raw []byte) LeaseID {
 // revert releases the destination's hold and returns the VM to its prior status at the
 // origin. It reports a destination that turns out to hold the VM (committed) as arrived.
 func (b *Buyer) revert(ctx context.Context, m *Migration, step func(context.Context, migrateRequest) (migrateResponse, error)) (arrived bool, err error) {
-	arrived, version, err := b.cancelAt(ctx, m)
+	arrived, version, err := b.cancelAt(ctx, m, m.Refuted)
 	switch {
+	case arrived && m.Refuted:
+		return false, fmt.Errorf("the destination %s kept a vm it never fetched", Short(m.To))
 	case arrived:
 		m.Arrived = version
 		return true, nil

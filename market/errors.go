@@ -55,6 +55,8 @@ var (
 	ErrMigrating = errors.New("migration under way")
 	// ErrReverted: a migration failed and was undone: the VM is where it was, as it was.
 	ErrReverted = errors.New("migration reverted")
+	// ErrNotFetched: the origin never sent the VM to the destination that claims to hold it.
+	ErrNotFetched = errors.New("the destination did not fetch the vm")
 	// ErrInternal: the other node failed for a reason of its own.
 	ErrInternal = errors.New("internal error")
 )
@@ -88,6 +90,7 @@ var codes = []struct {
 	{"low_balance", ErrLowBalance, http.StatusPaymentRequired},
 	{"migrating", ErrMigrating, http.StatusConflict},
 	{"reverted", ErrReverted, http.StatusConflict},
+	{"not_fetched", ErrNotFetched, http.StatusConflict},
 	{"internal", ErrInternal, http.StatusInternalServerError},
 }
 

@@ -47,6 +47,11 @@ type LeaseRecord struct {
 	// granted to, and since when (a restarted provider grants them again until they lapse).
 	MigratingTo    peer.ID   `json:"migrating_to,omitempty"`
 	MigratingSince time.Time `json:"migrating_since,omitzero"`
+	// Fetched: the destination fetched every file of the VM to its end (this provider sent
+	// them); only then may the buyer say that the VM moved. MovedAt: it did; the lease ends
+	// once the ledger settled the migration.
+	Fetched time.Time `json:"fetched,omitzero"`
+	MovedAt time.Time `json:"moved_at,omitzero"`
 }
 
 // Holds reports whether the lease holds capacity on its machine.
@@ -327,6 +332,7 @@ func (p *Provider) compactLeases() {
 		return
 	}
 	p.restoreMigrations(p.ctx)
+	p.settleMoves(p.ctx)
 	cutoff := p.now().Add(-p.opts.LeaseRetention)
 	for _, l := range leases {
 		if l.State == LeaseStateIncoming && p.now().Sub(l.Created) > IncomingTTL {

@@ -36,6 +36,9 @@ type migrateRequest struct {
 	To    peer.ID `json:"to,omitempty"`
 	Moved bool    `json:"moved,omitempty"`
 	Lease LeaseID `json:"lease,omitzero"`
+	// Void, on a cancel: the migration is void even if the VM arrived under Lease (the origin
+	// never sent it); the destination deletes what it holds.
+	Void bool `json:"void,omitempty"`
 }
 
 // migrateResponse is the VM's state after the step; to a cancel, Arrived says that the VM is
@@ -105,7 +108,7 @@ func (p *Provider) migrateStep(ctx context.Context, from peer.ID, req migrateReq
 		return migrateResponse{State: rec.State}, err
 	}
 	now := p.now()
-	err = p.updateLease(id, func(l *LeaseRecord) { l.MigratingTo, l.MigratingSince = req.To, now })
+	err = p.updateLease(id, func(l *LeaseRecord) { l.MigratingTo, l.MigratingSince, l.Fetched = req.To, now, time.Time{} })
 	if err == nil {
 		err = p.grant(ctx, rec, req.To, IncomingTTL)
 	}
@@ -160,6 +163,11 @@ func (p *Provider) finishMigration(ctx context.Context, from peer.ID, req migrat
 		}
 		return migrateResponse{State: rec.State}, nil // said before
 	}
+	if req.Moved && l.Fetched.IsZero() {
+		// The buyer's node says the VM moved, but this provider never sent it: a destination
+		// that answered SUCCESS without the files. The VM stays.
+		return migrateResponse{State: rec.State}, fmt.Errorf("%w: the destination %s never fetched the files of vm %s from here, so it cannot hold it", ErrNotFetched, Short(l.MigratingTo), id)
+	}
 	if p.opts.Grants != nil {
 		p.opts.Grants.Revoke(id)
 	}
@@ -167,10 +175,12 @@ func (p *Provider) finishMigration(ctx context.Context, from peer.ID, req migrat
 		return migrateResponse{State: rec.State}, err
 	}
 	if req.Moved {
-		if err := p.EndLease(id, "migrated away"); err != nil {
+		// The capacity stays held until the ledger settled the migration (settleMoves).
+		if err := p.updateLease(id, func(l *LeaseRecord) { l.MovedAt = p.now() }); err != nil {
 			return migrateResponse{State: rec.State}, err
 		}
 		p.log.Info("vm migrated away; its files stay as a cache", "vm", id, "to", l.MigratingTo)
+		p.settleMoves(ctx)
 		return migrateResponse{State: rec.State}, nil
 	}
 	if err := p.updateLease(id, func(l *LeaseRecord) { l.MigratingTo, l.MigratingSince = "", time.Time{} }); err != nil {
@@ -189,6 +199,12 @@ func (p *Provider) cancelIncoming(ctx context.Context, from peer.ID, req migrate
 		return migrateResponse{}, nil // nothing held for this buyer
 	case err != nil:
 		return migrateResponse{}, err
+	case l.State == LeaseStateActive && l.Lease == req.Lease && req.Void:
+		p.log.Warn("a migration here is void: the origin never sent the vm; it is deleted", "vm", req.VM)
+		if _, err := p.vms.Delete(ctx, req.VM); err != nil && !errors.Is(err, vm.ErrNotFound) {
+			return migrateResponse{}, err
+		}
+		return migrateResponse{}, p.EndLease(req.VM, "migration void")
 	case l.State == LeaseStateActive && l.Lease == req.Lease:
 		rec, err := p.vms.Get(req.VM)
 		return migrateResponse{State: rec.State, Arrived: true}, err
@@ -196,6 +212,50 @@ func (p *Provider) cancelIncoming(ctx context.Context, from peer.ID, req migrate
 		return migrateResponse{}, p.CancelIncoming(ctx, req.VM)
 	}
 	return migrateResponse{}, nil
+}
+
+// Fetched records that the destination to fetched every file of the migrating VM id from
+// here (the transfer server's word, after it sent them to their end).
+func (p *Provider) Fetched(id vm.ID, to peer.ID) {
+	err := p.updateLease(id, func(l *LeaseRecord) {
+		if l.MigratingTo == to {
+			l.Fetched = p.now()
+		}
+	})
+	if err != nil {
+		p.log.Warn("record a fetched migration", "vm", id, "err", err)
+	}
+}
+
+// settleEvery is how often a provider asks the ledger whether the migrations away settled.
+const settleEvery = 5 * time.Second
+
+// settleMoves ends the leases of the VMs that migrated away once the ledger settled their
+// migration (Settled), at once without a ledger: until then their capacity stays held, so
+// that a migration the ledger refuses finds the VM's place still here.
+func (p *Provider) settleMoves(ctx context.Context) {
+	leases, err := p.Leases()
+	if err != nil {
+		p.log.Warn("settle moves", "err", err)
+		return
+	}
+	for _, l := range leases {
+		if l.State != LeaseStateActive || l.MovedAt.IsZero() {
+			continue
+		}
+		if p.opts.Settled != nil {
+			ok, err := p.opts.Settled(ctx, l.Lease)
+			if err != nil {
+				p.log.Debug("ask the ledger whether a migration settled", "vm", l.VM, "err", err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		if err := p.EndLease(l.VM, "migrated away"); err != nil {
+			p.log.Warn("end the lease of a vm that migrated away", "vm", l.VM, "err", err)
+		}
+	}
 }
 
 // restoreMigrations grants again, after a restart, the files of the VMs migrating away to

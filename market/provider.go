@@ -41,6 +41,9 @@ type Hypervisor interface {
 type ProviderOptions struct {
 	Logger *slog.Logger
 	StreamOptions
+	// Settled reports whether the ledger settled the migration that ended lease (the VM
+	// moved away); the lease holds its capacity until then. Nil: no ledger, at once.
+	Settled func(ctx context.Context, lease LeaseID) (bool, error)
 	// Images are the OS images the provider holds for preconfigured VMs.
 	Images []Image
 	// Republish is how often the provider publishes its offers again (default 2m); OfferTTL
@@ -128,6 +131,7 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 	p.routes(n.API())
 	p.group.Go(p.publishLoop)
 	p.group.Go(p.every(min(p.opts.LeaseRetention, time.Minute), p.compactLeases))
+	p.group.Go(p.every(settleEvery, func() { p.settleMoves(p.ctx) }))
 	return nil
 }
 

@@ -73,6 +73,25 @@ func (g *Grants) Granted(id vm.ID) bool {
 	return ok && g.now().Before(gr.expires)
 }
 
+// Covers reports whether req asks for every file of a live grant of its VM to from: a transfer
+// of it, completed, gave from the whole VM.
+func (g *Grants) Covers(from peer.ID, req transfer.Request) (vm.ID, bool) {
+	id, err := vm.ParseID(req.VM)
+	if err != nil {
+		return vm.ID{}, false
+	}
+	gr, ok := g.live(id, from)
+	if !ok {
+		return id, false
+	}
+	for _, name := range gr.files.Names {
+		if !slices.Contains(req.Files, name) {
+			return id, false
+		}
+	}
+	return id, true
+}
+
 // Revoke ends the grant of VM id, if any.
 func (g *Grants) Revoke(id vm.ID) {
 	g.mu.Lock()

@@ -101,6 +101,9 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		if popts.Admit == nil {
 			popts.Admit = d.admit
 		}
+		if popts.Settled == nil {
+			popts.Settled = d.settled
+		}
 		mig := &Migrations{Grants: vmmp.NewGrants(), vms: d.VMs, provider: func() *market.Provider { return d.Provider }}
 		popts.Grants = mig.Grants
 		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
@@ -158,6 +161,24 @@ func (d *Node) admit(ctx context.Context, buyer peer.ID, q market.Quote) error {
 		return fmt.Errorf("%w: the buyer's settled balance %s does not pay the first storage period (%s)", market.ErrLowBalance, v.Account.Balance, q.StoragePrice)
 	}
 	return nil
+}
+
+// settled reports whether the ledger settled the migration that ended lease: the node's last
+// view of it shows the lease ended and followed by another. Without coordinators, at once.
+func (d *Node) settled(_ context.Context, lease market.LeaseID) (bool, error) {
+	if !d.Ledger.Settles() {
+		return true, nil
+	}
+	v, ok, _ := d.Ledger.Last() // a view of an earlier sync says so as well
+	if !ok {
+		return false, nil
+	}
+	for _, l := range v.Leases {
+		if l.ID == lease {
+			return !l.Active() && !l.Next.IsZero(), nil
+		}
+	}
+	return false, nil
 }
 
 // settle acts on the node's view of the ledger: a provider stops (never deletes) the VMs

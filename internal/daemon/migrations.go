@@ -28,7 +28,12 @@ type Migrations struct {
 // Start serves the protocols on n's host.
 func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 	var err error
-	if m.transfer, err = transfer.NewServer(n.Host(), m.Grants.Authorize, transfer.WithLogger(n.Logger())); err != nil {
+	served := func(from peer.ID, req transfer.Request) {
+		if id, ok := m.Grants.Covers(from, req); ok {
+			m.provider().Fetched(id, from)
+		}
+	}
+	if m.transfer, err = transfer.NewServer(n.Host(), m.Grants.Authorize, transfer.WithLogger(n.Logger()), transfer.WithServed(served)); err != nil {
 		return err
 	}
 	m.Grants.ServeOrigin(n.Host())

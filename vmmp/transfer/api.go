@@ -149,8 +149,9 @@ type config struct {
 	idle        time.Duration
 	workers     int
 	noSync      bool
-	writeLimit  int64             // test hook: staging writes past this many bytes fail with ENOSPC
-	reportEvery time.Duration     // progress throttle
+	writeLimit  int64         // test hook: staging writes past this many bytes fail with ENOSPC
+	reportEvery time.Duration // progress throttle
+	served      func(from peer.ID, req Request)
 	sent        func(path string) // test hook: a file's blocks are all sent, its identity not yet checked
 }
 
@@ -186,6 +187,10 @@ func WithCompression(on bool) Option { return func(c *config) { c.compress = on 
 // WithProgress sets a callback for progress snapshots (Fetch), called from the receiving
 // goroutine at most ten times a second and once at the end; it must not block.
 func WithProgress(f func(Progress)) Option { return func(c *config) { c.progress = f } }
+
+// WithServed calls fn on the source after each transfer it completed: every file sent to its
+// end and the destination's word that it verified and committed them (Server).
+func WithServed(fn func(from peer.ID, req Request)) Option { return func(c *config) { c.served = fn } }
 
 // WithChangeTracker lets the source skip reading unchanged ranges (Server).
 func WithChangeTracker(t ChangeTracker) Option { return func(c *config) { c.tracker = t } }

@@ -102,6 +102,9 @@ func (s *Server) handle(st network.Stream) {
 	}
 	log.Debug("transfer: sent", "vm", sess.req.VM, "bytes", sess.fw.n.Load())
 	_ = st.Close()
+	if s.cfg.served != nil {
+		s.cfg.served(from, sess.req.Request)
+	}
 }
 
 // session is one transfer on the source side.
