@@ -578,10 +578,12 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
-	before, err := buyer.book.Config("busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The book binds the names of the images in its offers after it took them.
+	var before Configuration
+	testwait.Eventually(t, 10*time.Second, func() (err error) {
+		before, err = buyer.book.Config("busybox")
+		return err
+	})
 
 	o := testOffer(x.ID())
 	o.Addrs = nil
