@@ -9,6 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/virtuoso-market/virtuoso/internal/failpoint"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vmmp"
@@ -300,6 +301,7 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 			m.Error = cause.Error()
 		}
 		err := b.record(m)
+		failpoint.Here("agent:" + s)
 		if progress != nil {
 			progress(*m)
 		}
@@ -621,4 +623,47 @@ func (b *Buyer) resumeMigrations(ctx context.Context) {
 		}
 		b.release(m.VM)
 	}
+}
+
+// Destinations is what a buyer may move VM id to: the machines that can host it now, with
+// their migration methods and what the profile would cost there (the new lease's prices),
+// cheapest first, and what it costs where it is.
+type Destinations struct {
+	VM      vm.ID   `json:"vm"`
+	Current Match   `json:"current"`
+	Usage   Usage   `json:"usage"`
+	Matches []Match `json:"matches"`
+}
+
+// Destinations searches the offer book for the machines VM id can move to, costed for u
+// (DefaultUsage if zero).
+func (b *Buyer) Destinations(id vm.ID, u Usage) (Destinations, error) {
+	bl, err := node.GetJSON[buyerLease](b.space, leaseKey(id))
+	if errors.Is(err, node.ErrNotFound) {
+		return Destinations{}, fmt.Errorf("%w: you have no vm %s (see `virtuoso vm ls`)", ErrNotFound, id)
+	}
+	if err != nil {
+		return Destinations{}, err
+	}
+	sl, err := DecodeLease(bl.Raw)
+	if err != nil {
+		return Destinations{}, err
+	}
+	if u == (Usage{}) {
+		u = DefaultUsage()
+	}
+	cost, err := sl.Quote.Cost(u)
+	if err != nil {
+		return Destinations{}, err
+	}
+	d := Destinations{VM: id, Usage: u, Current: Match{Provider: sl.Provider, Machine: sl.Machine, Terms: sl.Terms, Quote: sl.Quote, Cost: cost}}
+	matches, err := b.book.Search(SearchQuery{SearchRequest: SearchRequest{Config: sl.Config, Usage: u}})
+	if err != nil {
+		return Destinations{}, err
+	}
+	d.Matches = slices.DeleteFunc(matches, func(m Match) bool { return m.Provider == sl.Provider })
+	if so, ok := b.book.offers.Get(sl.Provider, sl.Machine, b.now()); ok {
+		d.Current.Name, d.Current.Methods = so.Name, so.Methods
+	}
+	return d, nil
 }

@@ -67,6 +67,32 @@ func (b *Buyer) routes(a *node.API) {
 		}
 		return b.Status(r.Context(), id)
 	})
+	// GET /v1/market/vms/{id}/destinations?days=N&hours=H: where the VM can move, and what
+	// the profile costs there.
+	route(a, "GET /v1/market/vms/{id}/destinations", func(r *http.Request) (any, error) {
+		id, err := b.FindVM(r.PathValue("id"))
+		if err != nil {
+			return nil, err
+		}
+		var u Usage
+		if s := r.URL.Query().Get("days"); s != "" {
+			if u.Days, err = strconv.ParseInt(s, 10, 64); err != nil {
+				return nil, fmt.Errorf("%w: days %q", ErrInvalid, s)
+			}
+			u.RunSecondsPerDay = DefaultUsage().RunSecondsPerDay
+		}
+		if s := r.URL.Query().Get("hours"); s != "" {
+			h, err := strconv.ParseFloat(s, 64)
+			if err != nil || h < 0 || h > 24 {
+				return nil, fmt.Errorf("%w: hours %q: 0 to 24", ErrInvalid, s)
+			}
+			u.RunSecondsPerDay = int64(h * 3600)
+			if u.Days == 0 {
+				u.Days = DefaultUsage().Days
+			}
+		}
+		return b.Destinations(id, u)
+	})
 	route(a, "GET /v1/market/migrations", func(r *http.Request) (any, error) {
 		return nonNil(b.Migrations())
 	})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/virtuoso-market/virtuoso/internal/failpoint"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
@@ -117,5 +118,6 @@ func (g *Grants) Authorize(_ context.Context, from peer.ID, req transfer.Request
 		}
 		paths[i] = filepath.Join(gr.files.Dir, name)
 	}
+	failpoint.Here("origin:send")
 	return paths, nil
 }

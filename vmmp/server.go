@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/virtuoso-market/virtuoso/internal/failpoint"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
@@ -264,6 +265,9 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message, report f
 	var last transfer.Progress
 	opts := append(slices.Clip(s.opts.Transfer), transfer.WithProgress(func(p transfer.Progress) {
 		last = p
+		if p.Done > 0 {
+			failpoint.Here("dest:copy")
+		}
 		report(Message{Step: "copy", Done: uint64(p.Done), Total: uint64(p.Total), Wire: uint64(p.WireBytes)})
 	}))
 	if m.Method == "full" {
@@ -280,6 +284,7 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message, report f
 	if err != nil || s.opts.Arrived == nil {
 		return rec, err
 	}
+	failpoint.Here("dest:adopted")
 	if err := s.opts.Arrived(ctx, rec); err != nil {
 		// Not committed (cancelled meanwhile, or lapsed): what was adopted goes.
 		if _, derr := s.mgr.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
@@ -287,6 +292,7 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message, report f
 		}
 		return vm.Record{}, err
 	}
+	failpoint.Here("dest:arrived")
 	return rec, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/virtuoso-market/virtuoso/internal/progress"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/vm"
 )
@@ -26,7 +28,7 @@ func marketCommands() []command {
 		{"store", "--config NAME [edits] --machine ID [--provider PEER] [--running-price P --storage-price P] [--json]", "store a configuration on a provider's machine", runStore},
 		{"vm", "ls|status|start|stop|suspend|resume|console|rm [ID] [--json]; create|--local … for this provider's hypervisor", "act on your leased VMs wherever they are stored", runMarketVM},
 		{"machine", "add|edit|ls|rm [ID] [flags]", "sell this provider's machines: describe, price, remove", runMachine},
-		{"migrate", "VM --machine ID [--provider PEER] [--method blockdiff|full] [--json]", "move a VM to another provider's machine, atomically, billing handed over", runMigrate},
+		{"migrate", "VM [--to PEER] [--machine ID] [--method blockdiff|full] [--status] [--json]", "move a VM to another provider's machine, atomically, billing handed over; without a destination, list where it can go", runMigrate},
 	}
 }
 
@@ -270,43 +272,183 @@ func editArgs(e market.ConfigEdit) string {
 	return b.String()
 }
 
-const migrateSummary = `Move one of your VMs to another provider's machine (from ` + "`virtuoso search`" + `), atomically:
-the destination takes a new lease at its current terms, the origin suspends the VM if it runs,
-the destination copies it (only what differs, if it held an older copy) and adopts it, and the
-ledger moves the lease; the VM runs again at the destination if it ran. If anything fails, the
-VM stays where it is, in its status, under its old lease.`
+const migrateSummary = `Move one of your VMs to another provider's machine, atomically: the destination takes a
+new lease at its current terms, the origin suspends the VM if it runs, the destination copies it
+(only what differs, if it held an older copy) and adopts it, the origin confirms it sent it, and
+the ledger moves the lease; the VM runs again at the destination if it ran. If anything fails
+before the destination commits, the VM stays where it is, in its status, under its old lease; a
+node stopped in the middle finishes or reverts the move when it starts again.
+
+Without --machine or --to it lists where the VM can go and what it would cost there.`
 
 func runMigrate(ctx context.Context, env Env, args []string) error {
 	f := newFlags(env, "migrate")
 	var req market.MigrateRequest
-	machine := f.String("machine", "", "the destination machine's ID (from `virtuoso search`)")
-	f.StringVar(&req.Provider, "provider", "", "the destination's peer ID (needed only if the machine ID is ambiguous)")
+	machine := f.String("machine", "", "the destination machine's ID or its start (from the list or `virtuoso search`)")
+	f.StringVar(&req.Provider, "to", "", "the destination's peer ID (the cheapest of its machines unless --machine names one)")
+	f.StringVar(&req.Provider, "provider", "", "the same as --to")
 	f.StringVar(&req.Method, "method", "blockdiff", "how the files travel: blockdiff (only what differs) or full")
+	days := f.Int64("days", 30, "usage profile of the cost comparison: days the VM stays stored")
+	hours := f.Float64("hours", 8, "usage profile of the cost comparison: hours it runs per day")
+	status := f.Bool("status", false, "show the VM's migration under way or the last one, and do nothing")
 	asJSON := f.Bool("json", false, "print JSON")
 	pos, err := f.parseArgs(args, migrateSummary, "VM")
 	if err != nil {
 		return err
 	}
-	if *machine == "" {
-		fmt.Fprintln(env.Stderr, "virtuoso migrate: --machine is required; `virtuoso search --config NAME` finds machines")
-		return errUsage
+	id := url.PathEscape(pos[0])
+	if *status {
+		var m market.Migration
+		if printed, err := f.call(ctx, http.MethodGet, "/v1/market/migrations/"+id, nil, &m, *asJSON); printed || err != nil {
+			return err
+		}
+		printMigration(env.Stdout, m)
+		return nil
 	}
 	if req.Method != "blockdiff" && req.Method != "full" {
 		fmt.Fprintf(env.Stderr, "virtuoso migrate: --method %q: use blockdiff or full\n", req.Method)
 		return errUsage
 	}
-	if req.Machine, err = machineByPrefix(ctx, f, *machine, &req.Provider); err != nil {
+	if *hours < 0 || *hours > 24 {
+		return fmt.Errorf("--hours %v: give 0 to 24", *hours)
+	}
+	if *machine == "" {
+		var d market.Destinations
+		path := fmt.Sprintf("/v1/market/vms/%s/destinations?days=%d&hours=%g", id, *days, *hours)
+		if printed, err := f.call(ctx, http.MethodGet, path, nil, &d, *asJSON && req.Provider == ""); printed || err != nil {
+			return err
+		}
+		if req.Provider == "" {
+			printDestinations(env.Stdout, d, *days, *hours)
+			return nil
+		}
+		for _, m := range d.Matches { // cheapest first
+			if m.Provider.String() == req.Provider {
+				req.Machine = m.Machine
+				break
+			}
+		}
+		if req.Machine.IsZero() {
+			return fmt.Errorf("--to %s: that provider offers no machine that can host the vm now (`virtuoso migrate %s` lists those that can)", req.Provider, pos[0])
+		}
+	} else if req.Machine, err = machineByPrefix(ctx, f, *machine, &req.Provider); err != nil {
 		return fmt.Errorf("--machine: %w", err)
 	}
-	fmt.Fprintf(env.Stderr, "migrating %s…\n", pos[0])
-	var v market.VM
-	if printed, err := f.call(ctx, http.MethodPost, "/v1/market/vms/"+url.PathEscape(pos[0])+"/migrate", req, &v, *asJSON); printed || err != nil {
-		return err
+
+	// The move runs in the node; this shows its steps and the copy's progress as it goes.
+	type answer struct {
+		v   market.VM
+		err error
 	}
+	done := make(chan answer, 1)
+	go func() {
+		var a answer
+		_, a.err = f.call(ctx, http.MethodPost, "/v1/market/vms/"+id+"/migrate", req, &a.v, false)
+		done <- a
+	}()
+	bar := progress.New(env.Stderr, "copy")
+	step := ""
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var a answer
+	for waiting := true; waiting; {
+		select {
+		case a = <-done:
+			waiting = false
+		case <-tick.C:
+		}
+		var m market.Migration
+		if _, err := f.call(ctx, http.MethodGet, "/v1/market/migrations/"+id, nil, &m, false); err != nil || m.Started.IsZero() {
+			continue
+		}
+		if s := migrationStep(m); s != step {
+			step = s
+			bar.Status(s)
+			if !progress.IsTerminal(env.Stderr) || m.Step != market.StepCopy {
+				fmt.Fprintf(env.Stderr, "%s  %s\n", m.Updated.Local().Format("15:04:05"), s)
+			}
+		}
+		if m.Step == market.StepCopy && m.Total > 0 {
+			var eta time.Duration
+			if r := m.Rate(); r > 0 {
+				eta = time.Duration(float64(m.Total-m.Done) / r * float64(time.Second))
+			}
+			bar.Update(m.Done, m.Total, m.Rate(), eta)
+		}
+	}
+	var m market.Migration
+	if _, err := f.call(ctx, http.MethodGet, "/v1/market/migrations/"+id, nil, &m, false); err == nil && m.Total > 0 {
+		bar.Finish(fmt.Sprintf("copied %s of %s with %s on the wire", progress.FormatSize(m.Done), progress.FormatSize(m.Total), progress.FormatSize(m.Wire)))
+	} else {
+		bar.Finish("")
+	}
+	if a.err != nil {
+		return a.err
+	}
+	if *asJSON {
+		return printJSON(env, a.v)
+	}
+	v := a.v
 	fmt.Fprintf(env.Stdout, "vm %s is on %s (machine %s) now, %s, version %d, lease %s\n", v.ID, market.Short(v.Provider), v.Machine.String()[:8], v.State.Status, v.State.Version, v.Lease)
 	fmt.Fprintf(env.Stdout, "charged %s per %s while running, %s per %s while stored from now on\n",
 		v.Quote.RunningPrice, secs(v.Quote.RunningSecs), v.Quote.StoragePrice, secs(v.Quote.StorageSecs))
 	return nil
+}
+
+// migrationStep names a migration's step for people: the destination's inside the copy.
+func migrationStep(m market.Migration) string {
+	s := m.Step
+	if m.Step == market.StepCopy && m.DestStep != "" {
+		s += " (destination: " + m.DestStep + ")"
+	}
+	if m.Waiting != "" {
+		s += ": " + m.Waiting
+	}
+	return s
+}
+
+func printMigration(w io.Writer, m market.Migration) {
+	fmt.Fprintf(w, "vm %s: from %s to %s (machine %s, %s)\n", m.VM, market.Short(m.Origin), market.Short(m.To), m.Machine.String()[:8], m.Method)
+	fmt.Fprintf(w, "step      %s\n", migrationStep(m))
+	fmt.Fprintf(w, "started   %s, last step %s\n", m.Started.Local().Format(time.DateTime), m.Updated.Local().Format(time.TimeOnly))
+	if m.Total > 0 {
+		fmt.Fprintf(w, "copied    %s of %s, %s on the wire\n", progress.FormatSize(m.Done), progress.FormatSize(m.Total), progress.FormatSize(m.Wire))
+	}
+	if m.Error != "" {
+		fmt.Fprintf(w, "why       %s\n", m.Error)
+	}
+}
+
+func printDestinations(w io.Writer, d market.Destinations, days int64, hours float64) {
+	c := d.Current
+	fmt.Fprintf(w, "vm %s is on %s, machine %s: %s per %s running, %s per %s stored; %s for the profile (stored %d days, running %.1f h a day)\n\n",
+		d.VM, market.Short(c.Provider), c.Machine.String()[:8], c.Quote.RunningPrice, secs(c.Quote.RunningSecs),
+		c.Quote.StoragePrice, secs(c.Quote.StorageSecs), c.Cost.Total, days, hours)
+	if len(d.Matches) == 0 {
+		fmt.Fprintln(w, "no other provider can host it now (`virtuoso offers` shows what is offered)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tPROVIDER\tMACHINE\tNAME\tMETHODS\tRUNNING\tSTORAGE\tPROFILE TOTAL\tVS NOW")
+	for i, m := range d.Matches {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s per %s\t%s per %s\t%s\t%s\n", i+1, market.Short(m.Provider), m.Machine.String()[:8], m.Name,
+			strings.Join(m.Methods, ","), m.Quote.RunningPrice, secs(m.Quote.RunningSecs), m.Quote.StoragePrice, secs(m.Quote.StorageSecs),
+			m.Cost.Total, signed(m.Cost.Total-c.Cost.Total))
+	}
+	tw.Flush()
+	best := d.Matches[0]
+	fmt.Fprintf(w, "\nMove it to the first:\n  virtuoso migrate %s --to %s --machine %s\n", d.VM, best.Provider, best.Machine.String()[:8])
+}
+
+// signed is a difference of money with its sign.
+func signed(m market.Money) string {
+	if m > 0 {
+		return "+" + m.String()
+	}
+	if m < 0 {
+		return "-" + (-m).String()
+	}
+	return "same"
 }
 
 // machineByPrefix resolves a machine ID, or the start of one as `virtuoso search` prints it,
