@@ -19,6 +19,7 @@ import (
 // incoming lease its buyer agreed here, and activates that lease once the VM is adopted.
 type Migrations struct {
 	Grants   *vmmp.Grants
+	Images   *vmmp.ImageGrants // image deliveries, served by the same transfer server
 	vms      *VMs
 	provider func() *market.Provider // set after the Provider is built
 	transfer *transfer.Server
@@ -28,7 +29,7 @@ type Migrations struct {
 // Start serves the protocols on n's host.
 func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 	var err error
-	if m.transfer, err = transfer.NewServer(n.Host(), m.Grants.Authorize, transfer.WithLogger(n.Logger())); err != nil {
+	if m.transfer, err = transfer.NewServer(n.Host(), vmmp.Authorize(m.Grants, m.Images), transfer.WithLogger(n.Logger())); err != nil {
 		return err
 	}
 	m.Grants.ServeOrigin(n.Host())
