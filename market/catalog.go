@@ -6,14 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/zeebo/blake3"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -226,29 +223,12 @@ func hashImage(ctx context.Context, cache *node.Space, path string) (string, int
 	if rec, err := node.GetJSON[hashRecord](cache, path); err == nil && rec.Size == fi.Size() && rec.ModTime.Equal(fi.ModTime()) {
 		return rec.Hash, fi.Size(), nil
 	}
-	f, err := os.Open(path)
+	sum, size, err := contentHash(ctx, path)
 	if err != nil {
-		return "", 0, fmt.Errorf("image %s: %w", path, err)
+		return "", 0, err
 	}
-	defer f.Close()
-	h := blake3.New()
-	buf := make([]byte, 1<<20)
-	for {
-		if err := ctx.Err(); err != nil {
-			return "", 0, err
-		}
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", 0, fmt.Errorf("image %s: %w", path, err)
-		}
-	}
-	sum := "blake3:" + hex.EncodeToString(h.Sum(nil))
 	node.PutJSON(cache, path, hashRecord{Size: fi.Size(), ModTime: fi.ModTime(), Hash: sum})
-	return sum, fi.Size(), nil
+	return sum, size, nil
 }
 
 // imageNames binds the name of each preconfigured configuration to the image (by hash) this

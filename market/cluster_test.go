@@ -102,6 +102,9 @@ func (tn *testNode) assemble(t *testing.T, sp spec) []node.Service {
 		if sp.Guest != nil {
 			cfg = qemutest.DriverConfig(t, *sp.Guest)
 		}
+		if sp.Seller.ImageDir != "" { // where the provider keeps the images it fetches
+			cfg.ImageDirs = append(cfg.ImageDirs, sp.Seller.ImageDir)
+		}
 		tn.drv = qemutest.NewDriver(t, cfg)
 		inv, err := vm.OpenInventory(tn.Store().Space("vm/inventory/"))
 		if err != nil {

@@ -117,6 +117,8 @@ func (p *Provider) ProviderLeases() ([]ProviderLease, error) {
 		pl := ProviderLease{Lease: sl.Lease, State: l.State, Ended: l.Ended, Reason: l.Reason}
 		if rec, err := p.vms.Get(l.VM); err == nil {
 			pl.VM = rec.State
+		} else if st, ok := p.fetchingState(l.VM); ok {
+			pl.VM = st
 		}
 		out = append(out, pl)
 	}

@@ -24,6 +24,9 @@ const (
 	ConsoleID protocol.ID = "/virtuoso/console/1.0.0"
 	// NoticeID carries a provider's notice to a buyer that its lease ended (machine removed).
 	NoticeID protocol.ID = "/virtuoso/notice/1.0.0"
+	// ImageID asks a provider to deliver an OS image it offers to a provider storing a
+	// preconfigured VM of it (images.go).
+	ImageID protocol.ID = "/virtuoso/image/1.0.0"
 )
 
 // serviceName is the resource-manager service of every market stream.
@@ -40,7 +43,7 @@ func Protocols(c node.MarketConfig) []node.ProtocolLimit {
 	}
 	return []node.ProtocolLimit{
 		limit(OffersQueryID, 64<<20), limit(StoreID, 64<<20), limit(ControlID, 64<<20),
-		limit(ConsoleID, 64<<20), limit(NoticeID, 16<<20), limit(MigrateID, 16<<20),
+		limit(ConsoleID, 64<<20), limit(NoticeID, 16<<20), limit(MigrateID, 16<<20), limit(ImageID, 16<<20),
 	}
 }
 

@@ -65,6 +65,20 @@ type ProviderOptions struct {
 	// Grants, if set, is where the provider grants a migration's destination its VM's files
 	// (the transfer server's authorisation); without it, VMs do not migrate away from here.
 	Grants *vmmp.Grants
+	// ImageGrants, if set, is where the provider grants a peer an OS image it agreed to deliver
+	// (the transfer server's authorisation, beside Grants); without it, it delivers none.
+	ImageGrants *vmmp.ImageGrants
+	// ImageDir, if set, is where the provider keeps OS images it fetches from other providers
+	// to store a preconfigured VM whose image it lacks (a directory its hypervisor takes base
+	// images from); without it, such a store fails with ErrImageMissing.
+	ImageDir string
+	// MaxImageMB caps an image fetched from another provider (default 65536); a store's disk
+	// size caps it too. ImageTimeout bounds one fetch (default the StoreTimeout, within which
+	// the VM must also be created); ImageIdle how long a source may send nothing (default 30s)
+	// before the next source is tried.
+	MaxImageMB   int64
+	ImageTimeout time.Duration
+	ImageIdle    time.Duration
 	// Admit, if set, is asked before any capacity is reserved whether buyer can pay a lease
 	// of quote q (the ledger's answer); an error refuses the store with it.
 	Admit func(ctx context.Context, buyer peer.ID, q Quote) error
@@ -76,6 +90,9 @@ func (o *ProviderOptions) fill() {
 	o.StoreTimeout = cmpOr(o.StoreTimeout, 5*time.Minute)
 	o.ControlTimeout = cmpOr(o.ControlTimeout, 2*time.Minute)
 	o.LeaseRetention = cmpOr(o.LeaseRetention, 24*time.Hour)
+	o.MaxImageMB = cmp.Or(o.MaxImageMB, 65536)
+	o.ImageTimeout = cmpOr(o.ImageTimeout, o.StoreTimeout)
+	o.ImageIdle = cmpOr(o.ImageIdle, 30*time.Second)
 	if o.MaxLeasesPerBuyer <= 0 {
 		o.MaxLeasesPerBuyer = 8
 	}
@@ -94,7 +111,11 @@ type Provider struct {
 	vms  Hypervisor
 
 	space, hashSpace *node.Space
-	images           []Image // with hashes
+
+	imgMu    sync.Mutex
+	images   []Image // with hashes: configured ones, then those fetched
+	fetches  map[string]*imageFetch
+	fetching map[vm.ID]vm.State // VMs whose image is being fetched: migrating
 
 	// pubMu serialises machine changes and offer publishing (sequence numbers).
 	pubMu   sync.Mutex
@@ -109,7 +130,8 @@ type Provider struct {
 // on vms; attach it to the node after book.
 func NewProvider(book *Book, vms Hypervisor, opts ProviderOptions) *Provider {
 	opts.fill()
-	return &Provider{opts: opts, book: book, vms: vms, publish: make(chan struct{}, 1), consoles: map[vm.ID]string{}}
+	return &Provider{opts: opts, book: book, vms: vms, publish: make(chan struct{}, 1), consoles: map[vm.ID]string{},
+		fetches: map[string]*imageFetch{}, fetching: map[vm.ID]vm.State{}}
 }
 
 // Start implements node.Service: it hashes the images, undoes stores a crash interrupted,
@@ -124,10 +146,12 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 		return err
 	}
 	p.restoreMigrations(ctx)
+	p.removeFetchLeftovers()
 	p.serve(StoreID, maxFrameBytes, 256<<10, p.opts.StoreTimeout, p.handleStore)
 	p.serve(ControlID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleControl)
 	p.serve(ConsoleID, 4096, 256<<10, 0, p.handleConsole)
 	p.serve(MigrateID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleMigrate)
+	p.serve(ImageID, maxFrameBytes, 128<<10, time.Minute, p.handleImage)
 	p.routes(n.API())
 	p.group.Go(p.publishLoop)
 	p.group.Go(p.every(min(p.opts.LeaseRetention, time.Minute), p.compactLeases))
@@ -491,11 +515,13 @@ func (p *Provider) signOffer(m Machine, free Resources, withdrawn bool) (SignedO
 		Methods: m.Methods, Capacity: m.Capacity, Free: free, Terms: m.Terms,
 	}
 	if !withdrawn {
+		p.imgMu.Lock()
 		for _, img := range p.images {
 			if len(o.Images) < maxImages {
 				o.Images = append(o.Images, img.info())
 			}
 		}
+		p.imgMu.Unlock()
 	}
 	for _, a := range p.n.Host().Addrs() {
 		if len(o.Addrs) < maxAddrs && len(a.String()) <= maxAddrLen {
@@ -558,6 +584,12 @@ func (img Image) info() ImageInfo {
 }
 
 func (p *Provider) image(hash string) (Image, bool) {
+	p.imgMu.Lock()
+	defer p.imgMu.Unlock()
+	return p.imageLocked(hash)
+}
+
+func (p *Provider) imageLocked(hash string) (Image, bool) {
 	i := slices.IndexFunc(p.images, func(img Image) bool { return img.Hash == hash })
 	if i < 0 {
 		return Image{}, false

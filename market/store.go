@@ -118,7 +118,19 @@ func (b *Buyer) Store(ctx context.Context, req StoreRequest) (VM, error) {
 	if offer.Provider == b.n.ID() {
 		return VM{}, fmt.Errorf("%w: a node cannot buy from itself", ErrInvalid)
 	}
-	if !Hosts(offer.Offer, cfg, cfg.Processor) {
+	// A provider without the image of a preconfigured configuration fetches it from one whose
+	// offer lists it; meanwhile the VM is migrating.
+	fetch := false
+	if bare := cfg; !Hosts(offer.Offer, cfg, cfg.Processor) && cfg.Preconfigured() {
+		bare.Image = ""
+		if Hosts(offer.Offer, bare, cfg.Processor) {
+			if len(imageSources(b.book.offers.Signed(b.now(), 1<<30), cfg.Image, offer.Provider)) == 0 {
+				return VM{}, fmt.Errorf("%w: machine %q's provider does not hold image %s and no provider in this node's book offers it; search again", ErrImageMissing, offer.Name, cfg.Image)
+			}
+			fetch = true
+		}
+	}
+	if !fetch && !Hosts(offer.Offer, cfg, cfg.Processor) {
 		return VM{}, fmt.Errorf("%w: machine %q offers %s free (processor %s); the configuration needs %s (processor %s)",
 			ErrNoCapacity, offer.Name, offer.Free, offer.Processor, cfg.Resources(), cfg.Processor)
 	}
@@ -147,7 +159,11 @@ func (b *Buyer) Store(ctx context.Context, req StoreRequest) (VM, error) {
 		delete(b.storing, sl.VM)
 		b.mu.Unlock()
 	}()
-	bl := buyerLease{Raw: sl.Encode(), State: LeaseStatePending, VM: vm.State{Status: vm.StatusRegistered},
+	st := vm.State{Status: vm.StatusRegistered}
+	if fetch {
+		st = FetchingState
+	}
+	bl := buyerLease{Raw: sl.Encode(), State: LeaseStatePending, VM: st,
 		Addrs: offer.Addrs, Created: b.now(), Updated: b.now()}
 	if err := b.put(bl); err != nil {
 		return VM{}, err
@@ -310,6 +326,11 @@ func (p *Provider) handleStore(ctx context.Context, st network.Stream, frame []b
 // state; it returns the VM's configuration. One transaction checks the free capacity and
 // records the lease, so two buyers racing for the last capacity cannot both pass.
 func (p *Provider) reserve(ctx context.Context, from peer.ID, sl SignedLease, state string) (vm.Config, error) {
+	return p.reserveFor(ctx, from, sl, state, false)
+}
+
+// reserveFor is reserve; with fetch, a missing image is not refused: the store fetches it.
+func (p *Provider) reserveFor(ctx context.Context, from peer.ID, sl SignedLease, state string, fetch bool) (vm.Config, error) {
 	l := sl.Lease
 	switch {
 	case l.Provider != p.n.ID():
@@ -336,16 +357,13 @@ func (p *Provider) reserve(ctx context.Context, from peer.ID, sl SignedLease, st
 		DiskMB: l.Config.DiskMB, Processor: l.Config.Processor, OS: l.Config.OS, MAC: vm.MACFor(l.VM)}
 	if l.Config.Image != "" {
 		img, ok := p.image(l.Config.Image)
-		if !ok {
+		switch {
+		case ok:
+			if err := useImage(&cfg, l.Config, img); err != nil {
+				return vm.Config{}, err
+			}
+		case !fetch:
 			return vm.Config{}, fmt.Errorf("%w: %s", ErrImageMissing, l.Config.Image)
-		}
-		if l.Config.DiskMB < img.sizeMB {
-			return vm.Config{}, fmt.Errorf("%w: disk of %d MB smaller than the %d MB image", ErrInvalid, l.Config.DiskMB, img.sizeMB)
-		}
-		cfg.BaseImage = img.Disk
-		if img.Boot != nil {
-			boot := *img.Boot
-			cfg.Boot = &boot
 		}
 	}
 
@@ -411,12 +429,56 @@ func (p *Provider) reserve(ctx context.Context, from peer.ID, sl SignedLease, st
 	return cfg, nil
 }
 
+// useImage makes cfg, of configuration c, start from img.
+func useImage(cfg *vm.Config, c Configuration, img Image) error {
+	if c.DiskMB < img.sizeMB {
+		return fmt.Errorf("%w: disk of %d MB smaller than the %d MB image", ErrInvalid, c.DiskMB, img.sizeMB)
+	}
+	cfg.BaseImage = img.Disk
+	if img.Boot != nil {
+		boot := *img.Boot
+		cfg.Boot = &boot
+	}
+	return nil
+}
+
+// imageToFetch returns where the image of lease l can be fetched from when this provider does
+// not hold it (nil when it does, or the configuration has none), or why it cannot be.
+func (p *Provider) imageToFetch(l Lease) ([]imageSource, error) {
+	if l.Config.Image == "" {
+		return nil, nil
+	}
+	if _, ok := p.image(l.Config.Image); ok {
+		return nil, nil
+	}
+	if p.opts.ImageDir == "" {
+		return nil, fmt.Errorf("%w: %s (this provider fetches no images)", ErrImageMissing, l.Config.Image)
+	}
+	srcs := imageSources(p.book.offers.Signed(p.now(), 1<<30), l.Config.Image, p.n.ID())
+	if len(srcs) == 0 {
+		return nil, fmt.Errorf("%w: %s, and no provider this provider knows offers it", ErrImageMissing, l.Config.Image)
+	}
+	if size := srcs[0].info.SizeMB; l.Config.DiskMB < size {
+		return nil, fmt.Errorf("%w: disk of %d MB smaller than the %d MB image", ErrInvalid, l.Config.DiskMB, size)
+	}
+	return srcs, nil
+}
+
+// FetchingState is the state of a VM while its provider fetches its OS image (report §6.3.1:
+// the preconfigured machine is migrating while it is being stored): one version past
+// registered, stored when the image has come.
+var FetchingState = vm.State{Status: vm.StatusMigrating, Version: 1, Prior: vm.StatusStored}
+
 func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.Record, SignedLease, error) {
-	cfg, err := p.reserve(ctx, from, sl, LeaseStatePending)
+	l := sl.Lease
+	srcs, err := p.imageToFetch(l)
 	if err != nil {
 		return vm.Record{}, sl, err
 	}
-	l := sl.Lease
+	cfg, err := p.reserveFor(ctx, from, sl, LeaseStatePending, srcs != nil)
+	if err != nil {
+		return vm.Record{}, sl, err
+	}
 	key := leaseKey(l.VM)
 	need := l.Config.Resources()
 	release := func() {
@@ -424,7 +486,19 @@ func (p *Provider) store(ctx context.Context, from peer.ID, sl SignedLease) (vm.
 			p.log.Error("release reservation", "vm", l.VM, "err", err)
 		}
 	}
-	rec, err := p.vms.Create(ctx, vm.CreateRequest{Config: cfg, Owner: l.Buyer.String(), Lease: l.ID.String()})
+	var version uint64
+	if srcs != nil {
+		img, err := p.fetchImageFor(ctx, sl, srcs)
+		if err == nil {
+			err = useImage(&cfg, l.Config, img)
+		}
+		if err != nil {
+			release()
+			return vm.Record{}, sl, err
+		}
+		version = FetchingState.Version
+	}
+	rec, err := p.vms.Create(ctx, vm.CreateRequest{Config: cfg, Owner: l.Buyer.String(), Lease: l.ID.String(), Version: version})
 	if err != nil {
 		release()
 		return vm.Record{}, sl, fmt.Errorf("create vm: %w", err)

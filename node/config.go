@@ -138,6 +138,10 @@ type ProviderConfig struct {
 	MaxLeasesPerBuyer int      `toml:"max_leases_per_buyer"`
 	BuyerSharePercent int      `toml:"buyer_share_percent"`
 	ImageDirs         []string `toml:"image_dirs"`
+	// CacheMB bounds the disk taken by the copies this provider keeps of VMs that migrated
+	// away (so that a return sends only what changed); the oldest go first, beyond it and
+	// when a new VM needs the room. 0 keeps none.
+	CacheMB int64 `toml:"cache_mb"`
 	// VSphere is where VMs run when Driver is DriverVSphere.
 	VSphere VSphereConfig `toml:"vsphere"`
 }
@@ -270,7 +274,7 @@ func DefaultAPIConfig(p Profile) APIConfig {
 // DefaultProviderConfig is the [provider] section: QEMU, KVM when it works.
 func DefaultProviderConfig() ProviderConfig {
 	return ProviderConfig{Driver: DriverQEMU, Accel: "auto", VNCPorts: [2]int{5910, 5999}, MaxConsoles: 8, ImageDirs: []string{},
-		MaxLeasesPerBuyer: 8, BuyerSharePercent: 50}
+		MaxLeasesPerBuyer: 8, BuyerSharePercent: 50, CacheMB: 10240}
 }
 
 // DefaultLogConfig is the [log] section.
@@ -395,6 +399,9 @@ func (c ProviderConfig) problems(p Profile) problems {
 	}
 	if c.BuyerSharePercent < 1 || c.BuyerSharePercent > 100 {
 		bad("provider.buyer_share_percent %d is out of range: use between 1 and 100", c.BuyerSharePercent)
+	}
+	if c.CacheMB < 0 || c.CacheMB > 1<<26 {
+		bad("provider.cache_mb %d is out of range: use between 0 (keep no copies of VMs that moved away) and 67108864", c.CacheMB)
 	}
 	return ps
 }
@@ -551,6 +558,9 @@ max_leases_per_buyer = {{.Provider.MaxLeasesPerBuyer}}
 buyer_share_percent = {{.Provider.BuyerSharePercent}}
 # Directories whose disk images and kernels VMs may start from, besides the home's images/.
 image_dirs = {{list .Provider.ImageDirs}}
+# Most disk (MiB) the copies of VMs that migrated away may take; they make a return send only
+# what changed. The oldest go first, beyond this and when a new VM needs the room; 0 keeps none.
+cache_mb = {{.Provider.CacheMB}}
 
 [provider.vsphere]
 # With driver = "vsphere": the SDK address https://HOST/sdk, the user, and a file holding the

@@ -26,6 +26,10 @@ type ManagerConfig struct {
 	// StallAfter is how long a started VM's guest may show no sign of running (see
 	// ProgressReporter) before its record's Health says so; 60 s if zero.
 	StallAfter time.Duration
+	// CacheMB bounds the disk the cached copies of VMs that moved away take (DefaultCacheMB if
+	// zero; none are kept if negative); beyond it, and when a new VM needs the room, they are
+	// evicted oldest first.
+	CacheMB int64
 }
 
 // Publisher takes events; *node.Events is one.
@@ -67,6 +71,8 @@ type Manager struct {
 	log    *slog.Logger
 	events Publisher
 	stall  time.Duration
+	// cacheBytes bounds the cached copies.
+	cacheBytes int64
 
 	mu    sync.Mutex
 	locks map[ID]*sync.Mutex
@@ -83,8 +89,11 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.StallAfter <= 0 {
 		cfg.StallAfter = DefaultStallAfter
 	}
+	if cfg.CacheMB == 0 {
+		cfg.CacheMB = DefaultCacheMB
+	}
 	return &Manager{drv: cfg.Driver, inv: cfg.Inventory, log: cfg.Logger, events: cfg.Events, stall: cfg.StallAfter,
-		locks: make(map[ID]*sync.Mutex)}, nil
+		cacheBytes: max(cfg.CacheMB, 0) << 20, locks: make(map[ID]*sync.Mutex)}, nil
 }
 
 // Driver returns the driver, for callers that need an optional capability (Importer...).
@@ -134,6 +143,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Record, error)
 	if err := req.Config.Validate(); err != nil {
 		return Record{}, err
 	}
+	m.trimCache(ctx, req.Config.DiskMB, id)
 	defer m.lock(id)()
 	if _, err := m.inv.Get(id); err == nil {
 		return Record{}, fmt.Errorf("create vm %s: %w", id, ErrExists)
@@ -408,6 +418,15 @@ func (m *Manager) FinishMigration(ctx context.Context, id ID, moved bool) (Recor
 	if !moved {
 		return m.transition(ctx, id, ActionMigrationFailed, nil)
 	}
+	rec, err := m.finishMoved(id)
+	if err == nil {
+		m.trimCache(ctx, 0, ID{})
+	}
+	return rec, err
+}
+
+// finishMoved keeps the files of VM id, which moved away, as a cached copy.
+func (m *Manager) finishMoved(id ID) (Record, error) {
 	defer m.lock(id)()
 	rec, err := m.inv.Get(id)
 	if err != nil {
@@ -451,6 +470,14 @@ func (m *Manager) Adopt(ctx context.Context, req AdoptRequest) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("adopt vm %s: %w", req.ID, err)
 	}
+	rec, err := m.adopt(ctx, imp, req, next)
+	if err == nil {
+		m.trimCache(ctx, 0, req.ID) // the copy it replaced may have been counted
+	}
+	return rec, err
+}
+
+func (m *Manager) adopt(ctx context.Context, imp Importer, req AdoptRequest, next State) (Record, error) {
 	defer m.lock(req.ID)()
 	if old, err := m.inv.Get(req.ID); err == nil && !old.Cached {
 		return Record{}, fmt.Errorf("adopt vm %s: %w here", req.ID, ErrExists)

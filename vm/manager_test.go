@@ -28,6 +28,7 @@ type provider struct {
 	mgr     *vm.Manager
 	changes *node.Subscription // the vm.StatusChanged events the manager published
 	stall   time.Duration      // ManagerConfig.StallAfter
+	cacheMB int64              // ManagerConfig.CacheMB
 }
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
@@ -53,7 +54,7 @@ func (p *provider) open(t *testing.T) {
 	events := node.NewEvents()
 	p.changes = events.Subscribe(0)
 	t.Cleanup(p.changes.Close)
-	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger, Events: events, StallAfter: p.stall})
+	p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: p.drv, Inventory: p.inv, Logger: p.drvCfg.Logger, Events: events, StallAfter: p.stall, CacheMB: p.cacheMB})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -74,29 +73,18 @@ func seed(ctx context.Context, m *vm.Manager, id vm.ID, dir string) error {
 		return err
 	}
 	for _, name := range files.Names {
-		if err := copyFile(filepath.Join(files.Dir, name), filepath.Join(dir, name)); err != nil {
+		if err := copyFile(ctx, filepath.Join(files.Dir, name), filepath.Join(dir, name)); err != nil {
 			return fmt.Errorf("seed the migration of vm %s with its cached copy: %w", id, err)
 		}
 	}
 	return nil
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// copyFile copies src to dst keeping its holes: a cached disk image is mostly sparse, and a
+// copy that filled the holes would take the image's whole size on disk.
+func copyFile(ctx context.Context, src, dst string) error {
+	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
+		return nil // the cached copy lacks the file: the transfer sends it whole
 	}
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return transfer.CopySparse(ctx, dst, src)
 }

@@ -1,7 +1,12 @@
 package vmmp
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +29,14 @@ type provider struct {
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
 	t.Helper()
+	return newProviderOn(t, qemutest.DriverConfig(t, g))
+}
+
+// newProviderOn is newProvider with the QEMU driver configured by cfg.
+func newProviderOn(t *testing.T, cfg qemu.Config) *provider {
+	t.Helper()
 	p := &provider{h: testHost(t), grants: NewGrants()}
-	drv := qemutest.NewDriver(t, qemutest.DriverConfig(t, g))
+	drv := qemutest.NewDriver(t, cfg)
 	store, err := node.OpenStore(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,5 +127,91 @@ func TestPullThereAndBack(t *testing.T) {
 	}
 	if _, err := a.mgr.Stop(ctx, id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSeedKeepsHoles: the cached copy that seeds a migration back is copied into the staging
+// directory with its holes: a raw disk that is mostly holes takes no more room there than at
+// the origin, and reads the same.
+func TestSeedKeepsHoles(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	cfg := qemutest.DriverConfig(t, g)
+	cfg.DiskFormat = "raw" // the disk is the size of the configuration, mostly holes
+	a := newProviderOn(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id := vm.NewID()
+	if _, err := a.mgr.Create(ctx, vm.CreateRequest{Config: g.Config(id, 128, 256), Owner: "buyer", Lease: "lease-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.mgr.BeginMigration(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.mgr.FinishMigration(ctx, id, true); err != nil {
+		t.Fatal(err)
+	}
+	files, err := a.mgr.Driver().Files(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	if err := seed(ctx, a.mgr, id, staging); err != nil {
+		t.Fatal(err)
+	}
+	sawSparse := false
+	for _, name := range files.Names {
+		src, dst := filepath.Join(files.Dir, name), filepath.Join(staging, name)
+		sameContent(t, src, dst)
+		ss, ds := allocated(t, src), allocated(t, dst)
+		if ds.size != ss.size {
+			t.Fatalf("%s: size %d in staging, %d at the origin", name, ds.size, ss.size)
+		}
+		if ss.bytes < ss.size/4 {
+			sawSparse = true
+			if ds.bytes > ss.bytes+64<<10 {
+				t.Errorf("%s: %d bytes allocated in staging, %d at the origin (size %d): holes were filled", name, ds.bytes, ss.bytes, ss.size)
+			}
+		}
+	}
+	if !sawSparse {
+		t.Fatalf("no file of the cached copy is sparse (%v): the test proves nothing", files.Names)
+	}
+}
+
+type usage struct{ size, bytes int64 }
+
+// allocated is the size of the file at path and the bytes the filesystem allocated for it.
+func allocated(t *testing.T, path string) usage {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return usage{size: fi.Size(), bytes: fi.Sys().(*syscall.Stat_t).Blocks * 512}
+}
+
+// sameContent fails unless the files at a and b hold the same bytes.
+func sameContent(t *testing.T, a, b string) {
+	t.Helper()
+	fa, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); ; off += int64(len(ba)) {
+		na, erra := io.ReadFull(fa, ba)
+		nb, errb := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			t.Fatalf("%s and %s differ after offset %d", a, b, off)
+		}
+		if erra != nil || errb != nil {
+			return
+		}
 	}
 }

@@ -104,8 +104,12 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 		if popts.Settled == nil {
 			popts.Settled = d.settled
 		}
-		mig := &Migrations{Grants: vmmp.NewGrants(), vms: d.VMs, provider: func() *market.Provider { return d.Provider }}
-		popts.Grants = mig.Grants
+		mig := &Migrations{Grants: vmmp.NewGrants(), Images: vmmp.NewImageGrants(), vms: d.VMs, provider: func() *market.Provider { return d.Provider }}
+		popts.Grants, popts.ImageGrants = mig.Grants, mig.Images
+		if cfg.Provider.Driver != node.DriverVSphere {
+			// Images fetched from other providers go where QEMU takes base images from.
+			popts.ImageDir = cmp.Or(popts.ImageDir, home.Path("images"))
+		}
 		d.Provider = market.NewProvider(d.Book, d.VMs.Manager(), popts)
 		n.Attach(d.Provider)
 		n.Attach(mig)

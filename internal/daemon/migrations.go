@@ -19,6 +19,7 @@ import (
 // incoming lease its buyer agreed here, and activates that lease once the VM is adopted.
 type Migrations struct {
 	Grants   *vmmp.Grants
+	Images   *vmmp.ImageGrants // image deliveries, served by the same transfer server
 	vms      *VMs
 	provider func() *market.Provider // set after the Provider is built
 	transfer *transfer.Server
@@ -33,7 +34,7 @@ func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 			m.provider().Fetched(id, from)
 		}
 	}
-	if m.transfer, err = transfer.NewServer(n.Host(), m.Grants.Authorize, transfer.WithLogger(n.Logger()), transfer.WithServed(served)); err != nil {
+	if m.transfer, err = transfer.NewServer(n.Host(), vmmp.Authorize(m.Grants, m.Images), transfer.WithLogger(n.Logger()), transfer.WithServed(served)); err != nil {
 		return err
 	}
 	m.Grants.ServeOrigin(n.Host())

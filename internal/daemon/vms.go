@@ -48,13 +48,22 @@ func newVMs(n *node.Node) (*VMs, error) {
 	}
 	inv, err := vm.OpenInventory(n.Store().Space("vm/inventory/"))
 	if err == nil {
-		s.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: s.drv, Inventory: inv, Logger: n.Logger(), Events: n.Events()})
+		s.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: s.drv, Inventory: inv, Logger: n.Logger(), Events: n.Events(),
+			CacheMB: cacheMB(n.Config().Provider.CacheMB)})
 	}
 	if err != nil {
 		s.close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// cacheMB is the Manager's CacheMB of the config's cache_mb, where 0 keeps no copies.
+func cacheMB(mb int64) int64 {
+	if mb == 0 {
+		return -1
+	}
+	return mb
 }
 
 func (s *VMs) openQEMU(n *node.Node, cfg node.ProviderConfig) error {

@@ -46,6 +46,8 @@ var (
 	ErrRemote = errors.New("transfer failed on the peer")
 	// ErrBlockSize: a block size is not a power of two in [MinBlockSize, MaxBlockSize].
 	ErrBlockSize = errors.New("invalid block size")
+	// ErrTooLarge: the source announced files larger than WithMaxSize allows.
+	ErrTooLarge = errors.New("transfer larger than allowed")
 	// ErrBadRequest: the request names no file, too many, or a name that is not a plain
 	// file name.
 	ErrBadRequest = errors.New("invalid transfer request")
@@ -149,6 +151,7 @@ type config struct {
 	idle        time.Duration
 	workers     int
 	noSync      bool
+	maxSize     int64         // Fetch refuses files larger than this in all; 0: no cap
 	writeLimit  int64         // test hook: staging writes past this many bytes fail with ENOSPC
 	reportEvery time.Duration // progress throttle
 	served      func(from peer.ID, req Request)
@@ -205,6 +208,11 @@ func WithWorkers(n int) Option { return func(c *config) { c.workers = n } }
 // WithoutSync skips the fsyncs that make a commit durable (Fetch). Only for benchmarks and
 // throwaway copies: after a power loss a commit may be lost or torn.
 func WithoutSync() Option { return func(c *config) { c.noSync = true } }
+
+// WithMaxSize makes Fetch refuse, before any byte is written, a source that announces files
+// of more than n bytes in all (Fetch; default no cap beyond MaxFileSize per file): for files
+// whose size the destination knows or bounds, such as an OS image named by its hash.
+func WithMaxSize(n int64) Option { return func(c *config) { c.maxSize = n } }
 
 // withWriteLimit makes staging writes fail with ENOSPC past n bytes: a full disk, in tests.
 func withWriteLimit(n int64) Option { return func(c *config) { c.writeLimit = n } }

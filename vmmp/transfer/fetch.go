@@ -182,6 +182,15 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 	if len(acc.files) != len(c.req.Files) {
 		return nil, fmt.Errorf("%w: accept lists %d files, asked for %d", ErrProtocol, len(acc.files), len(c.req.Files))
 	}
+	if c.cfg.maxSize > 0 {
+		var total int64
+		for _, f := range acc.files {
+			total += f.size // each at most MaxFileSize, as decoded
+		}
+		if total > c.cfg.maxSize {
+			return nil, fmt.Errorf("%w: the source announces %d bytes, at most %d are accepted", ErrTooLarge, total, c.cfg.maxSize)
+		}
+	}
 	for i, name := range c.req.Files {
 		f, err := c.open(name, acc.files[i])
 		if err != nil {

@@ -280,3 +280,18 @@ func TestServerServesRegularFilesOnly(t *testing.T) {
 	writeImage(t, filepath.Join(p.srcDir, "real.img"), 1<<20, 8)
 	p.mustFetch(t, []string{"real.img"})
 }
+
+// TestFetchMaxSize: a source announcing more than WithMaxSize allows is refused before a byte
+// is staged, and the destination keeps nothing; within the cap the fetch goes through.
+func TestFetchMaxSize(t *testing.T) {
+	p := newPair(t)
+	writeImage(t, filepath.Join(p.srcDir, "disk.img"), testSize, 11)
+	_, err := p.fetch(t, []string{"disk.img"}, WithMaxSize(testSize-1))
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("fetch over the cap: %v, want ErrTooLarge", err)
+	}
+	if exists(filepath.Join(p.dstDir, "disk.img")) || exists(filepath.Join(p.dstDir, bookkeepingDir, "disk.img.stage")) {
+		t.Fatal("a refused fetch left files behind")
+	}
+	p.mustFetch(t, []string{"disk.img"}, WithMaxSize(testSize))
+}

@@ -1,0 +1,180 @@
+package market
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/internal/testwait"
+	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vmmp"
+	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
+)
+
+// imageSeller is a provider spec that delivers the images it holds and keeps the images it
+// fetches in dir.
+func imageSeller(images []Image, dir string) *spec {
+	s := seller(nil)
+	s.Seller.Images, s.Seller.ImageGrants, s.Seller.ImageDir = images, vmmp.NewImageGrants(), dir
+	return s
+}
+
+// randomFile writes size bytes of seeded random data at path.
+func randomFile(t *testing.T, path string, size int, seed uint64) {
+	t.Helper()
+	b := make([]byte, size)
+	rand.NewChaCha8([32]byte{byte(seed), 7}).Read(b)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serveImages runs the transfer server of a provider node as the daemon does (internal/daemon
+// Migrations): image deliveries by the provider's image grants.
+func serveImages(t *testing.T, tn *testNode) {
+	t.Helper()
+	srv, err := transfer.NewServer(tn.Host(), vmmp.Authorize(vmmp.NewGrants(), tn.prov.opts.ImageGrants))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+}
+
+// TestStoreFetchesImage: a provider asked to store a preconfigured configuration whose image
+// it lacks fetches it by its content hash from a provider that offers it, then stores the VM
+// (after migrating, one version more than a local store) and holds and offers the image. A
+// source that lies (other bytes under the hash) or is gone fails the store cleanly, with
+// nothing left behind and the capacity free again; with a good source among the candidates
+// the store goes through. A full disk fails it cleanly too.
+func TestStoreFetchesImage(t *testing.T) {
+	imgDir := t.TempDir()
+	good, lie := filepath.Join(imgDir, "plain.img"), filepath.Join(imgDir, "lie.img")
+	randomFile(t, good, 3<<20, 1)
+	randomFile(t, lie, 3<<20, 1) // the same bytes until the liar has hashed them
+	d1Dir, d2Dir := t.TempDir(), t.TempDir()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts a small tmpfs for the full-disk case and must run as root")
+	}
+	if err := syscall.Mount("tmpfs", d2Dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount a 1 MiB tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(d2Dir, syscall.MNT_DETACH) })
+	plain := func(disk string) []Image { return []Image{{Name: "plain", OS: "linux", Disk: disk, MemoryMB: 64}} }
+	nodes := marketCluster(t, 5, func(i int) *spec {
+		switch i {
+		case 0:
+			return imageSeller(plain(good), "")
+		case 1:
+			return imageSeller(plain(lie), "")
+		case 2:
+			return imageSeller(nil, d1Dir)
+		case 3:
+			return imageSeller(nil, d2Dir)
+		}
+		return fast()
+	})
+	src, liar, d1, d2, b := nodes[0], nodes[1], nodes[2], nodes[3], nodes[4]
+	for _, tn := range nodes[:4] {
+		serveImages(t, tn)
+	}
+	// The liar now serves other bytes under the hash it computed at start.
+	randomFile(t, lie, 3<<20, 2)
+	hash := src.prov.images[0].Hash
+	if liar.prov.images[0].Hash != hash {
+		t.Fatal("the liar does not advertise the good image's hash")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	addMachine := func(tn *testNode) Machine {
+		t.Helper()
+		m, err := tn.prov.AddMachine(ctx, testSpec("m", roomy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitOffer(t, []*testNode{b, d1, d2}, tn.ID(), m.ID, 1, 30*time.Second)
+		return m
+	}
+	m1, m2 := addMachine(d1), addMachine(d2)
+	addMachine(liar)
+	store := func(dest *testNode, m Machine) (VM, error) {
+		return b.buyer.Store(ctx, StoreRequest{ConfigName: "plain", Edit: ConfigEdit{DiskMB: 16}, Provider: dest.ID().String(), Machine: m.ID})
+	}
+	clean := func(dest *testNode, dir string, m Machine) {
+		t.Helper()
+		if left, _ := os.ReadDir(dir); len(left) > 0 {
+			t.Errorf("a failed fetch left %v in the image directory", left)
+		}
+		if n := leaseCount(t, dest.prov); n != 0 {
+			t.Errorf("a failed store holds %d leases", n)
+		}
+		if views, _ := dest.prov.Machines(); views[0].Free != m.Capacity {
+			t.Errorf("a failed store holds capacity: free %s of %s", views[0].Free, m.Capacity)
+		}
+		if _, ok := dest.prov.image(hash); ok {
+			t.Error("a failed fetch added the image")
+		}
+	}
+
+	// Only the liar offers the image: the store fails, saying why.
+	_, err := store(d1, m1)
+	if !errors.Is(err, ErrImageMissing) || !strings.Contains(err.Error(), "content hash") {
+		t.Fatalf("store with a lying source: %v, want ErrImageMissing naming the content hash", err)
+	}
+	clean(d1, d1Dir, m1)
+
+	// The full disk: the image does not fit the 1 MiB image directory.
+	_, err = store(d2, m2)
+	if !errors.Is(err, ErrImageMissing) || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("store onto a full disk: %v, want ErrImageMissing saying the disk is full", err)
+	}
+	clean(d2, d2Dir, m2)
+
+	// The liar goes away, its offer still in the books; the good source offers the image too.
+	if err := liar.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = store(d1, m1)
+	if !errors.Is(err, ErrImageMissing) || !strings.Contains(err.Error(), "unavailable") {
+		t.Fatalf("store with a source that is gone: %v, want ErrImageMissing saying it is unavailable", err)
+	}
+	clean(d1, d1Dir, m1)
+	addMachine(src)
+	v, err := store(d1, m1)
+	if err != nil {
+		t.Fatalf("store with a good source among the candidates: %v", err)
+	}
+	if v.State != (vm.State{Status: vm.StatusStored, Version: FetchingState.Version + 1}) || v.LeaseState != LeaseStateActive {
+		t.Fatalf("stored vm: %+v", v)
+	}
+	img, ok := d1.prov.image(hash)
+	if !ok {
+		t.Fatal("the destination does not hold the fetched image")
+	}
+	if sum, _, err := contentHash(ctx, img.Disk); err != nil || sum != hash || filepath.Dir(img.Disk) != d1Dir {
+		t.Fatalf("kept image %s: hash %s, %v", img.Disk, sum, err)
+	}
+	// It offers the image from now on, and a restart still holds it.
+	testwait.Eventually(t, 30*time.Second, func() error {
+		so, ok := b.book.Get(d1.ID(), m1.ID)
+		if !ok || !slices.ContainsFunc(so.Images, func(i ImageInfo) bool { return i.Hash == hash }) {
+			return errors.New("the destination's offer does not list the fetched image")
+		}
+		return nil
+	})
+	scanned, err := ScanImages(d1Dir)
+	if err != nil || len(scanned) != 1 || scanned[0].Disk != img.Disk || scanned[0].Name != "plain" {
+		t.Fatalf("the image directory describes %+v (%v)", scanned, err)
+	}
+	// The next store of it is local: stored at once, no migrating version.
+	v, err = store(d1, m1)
+	if err != nil || v.State != (vm.State{Status: vm.StatusStored, Version: 1}) {
+		t.Fatalf("second store: %+v, %v", v, err)
+	}
+}
