@@ -482,7 +482,16 @@ func proposalBody(raw []byte) []byte {
 
 // copyVia is the copy: VMMP REQ to the destination, its heartbeats shown as progress, its RESP.
 func (b *Buyer) copyVia(ctx context.Context, m *Migration, progress func(Migration)) (vmmp.Message, error) {
-	oaddr, err := firstAddr(m.OriginAddrs)
+	// The origin's addresses of its live offer: it may listen elsewhere since the VM was
+	// stored there (a restart on another port).
+	addrs := m.OriginAddrs
+	for _, so := range b.book.offers.Signed(b.now(), 1<<30) {
+		if so.Provider == m.Origin && len(so.Addrs) > 0 {
+			addrs = so.Addrs
+			break
+		}
+	}
+	oaddr, err := firstAddr(addrs)
 	if err != nil {
 		return vmmp.Message{}, err
 	}

@@ -415,8 +415,11 @@ func (n *Node) scoreParams() *pubsub.PeerScoreParams {
 			}
 			return 0
 		},
-		AppSpecificWeight:      1,
-		BehaviourPenaltyWeight: -10, BehaviourPenaltyDecay: 0.99,
+		AppSpecificWeight: 1,
+		// A peer that restarts within a minute grafts again during the backoff its last
+		// life was pruned with, once per topic: a few such penalties are forgiven, so that
+		// a node that crashed and came back is not refused for GraylistBan.
+		BehaviourPenaltyWeight: -10, BehaviourPenaltyDecay: 0.99, BehaviourPenaltyThreshold: 20,
 		DecayInterval: time.Second, DecayToZero: 0.01, RetainScore: 10 * time.Minute,
 	}
 }
