@@ -428,7 +428,8 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		// The guest may have run before the monitor failed: the state is no longer usable.
 		d.terminate(context.WithoutCancel(ctx), m, false)
 		m.setObserved(vm.PowerOff)
-		return fmt.Errorf("resume vm %s: %w: %w; it is off", id, vm.ErrHypervisor, err)
+		return fmt.Errorf("resume vm %s: %w: %w; it is off and its saved state is dropped (the guest may have run and changed its memory): start it to boot it from its disk",
+			id, vm.ErrHypervisor, err)
 	}
 	if err := os.Remove(usedPath); err != nil {
 		d.log.Warn("cannot remove used memory state", "vm", id, "err", err)
@@ -619,8 +620,8 @@ func (d *Driver) testState(ctx context.Context, path string) error {
 	return fmt.Errorf("zstd: %s", zstdReason(string(out)))
 }
 
-// DiscardState implements vm.StateDiscarder: memory.zst and memory.ram are removed, so the VM is off and the
-// next Start boots it from its disk.
+// DiscardState implements vm.StateDiscarder: memory.zst and memory.ram are removed, so the VM
+// is off and the next Start boots it from its disk.
 func (d *Driver) DiscardState(ctx context.Context, id vm.ID) error {
 	m, err := d.lock(ctx, id)
 	if err != nil {
