@@ -97,7 +97,7 @@ func syncFile(path string) error {
 
 // punchZeroPages turns the all-zero pages of the file at path into holes, so that memory the
 // guest zeroed (Linux clears pages it hands out) takes no space on disk. Only the file's data
-// extents are read; the content is unchanged. The file must not be mapped by a running guest.
+// extents are read; the content is unchanged. No running guest may have the file mapped.
 func punchZeroPages(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -105,70 +105,54 @@ func punchZeroPages(path string) error {
 	}
 	defer f.Close()
 	fd := int(f.Fd())
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	const page = 4096
+	const page = int64(len(zeroPage))
 	buf := make([]byte, 1<<20)
-	var runStart, runEnd int64 = -1, -1 // the zero run being collected
-	flush := func() error {
-		if runStart < 0 {
+	var zeroFrom, zeroTo int64 // the run of zero pages being collected
+	punch := func() error {
+		if zeroTo == zeroFrom {
 			return nil
 		}
-		err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, runStart, runEnd-runStart)
-		runStart, runEnd = -1, -1
+		err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, zeroFrom, zeroTo-zeroFrom)
+		zeroFrom = zeroTo
 		return err
 	}
-	for off := int64(0); off < fi.Size(); {
+	for off := int64(0); ; {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
-			break // no data after off
+			return punch() // no data after off
 		}
 		if err != nil {
 			return err
 		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
+		if off, err = unix.Seek(fd, data, unix.SEEK_HOLE); err != nil {
 			return err
 		}
-		data &^= page - 1
-		for pos := data; pos < hole; {
-			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
-			if err != nil && !errors.Is(err, io.EOF) {
+		for pos := data &^ (page - 1); pos < off; {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), off-pos)], pos)
+			if n == 0 {
+				if err == nil || errors.Is(err, io.EOF) {
+					break
+				}
 				return err
 			}
-			if n == 0 {
-				break
-			}
-			for i := 0; i+page <= n; i += page {
-				p := pos + int64(i)
-				if isZero(buf[i : i+page]) {
-					if runEnd != p {
-						if err := flush(); err != nil {
-							return err
-						}
-						runStart = p
-					}
-					runEnd = p + page
+			for p := pos; p+page <= pos+int64(n); p += page {
+				if !bytes.Equal(buf[p-pos:p-pos+page], zeroPage[:]) {
+					continue
 				}
+				if p != zeroTo {
+					if err := punch(); err != nil {
+						return err
+					}
+					zeroFrom = p
+				}
+				zeroTo = p + page
 			}
-			pos += int64(n) &^ (page - 1)
-			if n < page {
-				break
-			}
+			pos += int64(n)
 		}
-		if err := flush(); err != nil {
-			return err
-		}
-		off = hole
 	}
-	return nil
 }
 
 var zeroPage [4096]byte
-
-func isZero(page []byte) bool { return bytes.Equal(page, zeroPage[:]) }
 
 // removeIfExists removes the files names in dir, ignoring those already gone, and reports
 // whether it removed any.
