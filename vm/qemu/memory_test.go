@@ -316,7 +316,7 @@ func TestResumeDamagedMemory(t *testing.T) {
 
 // TestSuspendKilled checks a QEMU killed (SIGKILL) while it saves the VM: Suspend fails with
 // vm.ErrNotRunning, the VM is off with no memory state (no stream, no memory file, no partial
-// file), and it boots from its disk again.
+// file), and it boots from its disk again. Then DiscardState drops a saved state whole.
 func TestSuspendKilled(t *testing.T) {
 	g := qemutest.BuildGuest(t)
 	d := qemutest.NewDriver(t, qemutest.DriverConfig(t, g))
@@ -366,6 +366,20 @@ func TestSuspendKilled(t *testing.T) {
 	qemutest.WaitSerial(t, ctx, d, id, "a second boot", func(out string) bool {
 		return strings.Count(out, qemutest.Banner) == 2
 	})
+
+	t.Log("a discarded state leaves no memory behind")
+	if err := d.Suspend(ctx, id); err != nil {
+		t.Fatalf("suspend: %v", err)
+	}
+	if err := d.DiscardState(ctx, id); err != nil {
+		t.Fatalf("discard state: %v", err)
+	}
+	wantPower(t, d, id, vm.PowerOff)
+	for _, name := range []string{"memory.zst", "memory.ram"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("a discarded state keeps %s: %v", name, err)
+		}
+	}
 }
 
 // wantNoMemoryFiles checks that the files of a running VM hold no memory: memory.ram is then
