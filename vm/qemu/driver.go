@@ -182,6 +182,9 @@ type hooks struct {
 	// compressor, if set, gives the command that reads the migration stream on a suspend
 	// attempt (1-based), instead of zstd.
 	compressor func(attempt int) []string
+	// anonymousRAM starts QEMU with its memory not backed by a file, as drivers did before
+	// memory.ram: its suspends save the RAM in the stream (the earlier format).
+	anonymousRAM bool
 }
 
 // machine is the driver's handle on one VM.
@@ -210,19 +213,27 @@ type runtimeState struct {
 	// Progress sees what the guest printed since.
 	Launched    time.Time `json:"launched"`
 	SerialStart int64     `json:"serial_start"`
+	// RAM is the file in the VM's directory that backs the guest's memory: memory.ram, or a
+	// temporary name while a state of the earlier format is being loaded. Empty for a QEMU
+	// whose memory is not in a file (started by an earlier driver): its suspend saves the RAM
+	// in the stream.
+	RAM string `json:"ram,omitempty"`
 }
 
 // File names inside a VM's directory.
 const (
-	defFile     = "vm.json"
-	stateFile   = "state.json"
-	memoryFile  = "memory.zst"
-	qmpSock     = "qmp.sock"
-	serialLog   = "serial.log"
-	qemuLog     = "qemu.log"
-	kernelFile  = "vmlinuz"
-	initrdFile  = "initrd"
-	maxDefBytes = 64 << 10
+	defFile       = "vm.json"
+	stateFile     = "state.json"
+	memoryFile    = "memory.zst"      // the migration stream of a suspend, zstd
+	ramFile       = "memory.ram"      // the guest's RAM, page N at offset N*4096
+	ramLoadFile   = "memory.ram.load" // the RAM while a stream of the earlier format loads
+	usedStateFile = "memory.zst.used" // the stream of a resume, while the guest starts running
+	qmpSock       = "qmp.sock"
+	serialLog     = "serial.log"
+	qemuLog       = "qemu.log"
+	kernelFile    = "vmlinuz"
+	initrdFile    = "initrd"
+	maxDefBytes   = 64 << 10
 )
 
 // New returns a driver for the VMs under cfg.Dir, re-attaching to those still running from an

@@ -11,3 +11,7 @@ func ProbeKernel(ctx context.Context, cfg Config, accel string) (string, error) 
 	cfg.fill()
 	return probeKernel(ctx, cfg, accel)
 }
+
+// SetAnonymousRAM makes VMs started from now on keep their memory out of a file, as drivers did
+// before memory.ram, so that their suspends save the earlier format. Set it before use.
+func SetAnonymousRAM(d *Driver, on bool) { d.testHooks.anonymousRAM = on }

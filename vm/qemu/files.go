@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -377,14 +378,18 @@ func (d *Driver) Register(ctx context.Context, id vm.ID) error {
 }
 
 // checkFiles verifies that the files def names are in dir, regular, and that the disk is an
-// image of the declared format that refers to no other file. Imported files come from
-// another provider and are checked before anything runs them.
+// image of the declared format that refers to no other file; a saved state, if there is one,
+// must be regular files too (QEMU would map a linked memory.ram's target as guest memory).
+// Imported files come from another provider and are checked before anything runs them.
 func (d *Driver) checkFiles(ctx context.Context, dir string, def definition) error {
-	for _, name := range []string{def.Disk, def.Kernel, def.Initrd} {
+	for _, name := range []string{def.Disk, def.Kernel, def.Initrd, memoryFile, ramFile} {
 		if name == "" {
 			continue
 		}
 		fi, err := os.Lstat(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) && (name == memoryFile || name == ramFile) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %w", vm.ErrInvalidConfig, err)
 		}
@@ -402,8 +407,10 @@ func (d *Driver) checkFiles(ctx context.Context, dir string, def definition) err
 	return nil
 }
 
-// Files implements vm.Driver: the disk, the saved memory state if suspended, the kernel files
-// and vm.json. Runtime files (state.json, logs, sockets) are not part of the VM.
+// Files implements vm.Driver: the disk, the saved memory state if suspended (memory.zst, and
+// memory.ram unless the state is of the earlier format), the kernel files and vm.json. Runtime
+// files (state.json, logs, sockets) are not part of the VM, nor is the memory of a running VM:
+// memory.ram is then the guest's live memory.
 func (d *Driver) Files(ctx context.Context, id vm.ID) (vm.Files, error) {
 	m, err := d.lock(ctx, id)
 	if err != nil {
@@ -415,8 +422,11 @@ func (d *Driver) Files(ctx context.Context, id vm.ID) (vm.Files, error) {
 		return vm.Files{}, err
 	}
 	names := []string{def.Disk}
-	if fileExists(filepath.Join(m.dir, memoryFile)) {
+	if !d.running(m) && fileExists(filepath.Join(m.dir, memoryFile)) {
 		names = append(names, memoryFile)
+		if fileExists(filepath.Join(m.dir, ramFile)) {
+			names = append(names, ramFile)
+		}
 	}
 	for _, n := range []string{def.Kernel, def.Initrd} {
 		if n != "" {

@@ -27,14 +27,21 @@ func (d *Driver) running(m *machine) bool {
 	return m.proc != nil
 }
 
-// forget drops m's QEMU, which has exited: its console port, runtime state and monitor socket
-// (left behind when QEMU was killed). Called with m.op held.
+// forget drops m's QEMU, which has exited: its console port, runtime state, monitor socket
+// (left behind when QEMU was killed) and, unless a saved state refers to it, the file its RAM
+// was in: a VM that is off has no memory. Called with m.op held.
 func (d *Driver) forget(m *machine) {
 	m.proc = nil
 	m.rt = runtimeState{}
 	d.releasePort(m.id)
 	m.saveRuntime()
-	os.Remove(filepath.Join(m.dir, qmpSock))
+	garbage := []string{qmpSock, ramLoadFile, usedStateFile}
+	if !fileExists(filepath.Join(m.dir, memoryFile)) {
+		garbage = append(garbage, ramFile)
+	}
+	if _, err := removeIfExists(m.dir, garbage...); err != nil {
+		d.log.Warn("cannot remove runtime files of a vm that is off", "vm", m.id, "err", err)
+	}
 }
 
 // Start implements vm.Driver.
@@ -57,7 +64,12 @@ func (d *Driver) Start(ctx context.Context, id vm.ID) error {
 	if err := checkPresent(m.dir, def); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	q, err := d.launch(ctx, m, def, nil)
+	// A RAM file left by a QEMU that died with its driver is no state: the guest boots with
+	// empty (sparse) memory.
+	if _, err := removeIfExists(m.dir, ramFile, ramLoadFile); err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	q, err := d.launch(ctx, m, def, ramFile, nil)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
@@ -90,10 +102,10 @@ func (d *Driver) Stop(ctx context.Context, id vm.ID) error {
 	return nil
 }
 
-// Suspend implements vm.Driver. Each attempt pauses the VM, migrates it into zstd and, when
-// both succeed, makes the output memory.zst and ends QEMU. A failed attempt continues the VM;
-// after Config.SuspendAttempts failures Suspend returns vm.ErrSuspendRefused with the VM
-// running as before.
+// Suspend implements vm.Driver. Each attempt pauses the VM, migrates its devices into zstd
+// (its RAM stays in memory.ram, flushed to disk) and, when both succeed, makes the output
+// memory.zst and ends QEMU. A failed attempt continues the VM; after Config.SuspendAttempts
+// failures Suspend returns vm.ErrSuspendRefused with the VM running as before.
 func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
 	m, err := d.lock(ctx, id)
 	if err != nil {
@@ -134,6 +146,11 @@ func (d *Driver) Suspend(ctx context.Context, id vm.ID) error {
 	// The state is safely on disk: end QEMU.
 	if err := d.terminate(context.WithoutCancel(ctx), m, false); err != nil {
 		return fmt.Errorf("suspend vm %s: state saved but %w", id, err)
+	}
+	if fileExists(filepath.Join(m.dir, ramFile)) {
+		if err := punchZeroPages(filepath.Join(m.dir, ramFile)); err != nil {
+			d.log.Warn("cannot make the memory file sparse", "vm", id, "err", err)
+		}
 	}
 	m.setObserved(vm.PowerSuspended)
 	d.log.Info("vm suspended", "vm", id, "attempts", attempt)
@@ -214,6 +231,13 @@ func (d *Driver) suspendOnce(ctx context.Context, m *machine, attempt int) (err 
 		return gerr
 	}
 	q.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil)
+	if m.rt.RAM != "" {
+		if err := q.execute(ctx, "migrate-set-capabilities", ignoreSharedCap, nil); err != nil {
+			q.execute(ctx, "closefd", map[string]any{"fdname": "suspend"}, nil)
+			waitZstd(5 * time.Second)
+			return err
+		}
+	}
 	if err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:suspend"}, nil); err != nil {
 		q.execute(ctx, "closefd", map[string]any{"fdname": "suspend"}, nil)
 		waitZstd(5 * time.Second)
@@ -234,6 +258,20 @@ func (d *Driver) suspendOnce(ctx context.Context, m *machine, attempt int) (err 
 	}
 	if err := out.Sync(); err != nil {
 		return err
+	}
+	if m.rt.RAM != "" {
+		// The vCPUs are stopped and the devices quiesced: the RAM file holds the memory that
+		// goes with the stream. It must be on disk before the stream says the VM is suspended.
+		if err := syncFile(filepath.Join(m.dir, m.rt.RAM)); err != nil {
+			return fmt.Errorf("flush memory file: %w", err)
+		}
+		if m.rt.RAM != ramFile {
+			if err := os.Rename(filepath.Join(m.dir, m.rt.RAM), filepath.Join(m.dir, ramFile)); err != nil {
+				return err
+			}
+			m.rt.RAM = ramFile
+			m.saveRuntime()
+		}
 	}
 	if err := os.Rename(tmpPath, filepath.Join(m.dir, memoryFile)); err != nil {
 		return err
@@ -262,8 +300,10 @@ func waitMigration(ctx context.Context, q *qmpConn) (migrationInfo, error) {
 	}
 }
 
-// Resume implements vm.Driver: QEMU starts with the VM's devices and loads memory.zst through
-// zstd; once the VM runs again the saved state is removed (it no longer matches the disk).
+// Resume implements vm.Driver: QEMU starts with the VM's devices on its RAM file, loads the
+// device state from memory.zst through zstd and continues. A state of the earlier format (RAM
+// inside memory.zst) loads into a new RAM file, which becomes memory.ram once the VM runs. When
+// the guest runs the saved state is gone: memory.ram is live memory again.
 func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	m, err := d.lock(ctx, id)
 	if err != nil {
@@ -275,8 +315,7 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	}
 	statePath := filepath.Join(m.dir, memoryFile)
 	if _, err := os.Stat(statePath); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("resume vm %s: %w: %w: %s does not exist; put it back and resume again, or %s",
-			id, vm.ErrStateUnusable, vm.ErrMissingFile, statePath, resumeFreshHint)
+		return stateMissing(id, statePath)
 	}
 	def, err := readDefinition(m.dir, id)
 	if err != nil {
@@ -285,11 +324,27 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	if err := checkPresent(m.dir, def); err != nil {
 		return fmt.Errorf("resume vm %s: %w", id, err)
 	}
-	if err := d.checkStateStart(ctx, statePath); err != nil {
+	ramInFile, err := d.checkStateStart(ctx, statePath)
+	if err != nil {
 		if errors.Is(err, ErrNotInstalled) {
 			return fmt.Errorf("resume vm %s: %w", id, err)
 		}
 		return stateDamaged(id, statePath, err)
+	}
+	ram := ramFile
+	if ramInFile {
+		ramPath := filepath.Join(m.dir, ramFile)
+		if err := checkRAMFile(ramPath, def.Config.MemoryMB); errors.Is(err, fs.ErrNotExist) {
+			return stateMissing(id, ramPath)
+		} else if err != nil {
+			return stateDamaged(id, ramPath, err)
+		}
+	} else {
+		// A failed load must leave the directory as it was, whatever memory.ram holds.
+		ram = ramLoadFile
+		if _, err := removeIfExists(m.dir, ramLoadFile); err != nil {
+			return fmt.Errorf("resume vm %s: %w", id, err)
+		}
 	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -320,7 +375,7 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	if fi, err := os.Stat(logPath); err == nil {
 		logStart = fi.Size()
 	}
-	q, err := d.launch(ctx, m, def, pr)
+	q, err := d.launch(ctx, m, def, ram, pr)
 	pr.Close()
 	if err != nil {
 		return d.resumeFailed(ctx, id, statePath, logTail(logPath, logStart), err)
@@ -329,6 +384,14 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 	fail := func(err error) error {
 		d.terminate(context.WithoutCancel(ctx), m, false)
 		return d.resumeFailed(ctx, id, statePath, logTail(logPath, logStart), err)
+	}
+	if ramInFile {
+		if err := q.execute(ctx, "migrate-set-capabilities", ignoreSharedCap, nil); err != nil {
+			return fail(err)
+		}
+	}
+	if err := q.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}, nil); err != nil {
+		return fail(err)
 	}
 	// Loading ends in "paused" (the VM was stopped before it was saved) or, on failure, with
 	// QEMU exiting.
@@ -351,18 +414,40 @@ func (d *Driver) Resume(ctx context.Context, id vm.ID) error {
 		}
 		delay = min(delay*2, 50*time.Millisecond)
 	}
-	if err := q.execute(ctx, "cont", nil, nil); err != nil {
+	// Once the guest runs, memory.ram no longer matches the saved devices (nor does the
+	// disk): the stream is moved aside first, and put back only if QEMU refused to continue.
+	usedPath := filepath.Join(m.dir, usedStateFile)
+	if err := os.Rename(statePath, usedPath); err != nil {
 		return fail(err)
 	}
-	if st, err := q.runStatus(ctx); err != nil || st != "running" {
-		return fail(fmt.Errorf("%w: status %q after cont: %w", vm.ErrHypervisor, st, err))
+	if err := q.execute(ctx, "cont", nil, nil); err != nil {
+		var refused *qmpError
+		if errors.As(err, &refused) && os.Rename(usedPath, statePath) == nil {
+			return fail(err)
+		}
+		// The guest may have run before the monitor failed: the state is no longer usable.
+		d.terminate(context.WithoutCancel(ctx), m, false)
+		m.setObserved(vm.PowerOff)
+		return fmt.Errorf("resume vm %s: %w: %w; it is off and its saved state is dropped (the guest may have run and changed its memory): start it to boot it from its disk",
+			id, vm.ErrHypervisor, err)
 	}
-	if err := os.Remove(statePath); err != nil {
+	if err := os.Remove(usedPath); err != nil {
 		d.log.Warn("cannot remove used memory state", "vm", id, "err", err)
 	}
+	if ram != ramFile {
+		if err := os.Rename(filepath.Join(m.dir, ram), filepath.Join(m.dir, ramFile)); err == nil {
+			m.rt.RAM = ramFile
+			m.saveRuntime()
+		} // else the next suspend renames it
+	}
 	syncDir(m.dir)
+	if st, err := q.runStatus(ctx); err != nil || st != "running" {
+		d.terminate(context.WithoutCancel(ctx), m, false)
+		m.setObserved(vm.PowerOff)
+		return fmt.Errorf("resume vm %s: %w: status %q after cont: %v; it is off", id, vm.ErrHypervisor, st, err)
+	}
 	m.setObserved(vm.PowerRunning)
-	d.log.Info("vm resumed", "vm", id, "pid", m.proc.pid)
+	d.log.Info("vm resumed", "vm", id, "pid", m.proc.pid, "memory_in_stream", !ramInFile)
 	return nil
 }
 
@@ -465,6 +550,11 @@ func (d *Driver) resumeFailed(ctx context.Context, id vm.ID, statePath, logTail 
 	return fmt.Errorf("resume vm %s: %w", id, err)
 }
 
+func stateMissing(id vm.ID, path string) error {
+	return fmt.Errorf("resume vm %s: %w: %w: %s does not exist; put it back and resume again, or %s",
+		id, vm.ErrStateUnusable, vm.ErrMissingFile, path, resumeFreshHint)
+}
+
 func stateDamaged(id vm.ID, statePath string, why error) error {
 	return fmt.Errorf("resume vm %s: %w: %s is damaged (%v); it was left as it is: put an intact copy back and resume again, or %s",
 		id, vm.ErrStateUnusable, statePath, why, resumeFreshHint)
@@ -473,37 +563,33 @@ func stateDamaged(id vm.ID, statePath string, why error) error {
 // stateMagic starts every QEMU migration stream (QEMU_VM_FILE_MAGIC).
 const stateMagic = "QEVM"
 
-// checkStateStart decompresses the first bytes of the saved state and checks that they start a
-// QEMU migration stream. QEMU waits forever for a stream that never delivers a byte, so an empty
-// or undecodable file must be caught before QEMU is given it; damage further in makes QEMU fail
+// checkStateStart decompresses the first bytes of the saved state, checks that they start a
+// QEMU migration stream and reports whether the stream's RAM is in memory.ram (see
+// parseStateHead). QEMU waits forever for a stream that never delivers a byte, so an empty or
+// undecodable file must be caught before QEMU is given it; damage further in makes QEMU fail
 // by itself (resumeFailed).
-func (d *Driver) checkStateStart(ctx context.Context, path string) error {
+func (d *Driver) checkStateStart(ctx context.Context, path string) (ramInFile bool, err error) {
 	cmd := exec.CommandContext(ctx, d.cfg.Zstd, "-q", "-dc", path)
 	cmd.SysProcAttr = childAttr(false)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := cmd.Start(); err != nil {
-		return toolError(d.cfg.Zstd, err)
+		return false, toolError(d.cfg.Zstd, err)
 	}
-	head := make([]byte, len(stateMagic))
+	head := make([]byte, stateHeadBytes)
 	n, rerr := io.ReadFull(out, head)
 	if rerr == nil {
 		cmd.Process.Kill() // the rest is QEMU's to read
 	}
 	werr := cmd.Wait()
-	switch {
-	case rerr == nil && string(head) == stateMagic:
-		return nil
-	case rerr == nil:
-		return fmt.Errorf("not a qemu saved state: it starts with %q", head)
-	case werr != nil:
-		return fmt.Errorf("zstd: %s", zstdReason(stderr.String()))
+	if rerr != nil && werr != nil {
+		return false, fmt.Errorf("zstd: %s", zstdReason(stderr.String()))
 	}
-	return fmt.Errorf("it holds %d bytes of state once decompressed", n)
+	return parseStateHead(head[:n])
 }
 
 // zstdReason shortens zstd's message "[zstd: ]<file name, shortened>: ... : <what is wrong>"
@@ -534,8 +620,8 @@ func (d *Driver) testState(ctx context.Context, path string) error {
 	return fmt.Errorf("zstd: %s", zstdReason(string(out)))
 }
 
-// DiscardState implements vm.StateDiscarder: memory.zst is removed, so the VM is off and the
-// next Start boots it from its disk.
+// DiscardState implements vm.StateDiscarder: memory.zst and memory.ram are removed, so the VM
+// is off and the next Start boots it from its disk.
 func (d *Driver) DiscardState(ctx context.Context, id vm.ID) error {
 	m, err := d.lock(ctx, id)
 	if err != nil {
@@ -545,13 +631,9 @@ func (d *Driver) DiscardState(ctx context.Context, id vm.ID) error {
 	if d.running(m) {
 		return fmt.Errorf("discard saved state of vm %s: %w", id, vm.ErrRunning)
 	}
-	removed := false
-	for _, name := range []string{memoryFile, memoryFile + ".tmp"} {
-		err := os.Remove(filepath.Join(m.dir, name))
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("discard saved state of vm %s: %w", id, err)
-		}
-		removed = removed || err == nil
+	removed, err := removeIfExists(m.dir, memoryFile, memoryFile+".tmp", usedStateFile, ramFile, ramLoadFile)
+	if err != nil {
+		return fmt.Errorf("discard saved state of vm %s: %w", id, err)
 	}
 	if err := syncDir(m.dir); err != nil {
 		return fmt.Errorf("discard saved state of vm %s: %w", id, err)

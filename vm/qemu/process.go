@@ -104,9 +104,10 @@ func childAttr(detach bool) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
-// launch starts QEMU for m and waits for its monitor. incoming, if not nil, is a migration
-// stream to load (resume): QEMU gets it as fd 3.
-func (d *Driver) launch(ctx context.Context, m *machine, def definition, incoming *os.File) (*qmpConn, error) {
+// launch starts QEMU for m with its RAM in file ram of the VM's directory and waits for its
+// monitor. incoming, if not nil, is a migration stream to load (resume): QEMU gets it as fd 3
+// and waits for migrate-incoming (startIncoming) before it reads a byte of it.
+func (d *Driver) launch(ctx context.Context, m *machine, def definition, ram string, incoming *os.File) (*qmpConn, error) {
 	accel, err := d.accelerator(ctx)
 	if err != nil {
 		return nil, err
@@ -114,16 +115,15 @@ func (d *Driver) launch(ctx context.Context, m *machine, def definition, incomin
 	var lastErr error
 	for try := 0; try < 3; try++ {
 		port := d.takePort(m.id)
-		q, err := d.launchOnce(ctx, m, def, accel, port, incoming)
+		q, err := d.launchOnce(ctx, m, def, accel, port, ram, incoming)
 		if err == nil {
 			return q, nil
 		}
 		d.releasePort(m.id)
 		lastErr = err
 		// Another program (another provider's QEMU, on a shared machine) took the port between
-		// our check and QEMU's bind: try another. That holds for a resume too: QEMU binds its
-		// VNC socket before its main loop reads a byte of the incoming stream, and had it read
-		// any, the next QEMU would refuse the stream at its first bytes, never load a wrong one.
+		// our check and QEMU's bind: try another. That holds for a resume too: QEMU reads the
+		// incoming stream only when told to, after it came up.
 		if port == 0 || !strings.Contains(err.Error(), "Address already in use") {
 			break
 		}
@@ -131,7 +131,7 @@ func (d *Driver) launch(ctx context.Context, m *machine, def definition, incomin
 	return nil, lastErr
 }
 
-func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, accel string, port int, incoming *os.File) (*qmpConn, error) {
+func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, accel string, port int, ram string, incoming *os.File) (*qmpConn, error) {
 	os.Remove(filepath.Join(m.dir, qmpSock))
 	logf, err := os.OpenFile(filepath.Join(m.dir, qemuLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -145,7 +145,10 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 	if fi, err := os.Stat(filepath.Join(m.dir, serialLog)); err == nil {
 		serialStart = fi.Size()
 	}
-	args := d.args(def, accel, port, incoming != nil)
+	if d.testHooks.anonymousRAM {
+		ram = ""
+	}
+	args := d.args(def, accel, port, ram, incoming != nil)
 	cmd := exec.Command(d.cfg.QEMU, args...)
 	cmd.Dir = m.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -175,7 +178,7 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 	}
 	m.proc = p
 	m.rt = runtimeState{PID: p.pid, StartTime: p.startTime, VNCPort: port, Accel: accel,
-		Launched: time.Now().UTC(), SerialStart: serialStart}
+		Launched: time.Now().UTC(), SerialStart: serialStart, RAM: ram}
 	if err := m.saveRuntime(); err != nil {
 		d.log.Warn("cannot save vm runtime state; a restarted node will not re-attach", "vm", m.id, "err", err)
 	}
@@ -185,27 +188,27 @@ func (d *Driver) launchOnce(ctx context.Context, m *machine, def definition, acc
 // args is QEMU's command line for a VM. Paths are relative to the VM's directory (QEMU's
 // working directory), which keeps them short and free of characters QEMU's option syntax
 // would need escaped. Resume must use exactly the devices the VM was suspended with, so
-// everything here derives from the definition and the accelerator only.
-func (d *Driver) args(def definition, accel string, vncPort int, incoming bool) []string {
+// everything here derives from the definition and the accelerator only. The guest's RAM is
+// backed by file ram, or by anonymous memory when ram is empty.
+func (d *Driver) args(def definition, accel string, vncPort int, ram string, incoming bool) []string {
 	id := def.Config.ID.String()
-	a := []string{
-		"-name", "virtuoso-" + id,
-		"-uuid", id,
-		"-machine", d.cfg.Machine,
+	a := []string{"-name", "virtuoso-" + id, "-uuid", id}
+	a = append(a, machineArgs(d.cfg.Machine, def.Config.MemoryMB, ram)...)
+	a = append(a,
 		"-accel", accel,
 		"-m", strconv.FormatInt(def.Config.MemoryMB, 10),
 		"-smp", strconv.Itoa(def.CPUs),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
 		"-device", "VGA",
-		"-chardev", "socket,id=qmp,path=" + qmpSock + ",server=on,wait=off",
+		"-chardev", "socket,id=qmp,path="+qmpSock+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
-		"-chardev", "file,id=serial0,path=" + serialLog + ",append=on",
+		"-chardev", "file,id=serial0,path="+serialLog+",append=on",
 		"-serial", "chardev:serial0",
-		"-drive", "file=" + def.Disk + ",format=" + def.DiskFormat + ",if=virtio,cache=writeback,discard=unmap",
+		"-drive", "file="+def.Disk+",format="+def.DiskFormat+",if=virtio,cache=writeback,discard=unmap",
 		"-netdev", "user,id=net0,restrict=on",
-		"-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + def.Config.MAC.String(),
-	}
+		"-device", "virtio-net-pci,netdev=net0,romfile=,mac="+def.Config.MAC.String(),
+	)
 	if d.cfg.CPU != "" {
 		a = append(a, "-cpu", d.cfg.CPU)
 	}
@@ -222,7 +225,7 @@ func (d *Driver) args(def definition, accel string, vncPort int, incoming bool) 
 		}
 	}
 	if incoming {
-		a = append(a, "-incoming", "fd:3")
+		a = append(a, "-incoming", "defer")
 	}
 	return a
 }

@@ -141,8 +141,8 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(files.Names, "memory.zst") {
-		t.Fatalf("suspended vm files %v lack memory.zst", files.Names)
+	if !slices.Contains(files.Names, "memory.zst") || !slices.Contains(files.Names, "memory.ram") {
+		t.Fatalf("suspended vm files %v lack memory.zst or memory.ram", files.Names)
 	}
 	if err := d.Start(ctx, id); !errors.Is(err, vm.ErrIllegalAction) {
 		t.Fatalf("start of a suspended vm: err = %v, want ErrIllegalAction", err)
