@@ -440,6 +440,13 @@ func (n *Node) banGraylisted(scores map[peer.ID]float64) {
 	}
 }
 
+// Refuse disconnects p and refuses every connection with it until the given time: an
+// operator's ban, and how fault tests partition two nodes.
+func (n *Node) Refuse(p peer.ID, until time.Time) {
+	n.gater.ban(p, until)
+	n.host.Network().ClosePeer(p)
+}
+
 // ScorePeers sets the application's part of gossip peers' scores (added to what the topics
 // score): a service that judges peers by more than their gossip, e.g. the offers they sent in
 // a direct query, calls it once at Start.

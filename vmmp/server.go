@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -65,7 +67,7 @@ func (g *Grants) ServeOrigin(h host.Host) {
 func askOrigin(ctx context.Context, h host.Host, origin peer.ID, id vm.ID) (originAnswer, error) {
 	st, err := h.NewStream(ctx, origin, OriginID)
 	if err != nil {
-		return originAnswer{}, fmt.Errorf("ask the origin %s: %w", origin, err)
+		return originAnswer{}, fmt.Errorf("%w: ask the origin %s: %w", errOriginUnreachable, origin, err)
 	}
 	defer st.Close()
 	if d, ok := ctx.Deadline(); ok {
@@ -296,12 +298,22 @@ func (s *Server) migrate(ctx context.Context, agent peer.ID, m Message, report f
 	return rec, nil
 }
 
-var errStale = errors.New("stale")
+var (
+	errStale             = errors.New("stale")
+	errOriginUnreachable = errors.New("the origin cannot be reached")
+)
 
 // failCode names why a migration failed, for RESP.
 func failCode(err error) string {
-	if errors.Is(err, errStale) {
+	switch {
+	case errors.Is(err, errStale):
 		return "stale"
+	case errors.Is(err, syscall.ENOSPC):
+		return "no_space"
+	case errors.Is(err, ErrNotGranted) || strings.Contains(err.Error(), ErrNotGranted.Error()):
+		return "not_granted"
+	case errors.Is(err, errOriginUnreachable):
+		return "origin_unreachable"
 	}
 	if c, _, ok := vm.Code(err); ok && token.MatchString(c) {
 		return c

@@ -44,6 +44,8 @@ var remedies = map[string]string{
 	"machine_in_use":          "the machine still stores vms: `virtuoso machine rm --force ID` stops and deletes them, notifying their owners",
 	"low_balance":             "your balance does not pay the first storage period: `virtuoso account` shows it; ask a coordinator's operator for a deposit",
 	"invalid_query":           "`virtuoso events --help` lists the kinds of records and the flags",
+	"migrating":               "a migration of the vm is under way: `virtuoso migrate --status ID` shows its step; the node finishes or reverts it by itself",
+	"reverted":                "nothing moved and nothing is charged twice: `virtuoso migrate ID` lists other destinations; try again, or pick another",
 }
 
 // remedy is the advice for err, or "".
