@@ -263,6 +263,9 @@ func (b *Buyer) Migrate(ctx context.Context, id vm.ID, req MigrateRequest) (VM, 
 	if err := b.record(&m); err != nil {
 		return VM{}, err
 	}
+	if req.Progress != nil {
+		req.Progress(m)
+	}
 	err = b.drive(ctx, &m, req.Progress, false)
 	v, verr := b.viewOf(id)
 	if err == nil {

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu"
 	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 	"github.com/virtuoso-market/virtuoso/vmmp"
 )
@@ -28,8 +30,10 @@ func TestMigrateThereAndBack(t *testing.T) {
 		cfg.Roles.Provider, cfg.Provider.Accel = true, "tcg"
 		cfg.Provider.ImageDirs = []string{guest.Dir}
 	}
-	a := startNode(t, provider, daemon.Options{})
-	b := startNode(t, provider, daemon.Options{})
+	image := market.Image{Name: "busybox", OS: "linux", Disk: guest.Disk, MemoryMB: 128,
+		Boot: &vm.KernelBoot{Kernel: guest.Kernel, Initrd: guest.Initrd, Cmdline: guest.Cmdline}}
+	a := startNode(t, provider, daemon.Options{Images: []market.Image{image}})
+	b := startNode(t, provider, daemon.Options{Images: []market.Image{image}})
 	for _, p := range []*daemon.Node{a, b} {
 		t.Cleanup(func() { p.VMs.StopAll(context.Background()) })
 	}
@@ -53,10 +57,11 @@ func TestMigrateThereAndBack(t *testing.T) {
 			return nil
 		})
 	}
-	v, err := buyer.Buyer.Store(ctx, market.StoreRequest{ConfigName: "tiny", Provider: a.ID().String(), Machine: machines[0].ID})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var v market.VM
+	testwait.Eventually(t, 20*time.Second, func() (err error) { // the image's name binds in the book
+		v, err = buyer.Buyer.Store(ctx, market.StoreRequest{ConfigName: "busybox", Provider: a.ID().String(), Machine: machines[0].ID})
+		return err
+	})
 	// at checks that the VM is at p only, in status want, under the buyer's current lease.
 	at := func(p, other *daemon.Node, want vm.Status) market.VM {
 		t.Helper()
@@ -100,12 +105,54 @@ func TestMigrateThereAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	at(b, a, vm.StatusStarted)
+	ticks := func(p *daemon.Node, after int) int {
+		t.Helper()
+		var n int
+		qemutest.WaitSerial(t, ctx, p.VMs.Driver().(*qemu.Driver), v.ID, "ticks", func(out string) bool {
+			n = qemutest.LastTick(out)
+			return n > after
+		})
+		return n
+	}
+	counted := ticks(b, 2)
 
-	// Back while it runs: suspended at b, moved, resumed at a.
-	if _, err := buyer.Buyer.Migrate(ctx, v.ID, market.MigrateRequest{Provider: a.ID().String(), Machine: machines[0].ID}); err != nil {
+	// Back while it runs: suspended at b, moved, resumed at a, where the guest counts on
+	// from where it was (its memory moved with it) and its console answers.
+	var steps []string
+	report := func(m market.Migration) {
+		if s := m.Step + "/" + m.DestStep; len(steps) == 0 || steps[len(steps)-1] != s {
+			steps = append(steps, s)
+		}
+	}
+	if _, err := buyer.Buyer.Migrate(ctx, v.ID, market.MigrateRequest{Provider: a.ID().String(), Machine: machines[0].ID, Progress: report}); err != nil {
 		t.Fatal(err)
 	}
 	back := at(a, b, vm.StatusStarted)
+	if got := ticks(a, counted); got <= counted {
+		t.Fatalf("the guest counted %d at the origin after %d at the destination", got, counted)
+	}
+	con, err := buyer.Buyer.Console(ctx, v.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qemutest.VNCSession(ctx, con.Addr, con.Password); err != nil {
+		t.Fatalf("the console after the move: %v", err)
+	}
+	want := []string{"lease/", "begin/", "copy/", "finish/", "commit/", "resume/", "done/"}
+	var agent []string
+	for _, s := range steps {
+		if i := strings.Index(s, "/"); i >= 0 && (len(agent) == 0 || agent[len(agent)-1] != s[:i+1]) {
+			agent = append(agent, s[:i+1])
+		}
+	}
+	if strings.Join(agent, " ") != strings.Join(want, " ") || !slices.Contains(steps, "copy/adopt") {
+		t.Fatalf("the steps reported: %v", steps)
+	}
+	// The event log has every step, in order.
+	recs, err := buyer.EventLog.Query(node.EventQuery{Kind: node.KindMigrationStep, VM: v.ID.String(), Limit: node.MaxEventLimit})
+	if err != nil || len(recs) < len(want) {
+		t.Fatalf("migration steps in the event log: %d, %v", len(recs), err)
+	}
 	if back.State.Version <= there.State.Version {
 		t.Fatalf("version %d after coming back, %d before", back.State.Version, there.State.Version)
 	}
@@ -142,4 +189,29 @@ func TestMigrateThereAndBack(t *testing.T) {
 		t.Fatalf("a migration to where the vm is: %v", err)
 	}
 	at(a, b, vm.StatusStarted)
+
+	// Suspended there, and stopped back: each arrives in its status; the way back, to the
+	// copy kept at the origin, is a difference.
+	if _, err := buyer.Buyer.Control(ctx, v.ID, vm.ActionSuspend); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buyer.Buyer.Migrate(ctx, v.ID, market.MigrateRequest{Provider: b.ID().String(), Machine: machines[1].ID}); err != nil {
+		t.Fatal(err)
+	}
+	at(b, a, vm.StatusSuspended)
+	if _, err := buyer.Buyer.Control(ctx, v.ID, vm.ActionResume); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buyer.Buyer.Control(ctx, v.ID, vm.ActionStop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buyer.Buyer.Migrate(ctx, v.ID, market.MigrateRequest{Provider: a.ID().String(), Machine: machines[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	at(a, b, vm.StatusStopped)
+	m, err := buyer.Buyer.MigrationOf(v.ID)
+	if err != nil || m.Total == 0 || m.Wire*10 > m.Total {
+		t.Fatalf("the move back to the cached copy sent %d bytes for %d: %+v, %v", m.Wire, m.Total, m, err)
+	}
+	t.Logf("back to the cached copy: %d bytes on the wire for %d", m.Wire, m.Total)
 }
