@@ -158,8 +158,11 @@ type LinkResult struct {
 	Shaping string        `json:"shaping,omitempty"`
 	Accel   string        `json:"accel"`
 	Suspend time.Duration `json:"suspend"` // the explicit suspend at B before the move back
-	Rows    []MigrateRow  `json:"rows"`
-	Notes   []string      `json:"notes,omitempty"`
+	// SeedCopy is a reference: the VM's files copied on this machine (io.Copy) and fsynced,
+	// which is what a destination does to seed its staging directory from its cached copy.
+	SeedCopy time.Duration `json:"seed_copy"`
+	Rows     []MigrateRow  `json:"rows"`
+	Notes    []string      `json:"notes,omitempty"`
 }
 
 // Migrate runs the migration benchmark over every link of opts and prints one table per link.
@@ -413,7 +416,36 @@ func RunMigrateLink(ctx context.Context, opts MigrateOptions, side MigrateSide) 
 	if err := baseline(moveUnchanged); err != nil {
 		return res, err
 	}
+	if res.SeedCopy, err = copyAndSync(a.vmDir(v.ID), filepath.Join(side.Work, "seed-copy"), names); err != nil {
+		return res, fmt.Errorf("reference copy: %w", err)
+	}
 	return res, nil
+}
+
+// copyAndSync copies the files names of dir into a new directory to as a destination seeds
+// a migration from its cached copy (io.Copy, then fsync), and returns how long it took.
+func copyAndSync(dir, to string, names []string) (time.Duration, error) {
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(to)
+	start := time.Now()
+	for _, n := range names {
+		in, err := os.Open(filepath.Join(dir, n))
+		if err != nil {
+			return 0, err
+		}
+		out, err := os.Create(filepath.Join(to, n))
+		if err == nil {
+			_, err = io.Copy(out, in)
+			err = errors.Join(err, out.Sync(), out.Close())
+		}
+		in.Close()
+		if err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(start), nil
 }
 
 // startMigrateNode starts a node of this process listening on ip.
@@ -665,6 +697,9 @@ func (r LinkResult) Print(out io.Writer, opts MigrateOptions) {
 	}
 	if r.Suspend > 0 {
 		fmt.Fprintf(out, "before the move back the VM was suspended at B in %.2fs (not part of the move)\n", r.Suspend.Seconds())
+	}
+	if r.SeedCopy > 0 {
+		fmt.Fprintf(out, "reference: copying the VM's files on this machine and fsyncing them (how a destination seeds a move from its cached copy) took %.2fs\n", r.SeedCopy.Seconds())
 	}
 	for _, row := range r.Rows {
 		if row.Method == "virtuoso" && row.Move == moveUnchanged {
