@@ -125,8 +125,8 @@ func benchMigrate(ctx context.Context, env Env, args []string) error {
 	fill := f.String("fill", "100%", "share of the disk (beyond the guest's own image) written with random data before the first move, as a used disk; 0% keeps it sparse")
 	links := f.String("links", "loopback,100mbit,1gbit", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces with tbf at a rate such as 100mbit or 1gbit (these need root)")
 	accel := f.String("accel", "auto", "the providers' accelerator: auto (probe KVM, else TCG), kvm or tcg")
-	guest := f.String("guest", "", "the busybox test guest's directory (default: where `make guest` caches it)")
-	dir := f.String("dir", "", "where the nodes' homes are made (default: the system temp dir); needs about 4x --disk free")
+	guest := f.String("guest", "", "the busybox test guest's directory (default: where 'make guest' caches it)")
+	dir := f.String("dir", "", "where the nodes' homes are made (default: the system temp dir); needs about 6x --disk free")
 	if err := f.parse(args, "Migrate a suspended VM cold to a provider without a copy, back after its guest ran, and again unchanged, and copy the same files with rsync and scp over ssh, over each link; print the time of every protocol step, the bytes on the wire and the files' sizes, one table per link."); err != nil {
 		return err
 	}
