@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
+	"time"
 
 	"github.com/virtuoso-market/virtuoso/internal/bench"
 )
@@ -13,7 +15,8 @@ const benchSummary = `Measure Virtuoso side by side with the tools a user would 
 
   virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]
   virtuoso bench market [--nodes 30] [--rounds 20] [--offers 10000] [--searches 300]
-  virtuoso bench ledger [--pushers 8] [--entries 5000] [--checkpoints 200] [--leases 100000]`
+  virtuoso bench ledger [--pushers 8] [--entries 5000] [--checkpoints 200] [--leases 100000]
+  virtuoso bench migrate [--disk 1GiB] [--memory 256MiB] [--run 1m] [--links loopback,100mbit,1gbit]`
 
 func runBench(ctx context.Context, env Env, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
@@ -26,14 +29,18 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			return benchMarket(ctx, env, args[1:])
 		case "ledger":
 			return benchLedger(ctx, env, args[1:])
+		case "migrate":
+			return benchMigrate(ctx, env, args[1:])
+		case "migrate-side":
+			return benchMigrateSide(ctx, env, args[1:])
 		}
 	}
 	f := newFlags(env, "bench")
-	pos, err := f.parseArgs(args, benchSummary, "transfer|market|ledger")
+	pos, err := f.parseArgs(args, benchSummary, "transfer|market|ledger|migrate")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; use transfer, market or ledger\n", pos[0])
+	fmt.Fprintf(env.Stderr, "virtuoso bench: unknown benchmark %q; use transfer, market, ledger or migrate\n", pos[0])
 	return errUsage
 }
 
@@ -108,4 +115,54 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	}
 	opts.Progress = env.Stderr
 	return bench.Transfer(ctx, opts, env.Stdout)
+}
+
+func benchMigrate(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench migrate")
+	disk := f.String("disk", "1GiB", "the VM's disk size")
+	memory := f.String("memory", "256MiB", "the VM's memory")
+	run := f.Duration("run", time.Minute, "how long the guest runs at the destination before it is moved back")
+	fill := f.String("fill", "100%", "share of the disk (beyond the guest's own image) written with random data before the first move, as a used disk; 0% keeps it sparse")
+	links := f.String("links", "loopback,100mbit,1gbit", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces with tbf at a rate such as 100mbit or 1gbit (these need root)")
+	accel := f.String("accel", "auto", "the providers' accelerator: auto (probe KVM, else TCG), kvm or tcg")
+	guest := f.String("guest", "", "the busybox test guest's directory (default: where 'make guest' caches it)")
+	dir := f.String("dir", "", "where the nodes' homes are made (default: the system temp dir); needs about 6x --disk free")
+	if err := f.parse(args, "Migrate a suspended VM cold to a provider without a copy, back after its guest ran, and again unchanged, and copy the same files with rsync and scp over ssh, over each link; print the time of every protocol step, the bytes on the wire and the files' sizes, one table per link."); err != nil {
+		return err
+	}
+	opts := bench.MigrateOptions{Dir: *dir, Run: *run, Accel: *accel, Guest: *guest, Progress: env.Stderr}
+	var err error
+	if opts.Disk, err = bench.ParseSize(*disk); err != nil {
+		return fmt.Errorf("--disk: %w", err)
+	}
+	if opts.Memory, err = bench.ParseSize(*memory); err != nil {
+		return fmt.Errorf("--memory: %w", err)
+	}
+	if opts.Fill, err = bench.ParsePercent(*fill); err != nil {
+		return fmt.Errorf("--fill: %w", err)
+	}
+	for _, l := range strings.Split(*links, ",") {
+		if l = strings.TrimSpace(l); l != "" {
+			opts.Links = append(opts.Links, l)
+		}
+	}
+	if opts.Log, err = f.logger(defaultLog); err != nil {
+		return err
+	}
+	return bench.Migrate(ctx, opts, env.Stdout)
+}
+
+// benchMigrateSide runs, inside a network namespace, the side of one emulated link of `bench
+// migrate`; that command starts it.
+func benchMigrateSide(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench migrate-side")
+	pos, err := f.parseArgs(args, "Internal to `virtuoso bench migrate`: run one emulated link's side in this network namespace.", "SPEC")
+	if err != nil {
+		return err
+	}
+	log, err := f.logger(defaultLog)
+	if err != nil {
+		return err
+	}
+	return bench.MigrateSideMain(ctx, pos[0], log, env.Stderr, env.Stdout)
 }
