@@ -661,7 +661,7 @@ func (r LinkResult) Print(out io.Writer, opts MigrateOptions) {
 	}
 	fmt.Fprintf(out, "link %s; accelerator %s\n", title, r.Accel)
 	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', tabwriter.AlignRight)
-	cols := []string{market.StepLease, market.StepBegin, market.StepCopy, market.StepCommit, market.StepFinish, market.StepResume}
+	cols := []string{market.StepLease, market.StepBegin, market.StepCopy, market.StepFinish, market.StepCommit, market.StepResume}
 	fmt.Fprintf(tw, "method\tmove\t%s\ttotal\twire\ton the link\t\n", strings.Join(cols, "\t"))
 	for _, row := range r.Rows {
 		fmt.Fprintf(tw, "%s\t%s\t", row.Method, row.Move)

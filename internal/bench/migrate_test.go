@@ -61,7 +61,7 @@ func TestMigrateTiny(t *testing.T) {
 			steps = append(steps, s.Step)
 		}
 		if got := strings.Join(steps, ","); got != strings.Join([]string{market.StepLease, market.StepBegin, market.StepCopy,
-			market.StepCommit, market.StepFinish}, ",") {
+			market.StepFinish, market.StepCommit}, ",") {
 			t.Errorf("%s: steps %s", mv, got)
 		}
 		if r.Wire <= 0 {
