@@ -424,3 +424,33 @@ func TestUISecurityHeaders(t *testing.T) {
 		t.Errorf("app.js is served as %q", ct)
 	}
 }
+
+// requirePackages fails the test unless the binary holds the front-end packages.
+func requirePackages(t testing.TB) {
+	t.Helper()
+	if !webui.PackagesInstalled() {
+		t.Fatal("the web UI's npm packages are not in webui/web/node_modules: run scripts/deps.sh (npm ci in webui/web) and test again")
+	}
+}
+
+// TestUIVendorPackages: the npm packages are served from the binary, only the parts the pages
+// load.
+func TestUIVendorPackages(t *testing.T) {
+	requirePackages(t)
+	n := startUI(t)
+	b := n.browser()
+	b.signIn()
+	for path, status := range map[string]int{
+		"/vendor/novnc/core/rfb.js":                     200,
+		"/vendor/novnc/vendor/pako/lib/zlib/inflate.js": 200,
+		"/vendor/uplot/uPlot.esm.js":                    200,
+		"/vendor/uplot/uPlot.min.css":                   200,
+		"/vendor/novnc/package.json":                    404,
+		"/vendor/novnc/docs/API.md":                     404,
+		"/vendor/novnc/core/":                           404,
+	} {
+		if got := b.do("GET", path, nil, nil); got.status != status {
+			t.Errorf("GET %s: %d, want %d", path, got.status, status)
+		}
+	}
+}
