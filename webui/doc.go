@@ -15,7 +15,7 @@
 //     session (Options.SessionTTL from the login). Cookies are not kept apart by port, so its
 //     name carries the node's peer ID: the nodes of one machine do not sign each other out.
 //     Sessions live in memory; a restarted node asks its owner to sign in again.
-//   - Every route but /login (and its stylesheet) needs a session: pages redirect to /login,
+//   - Every route but /login (and its stylesheet and icon) needs a session: pages redirect to /login,
 //     everything else answers 401 with code no_session.
 //   - Reading is GET, changing is POST, any other method is refused (405, method_not_allowed),
 //     and every POST carries the session's CSRF token in the X-CSRF-Token header (GET

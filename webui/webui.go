@@ -123,6 +123,7 @@ func (u *UI) Start(_ context.Context, n *node.Node) error {
 	})
 	a.HandleOpen("GET /login", u.with(open, u.login))
 	a.HandleOpen("GET /login.css", u.with(open, serveFile("web/static/login.css")))
+	a.HandleOpen("GET /favicon.svg", u.with(open, serveFile("web/static/favicon.svg")))
 	a.HandleOpen("POST /logout", u.with(signedIn, u.logout))
 	a.HandleOpen("GET /{$}", u.with(page, serveFile("web/static/index.html")))
 	a.HandleOpen("GET /static/", u.with(signedIn, serveDir("/static/", "web/static")))
