@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/virtuoso-market/virtuoso/internal/cli"
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
@@ -452,5 +453,59 @@ func TestUIVendorPackages(t *testing.T) {
 		if got := b.do("GET", path, nil, nil); got.status != status {
 			t.Errorf("GET %s: %d, want %d", path, got.status, status)
 		}
+	}
+}
+
+// TestUICommand: `virtuoso ui` prints a login link of the node on its home, which signs a
+// browser in.
+func TestUICommand(t *testing.T) {
+	n := startUI(t)
+	var out, errOut strings.Builder
+	if code := cli.Run([]string{"ui", "--home", n.Home().Dir}, cli.Env{Stdout: &out, Stderr: &errOut}); code != 0 {
+		t.Fatalf("virtuoso ui: exit %d: %s", code, errOut.String())
+	}
+	link, _, _ := strings.Cut(out.String(), "\n")
+	if !strings.HasPrefix(link, n.base+"/login?token=") {
+		t.Fatalf("virtuoso ui printed %q", out.String())
+	}
+	b := n.browser()
+	if got := b.do("GET", link, nil, nil); got.status != http.StatusOK || len(got.header["Set-Cookie"]) != 1 {
+		t.Fatalf("the printed link: %d %s", got.status, got.body)
+	}
+}
+
+// TestUITamperedRequests: a VM id that is not one of the buyer's, an unknown action, a
+// configuration out of range: each is a clear message with its code, never a 500, and changes
+// nothing.
+func TestUITamperedRequests(t *testing.T) {
+	n := startUI(t)
+	b := n.browser()
+	b.signIn()
+	before := n.configs()
+	for _, c := range []struct {
+		name, method, path string
+		body               any
+		status             int
+		code, says         string
+	}{
+		{"someone else's vm", "POST", "/api/v1/market/vms/0123456789abcdef0123456789abcdef/start", nil, 404, "not_found", ""},
+		{"not a vm id", "POST", "/api/v1/market/vms/..%2f..%2fetc/start", nil, 0, "", ""},
+		{"unknown action", "POST", "/api/v1/market/vms/0123456789abcdef0123456789abcdef/explode", nil, 0, "", ""},
+		{"console of someone else's vm", "POST", "/ui/console/0123456789abcdef0123456789abcdef", nil, 404, "not_found", ""},
+		{"forged console ticket", "GET", "/ui/console/AAAA/ws", nil, 403, "ticket", "open the console again"},
+		{"memory out of range", "POST", "/api/v1/market/configs", market.Configuration{Name: "big", Processor: "x86_64", SpeedBogomips: 1000, MemoryMB: 1 << 40, DiskMB: 1024}, 400, "", "memory_mb"},
+		{"negative speed", "POST", "/api/v1/market/configs", market.Configuration{Name: "neg", Processor: "x86_64", SpeedBogomips: -1, MemoryMB: 256, DiskMB: 1024}, 400, "", "speed_bogomips"},
+		{"unknown field", "POST", "/api/v1/market/configs", map[string]any{"name": "x", "memory_mb": 256, "disk_mb": 1, "colour": "red"}, 400, "malformed", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := b.do(c.method, c.path, c.body, nil)
+			if got.status >= 500 || got.status < 400 || got.code == "" || (c.status != 0 && got.status != c.status) ||
+				(c.code != "" && got.code != c.code) || !strings.Contains(got.body, c.says) {
+				t.Fatalf("%d %s, want %d %q saying %q", got.status, got.body, c.status, c.code, c.says)
+			}
+			if after := n.configs(); len(after) != len(before) {
+				t.Fatalf("the configurations changed: %v → %v", before, after)
+			}
+		})
 	}
 }

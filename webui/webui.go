@@ -10,6 +10,7 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -117,10 +118,7 @@ func (u *UI) Start(_ context.Context, n *node.Node) error {
 	// that signing in to one does not sign another out.
 	u.cookie = "virtuoso-" + u.peer
 	a := u.api
-	a.Route("POST /v1/ui/login", func(*http.Request) (any, error) {
-		t, exp := u.sess.issue()
-		return LoginLink{URL: "http://" + a.Addr() + "/login?token=" + t, Expires: exp}, nil
-	})
+	a.Route("POST /v1/ui/login", func(*http.Request) (any, error) { return u.Login(), nil })
 	a.HandleOpen("GET /login", u.with(open, u.login))
 	a.HandleOpen("GET /login.css", u.with(open, serveFile("web/static/login.css")))
 	a.HandleOpen("GET /favicon.svg", u.with(open, serveFile("web/static/favicon.svg")))
@@ -135,6 +133,13 @@ func (u *UI) Start(_ context.Context, n *node.Node) error {
 	a.HandleOpen("GET /ui/console/{ticket}/ws", u.with(signedIn, u.bridgeConsole))
 	a.HandleOpen("/api/", u.with(signedIn, u.relay))
 	return nil
+}
+
+// Login issues a login link: it signs one browser in, once, within Options.LoginTTL. The node
+// must be started.
+func (u *UI) Login() LoginLink {
+	t, exp := u.sess.issue()
+	return LoginLink{URL: "http://" + u.api.Addr() + "/login?token=" + t, Expires: exp}
 }
 
 // Close ends the console bridges.
@@ -251,7 +256,7 @@ func (u *UI) sessionInfo(w http.ResponseWriter, _ *http.Request, sess *session) 
 // relay answers /api/v1/... with the API's /v1/...: the browser reaches the node's API through
 // its session, the UI adds the bearer token.
 func (u *UI) relay(w http.ResponseWriter, r *http.Request, _ *session) {
-	path := strings.TrimPrefix(r.URL.Path, "/api")
+	path := strings.TrimPrefix(r.URL.EscapedPath(), "/api")
 	if !strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/v1/ui/") {
 		node.WriteError(w, node.WithStatus(http.StatusNotFound, fmt.Errorf("no API route %s", r.URL.Path)))
 		return
@@ -259,12 +264,14 @@ func (u *UI) relay(w http.ResponseWriter, r *http.Request, _ *session) {
 	u.api.ServeHTTP(w, u.internal(r, r.Method, path))
 }
 
-// internal is r as a request of the API's own, at path, with the bearer token and without the
-// browser's credentials.
-func (u *UI) internal(r *http.Request, method, path string) *http.Request {
+// internal is r as a request of the API's own, at the escaped path, with the bearer token and
+// without the browser's credentials. The path stays escaped: an id with an escaped slash stays
+// one path segment.
+func (u *UI) internal(r *http.Request, method, escaped string) *http.Request {
 	in := r.Clone(r.Context())
 	in.Method = method
-	in.URL.Path, in.URL.RawPath, in.RequestURI = path, "", ""
+	in.URL.RawPath, in.RequestURI = escaped, ""
+	in.URL.Path, _ = url.PathUnescape(escaped) // escaped came from a parsed URL or PathEscape
 	for _, h := range []string{"Cookie", csrfHeader, "Origin"} {
 		in.Header.Del(h)
 	}
@@ -272,7 +279,7 @@ func (u *UI) internal(r *http.Request, method, path string) *http.Request {
 	return in
 }
 
-// call makes an API call of the node's own and decodes its answer into out; an error answer is
+// call makes an API call of the node's own, at the escaped path, and decodes its answer into out; an error answer is
 // returned as it came, to be written on.
 func (u *UI) call(r *http.Request, method, path string, out any) *captured {
 	rec := &captured{header: http.Header{}, status: http.StatusOK}
