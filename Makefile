@@ -11,7 +11,7 @@ PKGS    := ./...
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## install what the build and the tests need (Debian packages when root, Go modules)
+deps: ## install what the build and the tests need (Debian packages when root, Go modules, the web UI's npm packages)
 	@scripts/deps.sh
 
 build: deps ## build bin/virtuoso

@@ -131,6 +131,17 @@ func (a *API) Handle(pattern string, h http.Handler) {
 	a.mux.Handle(pattern, a.authorised(h))
 }
 
+// HandleOpen adds a route that the token does not guard: for handlers that authenticate
+// requests by themselves (the web UI, by its session cookie) or need no authentication.
+func (a *API) HandleOpen(pattern string, h http.Handler) {
+	a.mux.Handle(pattern, h)
+}
+
+// Stopping is done when the API server shuts down: answers that last until their client goes
+// away (a follower of the event log, a stream of server-sent events) end with it, so that the
+// shutdown finishes.
+func (a *API) Stopping() context.Context { return a.stopping }
+
 // Route adds a JSON route behind the token: fn's result is written as JSON, its error as an
 // ErrorBody with the error's status (400 unless marked otherwise).
 func (a *API) Route(pattern string, fn func(r *http.Request) (any, error)) {

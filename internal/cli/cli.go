@@ -40,6 +40,7 @@ func commands() []command {
 		{"id", "[--home DIR] [--json]", "print the node's peer ID and addresses (configured ones when it is stopped)", runID},
 		{"peers", "[--home DIR] [--json]", "list connected peers with addresses and latency", runPeers},
 		{"events", "[--home DIR] [--follow] [--vm ID] [--kind KIND] [-n N] [--json]", "print what happened on the node, in order; --follow for what happens next", runEvents},
+		{"ui", "[--home DIR] [--open] [--json]", "print a one-time login link to the node's web UI", runUI},
 		{"demo", "[--dir DIR]", "run a whole local marketplace on loopback until Ctrl-C", runDemo},
 		{"bench", "transfer [flags]", "measure against the tools a user would otherwise use", runBench},
 		{"version", "", "print the version", runVersion},

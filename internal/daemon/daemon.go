@@ -1,7 +1,7 @@
 // Package daemon assembles a full node from its configuration: the network core from package
 // node and its event log, then, in dependency order, the VM stack of a provider, the market's
-// Book, Buyer and Provider, each handed what it consumes. The CLI and the demo build nodes only
-// through it.
+// Book, Buyer and Provider, each handed what it consumes, and last the web UI. The CLI and the
+// demo build nodes only through it.
 package daemon
 
 import (
@@ -19,6 +19,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vmmp"
+	"github.com/virtuoso-market/virtuoso/webui"
 )
 
 // Options tune a node beyond its config.
@@ -32,6 +33,8 @@ type Options struct {
 	Book     market.BookOptions
 	Buyer    market.BuyerOptions
 	Provider market.ProviderOptions
+	// UI tunes the web UI (its event log is the node's).
+	UI webui.Options
 }
 
 // Node is a node with the services of its roles.
@@ -51,6 +54,8 @@ type Node struct {
 	Ledger *ledger.Mirror
 	// Coordinator settles the ledger with the other coordinators; nil on other nodes.
 	Coordinator *ledger.Coordinator
+	// UI is every node's web UI for its owner, on the API's listener.
+	UI *webui.UI
 }
 
 // New builds the node of home with the services of its roles; Start it to run it.
@@ -116,6 +121,10 @@ func New(home node.Home, cfg node.Config, opts Options) (d *Node, err error) {
 	} else {
 		n.Attach(market.NotSelling{})
 	}
+	uopts := opts.UI
+	uopts.EventLog = d.EventLog
+	d.UI = webui.New(uopts)
+	n.Attach(d.UI)
 	return d, nil
 }
 

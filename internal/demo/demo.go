@@ -22,6 +22,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vm/qemu"
+	"github.com/virtuoso-market/virtuoso/webui"
 )
 
 // Role names one demo node.
@@ -182,6 +183,10 @@ func (m *Marketplace) Print(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\thttp://%s\t%s\n", Roles[i].Name, n.ID(), n.API().Addr(), n.Home().Dir)
 	}
 	tw.Flush()
+	fmt.Fprintf(w, "\nEach node's web UI (a link signs one browser in, once, within %s; `virtuoso ui --home HOME` prints a new one):\n", webui.DefaultLoginTTL)
+	for i, n := range m.Nodes {
+		fmt.Fprintf(w, "  %-12s %s\n", Roles[i].Name, n.UI.Login().URL)
+	}
 	buyer := m.Nodes[len(m.Nodes)-1].Home().Dir
 	fmt.Fprintf(w, "\nTry, as the buyer, in another terminal:\n"+
 		"  export VIRTUOSO_HOME=%s\n"+
