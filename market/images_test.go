@@ -2,7 +2,9 @@ package market
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
+	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
 	"github.com/virtuoso-market/virtuoso/vmmp"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
@@ -177,4 +182,90 @@ func TestStoreFetchesImage(t *testing.T) {
 	if err != nil || v.State != (vm.State{Status: vm.StatusStored, Version: 1}) {
 		t.Fatalf("second store: %+v, %v", v, err)
 	}
+}
+
+// TestImageHash: an image that boots from its disk is named by its disk's hash, as before
+// kernel-boot images were; one that boots a kernel is named by the hash of its canonical
+// description, which changes with every part. The hash cache holds files' hashes, so one disk
+// as the disk of a plain image and of a kernel-boot one gives each its own hash, in any order.
+func TestImageHash(t *testing.T) {
+	h := func(c string) string { return "blake3:" + strings.Repeat(c, 64) }
+	boot := imageParts{Disk: h("1"), Kernel: h("2"), Initrd: h("3"), Cmdline: "console=ttyS0 quiet"}
+	for _, tc := range []struct {
+		name string
+		p    imageParts
+		desc string
+	}{
+		{"kernel, initrd and cmdline", boot, "virtuoso kernel-boot image 1\ndisk " + h("1") + "\nkernel " + h("2") + "\ninitrd " + h("3") + "\ncmdline 19\nconsole=ttyS0 quiet\n"},
+		{"no initrd, no cmdline", imageParts{Disk: h("1"), Kernel: h("2")}, "virtuoso kernel-boot image 1\ndisk " + h("1") + "\nkernel " + h("2") + "\ninitrd none\ncmdline 0\n\n"},
+		{"a cmdline with a newline", imageParts{Disk: h("1"), Kernel: h("2"), Cmdline: "a\nb"}, "virtuoso kernel-boot image 1\ndisk " + h("1") + "\nkernel " + h("2") + "\ninitrd none\ncmdline 3\na\nb\n"},
+	} {
+		if got := string(tc.p.description()); got != tc.desc {
+			t.Errorf("%s: description\n%q\nwant\n%q", tc.name, got, tc.desc)
+		}
+		sum := blake3.Sum256([]byte(tc.desc))
+		if got, want := tc.p.hash(), "blake3:"+hex.EncodeToString(sum[:]); got != want {
+			t.Errorf("%s: hash %s, want %s", tc.name, got, want)
+		}
+	}
+	if got := (imageParts{Disk: h("1")}).hash(); got != h("1") {
+		t.Errorf("a disk-only image's hash %s, want its disk's %s", got, h("1"))
+	}
+	seen := map[string]string{}
+	for name, p := range map[string]imageParts{
+		"boot":          boot,
+		"disk only":     {Disk: h("1")},
+		"other disk":    {Disk: h("4"), Kernel: h("2"), Initrd: h("3"), Cmdline: boot.Cmdline},
+		"other kernel":  {Disk: h("1"), Kernel: h("4"), Initrd: h("3"), Cmdline: boot.Cmdline},
+		"other initrd":  {Disk: h("1"), Kernel: h("2"), Initrd: h("4"), Cmdline: boot.Cmdline},
+		"no initrd":     {Disk: h("1"), Kernel: h("2"), Cmdline: boot.Cmdline},
+		"other cmdline": {Disk: h("1"), Kernel: h("2"), Initrd: h("3"), Cmdline: "console=ttyS0"},
+	} {
+		if other, ok := seen[p.hash()]; ok {
+			t.Errorf("%s and %s share a hash", name, other)
+		}
+		seen[p.hash()] = name
+	}
+
+	dir := t.TempDir()
+	disk, kernel, initrd := filepath.Join(dir, "disk.img"), filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.gz")
+	randomFile(t, disk, 1<<20, 1)
+	randomFile(t, kernel, 1<<16, 2)
+	randomFile(t, initrd, 1<<16, 3)
+	ctx := context.Background()
+	files := imageParts{Disk: fileHash(t, disk), Kernel: fileHash(t, kernel), Initrd: fileHash(t, initrd), Cmdline: "quiet"}
+	plain := Image{Name: "plain", Disk: disk}
+	booted := Image{Name: "booted", Disk: disk, Boot: &vm.KernelBoot{Kernel: kernel, Initrd: initrd, Cmdline: "quiet"}}
+	store, err := node.OpenStore(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	for i, order := range [][]Image{{plain, booted}, {booted, plain}} {
+		cache := store.Space(fmt.Sprintf("market/imagehash/%d/", i))
+		for range 2 { // read, then cached
+			for _, img := range order {
+				want := files.Disk
+				if img.Boot != nil {
+					want = files.hash()
+				}
+				if got, size, err := hashImage(ctx, cache, img); err != nil || got != want || size != 1<<20 {
+					t.Fatalf("%s first of %s, %s: hash %s, size %d, %v; want %s", order[0].Name, img.Name, order[1].Name, got, size, err, want)
+				}
+			}
+		}
+	}
+	if _, _, err := hashImage(ctx, store.Space("market/imagehash/"), Image{Name: "kernelless", Disk: disk, Boot: &vm.KernelBoot{}}); err == nil {
+		t.Error("an image booting no kernel was hashed")
+	}
+}
+
+// fileHash is the content hash of the file at path.
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	sum, _, err := contentHash(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
 }
