@@ -19,6 +19,7 @@ import (
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 	"github.com/virtuoso-market/virtuoso/vmmp"
 	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
@@ -268,4 +269,137 @@ func fileHash(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return sum
+}
+
+// TestStoreFetchesKernelBootImage: the busybox test guest, an image that boots a kernel
+// directly, is fetched from the provider that offers it, disk, kernel and initramfs in one
+// transfer, and started on the fetching provider: it boots and counts on its serial console.
+// A source that sends another kernel with the same disk is refused by the content hash, and
+// leaves nothing behind. The fetched image is kept beside its kernel and initramfs with a
+// description that names all three and the command line, which a restart reads and hashes to
+// the same content hash.
+func TestStoreFetchesKernelBootImage(t *testing.T) {
+	g := qemutest.BuildGuest(t)
+	liarKernel := filepath.Join(t.TempDir(), "vmlinuz")
+	raw, err := os.ReadFile(g.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(liarKernel, raw, 0o600); err != nil { // the real kernel until hashed
+		t.Fatal(err)
+	}
+	busybox := func(kernel string) []Image {
+		return []Image{{Name: "busybox", OS: "linux", Disk: g.Disk, MemoryMB: 128,
+			Boot: &vm.KernelBoot{Kernel: kernel, Initrd: g.Initrd, Cmdline: g.Cmdline}}}
+	}
+	destDir := t.TempDir()
+	nodes := marketCluster(t, 4, func(i int) *spec {
+		switch i {
+		case 0:
+			return imageSeller(busybox(g.Kernel), "")
+		case 1:
+			return imageSeller(busybox(liarKernel), "")
+		case 2:
+			return imageSeller(nil, destDir)
+		}
+		return fast()
+	})
+	src, liar, dest, b := nodes[0], nodes[1], nodes[2], nodes[3]
+	for _, tn := range nodes[:3] {
+		serveImages(t, tn)
+	}
+	// The liar now sends another kernel, of the same size, beside the same disk, under the
+	// hash it computed at start.
+	randomFile(t, liarKernel, len(raw), 3)
+	hash := src.prov.images[0].Hash
+	if liar.prov.images[0].Hash != hash {
+		t.Fatal("the liar does not advertise the good image's hash")
+	}
+	if disk := fileHash(t, g.Disk); hash == disk {
+		t.Fatalf("the kernel-boot image is named by its disk's hash %s", disk)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	addMachine := func(tn *testNode) Machine {
+		t.Helper()
+		m, err := tn.prov.AddMachine(ctx, testSpec("m", roomy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitOffer(t, []*testNode{b, dest}, tn.ID(), m.ID, 1, 30*time.Second)
+		return m
+	}
+	m := addMachine(dest)
+	addMachine(liar)
+	store := func() (VM, error) {
+		return b.buyer.Store(ctx, StoreRequest{ConfigName: "busybox", Edit: ConfigEdit{DiskMB: 64}, Provider: dest.ID().String(), Machine: m.ID})
+	}
+
+	// Only the liar offers the image: its kernel does not match the content hash.
+	_, err = store()
+	if !errors.Is(err, ErrImageMissing) || !strings.Contains(err.Error(), "content hash") {
+		t.Fatalf("store with a source sending another kernel: %v, want ErrImageMissing naming the content hash", err)
+	}
+	if left, _ := os.ReadDir(destDir); len(left) > 0 {
+		t.Errorf("a refused fetch left %v in the image directory", left)
+	}
+	if _, ok := dest.prov.image(hash); ok {
+		t.Error("a refused fetch added the image")
+	}
+	if n := leaseCount(t, dest.prov); n != 0 {
+		t.Errorf("a failed store holds %d leases", n)
+	}
+
+	// The good source offers it too: the store goes through, the liar passed over if tried.
+	addMachine(src)
+	v, err := store()
+	if err != nil {
+		t.Fatalf("store with a good source among the candidates: %v", err)
+	}
+	if v.State != (vm.State{Status: vm.StatusStored, Version: FetchingState.Version + 1}) || v.LeaseState != LeaseStateActive {
+		t.Fatalf("stored vm: %+v", v)
+	}
+	img, ok := dest.prov.image(hash)
+	if !ok || img.Boot == nil {
+		t.Fatalf("the destination holds %+v, want the fetched kernel-boot image", img)
+	}
+	for _, f := range []struct{ kept, orig string }{{img.Disk, g.Disk}, {img.Boot.Kernel, g.Kernel}, {img.Boot.Initrd, g.Initrd}} {
+		if filepath.Dir(f.kept) != destDir || fileHash(t, f.kept) != fileHash(t, f.orig) {
+			t.Fatalf("kept %s is not %s in the image directory", f.kept, f.orig)
+		}
+	}
+	if img.Boot.Cmdline != g.Cmdline {
+		t.Fatalf("kept command line %q, want %q", img.Boot.Cmdline, g.Cmdline)
+	}
+
+	// It boots on the destination, from the fetched kernel and initramfs.
+	if v, err = b.buyer.Control(ctx, v.ID, vm.ActionStart); err != nil {
+		t.Fatal(err)
+	}
+	if v.State.Status != vm.StatusStarted {
+		t.Fatalf("started: %+v", v.State)
+	}
+	qemutest.WaitSerial(t, ctx, dest.drv, v.ID, "the counter", func(out string) bool {
+		return strings.Contains(out, qemutest.Banner) && qemutest.LastTick(out) >= 3
+	})
+
+	// The destination offers it from now on; its description, as a restart reads it, names
+	// all three files and the command line, and hashes to the same content hash, with the
+	// cache the fetch filled and without it.
+	testwait.Eventually(t, 30*time.Second, func() error {
+		so, ok := b.book.Get(dest.ID(), m.ID)
+		if !ok || !slices.ContainsFunc(so.Images, func(i ImageInfo) bool { return i.Hash == hash && i.Name == "busybox" }) {
+			return errors.New("the destination's offer does not list the fetched image")
+		}
+		return nil
+	})
+	scanned, err := ScanImages(destDir)
+	if err != nil || len(scanned) != 1 || scanned[0].Name != "busybox" || scanned[0].Disk != img.Disk || scanned[0].Boot == nil || *scanned[0].Boot != *img.Boot {
+		t.Fatalf("the image directory describes %+v (%v), want %+v", scanned, err, img)
+	}
+	for _, cache := range []*node.Space{dest.prov.hashSpace, dest.Store().Space("test/nocache/")} {
+		if got, _, err := hashImage(ctx, cache, scanned[0]); err != nil || got != hash {
+			t.Fatalf("the described image hashes to %s (%v), want %s", got, err, hash)
+		}
+	}
 }
