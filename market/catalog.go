@@ -1,6 +1,7 @@
 package market
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/virtuoso-market/virtuoso/node"
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -26,8 +29,8 @@ type Configuration struct {
 	SpeedBogomips int64  `json:"speed_bogomips"`
 	MemoryMB      int64  `json:"memory_mb"`
 	DiskMB        int64  `json:"disk_mb"`
-	// Image is the content hash ("blake3:<64 hex>") of the OS image of a preconfigured
-	// configuration; empty for a bare one.
+	// Image is the content hash ("blake3:<64 hex>", imageParts.hash) of the OS image of a
+	// preconfigured configuration; empty for a bare one.
 	Image string `json:"image,omitempty"`
 }
 
@@ -115,7 +118,7 @@ func StandardConfigs() []Configuration {
 // ImageInfo describes an OS image a provider holds, as its offers advertise it. Every node
 // turns the images it sees in offers into preconfigured configurations (table preconfig).
 type ImageInfo struct {
-	Hash     string `json:"hash"` // blake3:<64 hex> of the image's bytes
+	Hash     string `json:"hash"` // the image's content hash (imageParts.hash), blake3:<64 hex>
 	Name     string `json:"name"`
 	OS       string `json:"os"`
 	SizeMB   int64  `json:"size_mb"`   // the image's size; a VM's disk is at least this
@@ -160,7 +163,8 @@ type Image struct {
 	Disk     string         `json:"disk"` // path of the raw or qcow2 image on this provider
 	MemoryMB int64          `json:"memory_mb"`
 	Boot     *vm.KernelBoot `json:"boot,omitempty"` // when the image boots a kernel directly
-	// Hash is filled in by the service when it starts (from the disk's bytes).
+	// Hash is filled in by the service when it starts (hashImage: from the bytes of the disk,
+	// and of the kernel and initramfs of an image that boots one).
 	Hash   string `json:"hash,omitempty"`
 	sizeMB int64
 }
@@ -206,16 +210,86 @@ func ScanImages(dir string) ([]Image, error) {
 	return out, nil
 }
 
-// hashRecord caches an image's hash by path, size and modification time, so that a restart
-// does not read every image again.
+// imageParts are what an image's content hash covers: the content hashes (contentHash) of its
+// files and its kernel command line.
+type imageParts struct {
+	Disk    string
+	Kernel  string // empty for an image that boots from its disk
+	Initrd  string // empty without an initramfs
+	Cmdline string
+}
+
+// maxCmdline caps a kernel command line (Linux takes 2048 bytes on x86).
+const maxCmdline = 4096
+
+// description is the canonical description of a kernel-boot image that its content hash is
+// the hash of, version 1: a line per part, in this order, the command line last with its
+// length in bytes, so that no two images share one:
+//
+//	virtuoso kernel-boot image 1\n
+//	disk blake3:<64 hex>\n
+//	kernel blake3:<64 hex>\n
+//	initrd blake3:<64 hex>\n  ("initrd none\n" without an initramfs)
+//	cmdline <length>\n<the command line>\n
+func (p imageParts) description() []byte {
+	initrd := cmp.Or(p.Initrd, "none")
+	return fmt.Appendf(nil, "virtuoso kernel-boot image 1\ndisk %s\nkernel %s\ninitrd %s\ncmdline %d\n%s\n",
+		p.Disk, p.Kernel, initrd, len(p.Cmdline), p.Cmdline)
+}
+
+// hash is the image's content hash, as offers list it and configurations name it: that of its
+// disk for an image that boots from its disk (so that it is the hash of the image's bytes), and
+// that of its description for one that boots a kernel directly, which then covers everything
+// that decides what the VM runs. A provider that fetches an image checks every part against it.
+func (p imageParts) hash() string {
+	if p.Kernel == "" {
+		return p.Disk
+	}
+	sum := blake3.Sum256(p.description())
+	return "blake3:" + hex.EncodeToString(sum[:])
+}
+
+// hashRecord caches the content hash of a file by path, size and modification time, so that a
+// restart does not read every image again. It is a file's hash, never an image's: the image's
+// is made of its files' (imageParts), so a file that is the disk of one image and part of
+// another is never taken for the other's hash.
 type hashRecord struct {
 	Size    int64     `json:"size"`
 	ModTime time.Time `json:"mod_time"`
 	Hash    string    `json:"hash"`
 }
 
-// hashImage returns the content hash of the file at path, from the cache when unchanged.
-func hashImage(ctx context.Context, cache *node.Space, path string) (string, int64, error) {
+// hashImage returns the content hash of img and its disk's size, reading each of its files
+// unless the cache holds the file's hash unchanged.
+func hashImage(ctx context.Context, cache *node.Space, img Image) (string, int64, error) {
+	if b := img.Boot; b != nil && b.Kernel == "" {
+		return "", 0, fmt.Errorf("image %s: boot without a kernel", img.Name)
+	} else if b != nil && len(b.Cmdline) > maxCmdline {
+		return "", 0, fmt.Errorf("image %s: kernel command line longer than %d bytes", img.Name, maxCmdline)
+	}
+	var p imageParts
+	var size int64
+	var err error
+	if p.Disk, size, err = hashFile(ctx, cache, img.Disk); err != nil {
+		return "", 0, err
+	}
+	if b := img.Boot; b != nil {
+		if p.Kernel, _, err = hashFile(ctx, cache, b.Kernel); err != nil {
+			return "", 0, err
+		}
+		if b.Initrd != "" {
+			if p.Initrd, _, err = hashFile(ctx, cache, b.Initrd); err != nil {
+				return "", 0, err
+			}
+		}
+		p.Cmdline = b.Cmdline
+	}
+	return p.hash(), size, nil
+}
+
+// hashFile returns the content hash of the file at path and its size, from the cache when the
+// file is unchanged.
+func hashFile(ctx context.Context, cache *node.Space, path string) (string, int64, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return "", 0, fmt.Errorf("image %s: %w", path, err)

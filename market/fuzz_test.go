@@ -84,6 +84,8 @@ func FuzzStreamMessages(f *testing.F) {
 		consoleResponse{Error: &WireError{Code: "not_owner", Message: "no"}},
 		notice{Lease: LeaseID{1}, VM: vm.ID{2}, Reason: "machine removed"},
 		queryRequest{Max: 10},
+		imageRequest{Image: "blake3:" + strings.Repeat("ab", 32), Lease: lease},
+		imageResponse{Size: 32 << 20, Boot: &bootDelivery{Size: 9 << 20, Initrd: true, Cmdline: "console=ttyS0 quiet"}},
 	} {
 		b, _ := json.Marshal(v)
 		var framed bytes.Buffer
@@ -111,6 +113,11 @@ func FuzzStreamMessages(f *testing.F) {
 		decodeNotice(frame)
 		if r, err := decodeQueryRequest(frame); err == nil && r.Max < 0 {
 			t.Fatal("negative max accepted")
+		}
+		decodeImageRequest(frame)
+		var ir imageResponse
+		if DecodeStrict(frame, &ir) == nil && ir.check() == nil && ir.Boot != nil && (ir.Boot.Size > maxBootBytes || len(ir.Boot.Cmdline) > maxCmdline) {
+			t.Fatalf("image delivery past the caps accepted: %+v", ir.Boot)
 		}
 	})
 }

@@ -29,7 +29,9 @@ import (
 // fetches the image by its content hash from a provider whose signed offer lists it. It asks
 // that source to deliver the image, showing the buyer's lease proposal that names this
 // provider and the image; the source grants it exactly that image, and the image then moves
-// with the migration's transfer (/vmmp/transfer/1.0.0) under vmmp.ImagePrefix. While the image
+// with the migration's transfer (/vmmp/transfer/1.0.0) under vmmp.ImagePrefix. An image that
+// boots a kernel directly moves as its disk, kernel and initramfs in one transfer, its command
+// line in the source's answer; its content hash covers all four (imageParts). While the image
 // moves the VM is migrating (as the report has it, so that its owner makes no change while it
 // is being stored); then it is created, stored, and the provider holds and advertises the
 // image like its own.
@@ -45,17 +47,44 @@ type imageRequest struct {
 	Lease []byte `json:"lease"` // the buyer's proposal naming the requester and the image
 }
 
-// imageResponse agrees to a delivery (the image's size) or refuses it.
+// imageResponse agrees to a delivery (the size of the image's disk, and what else an image
+// that boots a kernel directly sends) or refuses it.
 type imageResponse struct {
-	Size  int64      `json:"size,omitempty"`
-	Error *WireError `json:"error,omitempty"`
+	Size  int64         `json:"size,omitempty"`
+	Boot  *bootDelivery `json:"boot,omitempty"`
+	Error *WireError    `json:"error,omitempty"`
 }
+
+// bootDelivery is the kernel boot of a delivered image: the kernel (vmmp.KernelFile) and, with
+// Initrd, the initramfs (vmmp.InitrdFile) come with the disk; the command line comes here.
+type bootDelivery struct {
+	Size    int64  `json:"size"` // bytes of the kernel and initramfs
+	Initrd  bool   `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+}
+
+// maxBootBytes caps the kernel and initramfs of a fetched image.
+const maxBootBytes = 1 << 30
 
 func (r *imageResponse) check() error {
 	if r.Size < 0 || r.Size > vm.MaxDiskMB<<20 {
 		return fmt.Errorf("%w: image size %d", ErrMalformed, r.Size)
 	}
+	if b := r.Boot; b != nil && (b.Size < 0 || b.Size > maxBootBytes || len(b.Cmdline) > maxCmdline) {
+		return fmt.Errorf("%w: kernel and initramfs of %d bytes, command line of %d", ErrMalformed, b.Size, len(b.Cmdline))
+	}
 	return nil
+}
+
+// names are the file names of the delivery.
+func (b *bootDelivery) names() []string {
+	switch {
+	case b == nil:
+		return []string{vmmp.ImageFile}
+	case b.Initrd:
+		return []string{vmmp.ImageFile, vmmp.KernelFile, vmmp.InitrdFile}
+	}
+	return []string{vmmp.ImageFile, vmmp.KernelFile}
 }
 
 func decodeImageRequest(b []byte) (imageRequest, error) {
@@ -73,9 +102,8 @@ func decodeImageRequest(b []byte) (imageRequest, error) {
 // to deliver (a broken transfer may resume within it).
 const imageGrantTTL = 10 * time.Minute
 
-// handleImage answers a request to deliver an image: only an image this provider holds, that
-// boots from its own disk (the content hash covers nothing else), to the provider that a
-// buyer's fresh lease proposal names for a store of that image.
+// handleImage answers a request to deliver an image: only an image this provider holds, to the
+// provider that a buyer's fresh lease proposal names for a store of that image.
 func (p *Provider) handleImage(_ context.Context, st network.Stream, frame []byte, _ *bufio.Reader) error {
 	resp, err := p.agreeDelivery(st.Conn().RemotePeer(), frame)
 	if err != nil {
@@ -106,21 +134,40 @@ func (p *Provider) agreeDelivery(from peer.ID, frame []byte) (imageResponse, err
 	if !ok {
 		return imageResponse{}, fmt.Errorf("%w: %s", ErrImageMissing, req.Image)
 	}
-	if img.Boot != nil {
-		return imageResponse{}, fmt.Errorf("%w: image %s boots a kernel kept outside its disk, which its content hash does not cover; it is not delivered", ErrInvalid, img.Name)
-	}
 	if p.opts.ImageGrants == nil {
 		return imageResponse{}, fmt.Errorf("%w: this provider delivers no images", ErrUnavailable)
 	}
-	fi, err := os.Stat(img.Disk)
-	if err != nil {
-		return imageResponse{}, fmt.Errorf("%w: image %s: %v", ErrInternal, img.Name, err)
+	size := func(path string) (int64, error) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return 0, fmt.Errorf("%w: image %s: %v", ErrInternal, img.Name, err)
+		}
+		return fi.Size(), nil
 	}
-	if err := p.opts.ImageGrants.Grant(req.Image, from, img.Disk, imageGrantTTL); err != nil {
+	files := vmmp.ImageFiles{Disk: img.Disk}
+	var resp imageResponse
+	if resp.Size, err = size(img.Disk); err != nil {
+		return imageResponse{}, err
+	}
+	if b := img.Boot; b != nil {
+		files.Kernel, files.Initrd = b.Kernel, b.Initrd
+		resp.Boot = &bootDelivery{Initrd: b.Initrd != "", Cmdline: b.Cmdline}
+		for _, path := range []string{b.Kernel, b.Initrd} {
+			if path == "" {
+				continue
+			}
+			n, err := size(path)
+			if err != nil {
+				return imageResponse{}, err
+			}
+			resp.Boot.Size += n
+		}
+	}
+	if err := p.opts.ImageGrants.Grant(req.Image, from, files, imageGrantTTL); err != nil {
 		return imageResponse{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	p.log.Info("image delivery agreed", "peer", from, "image", img.Name, "lease", sl.ID)
-	return imageResponse{Size: fi.Size()}, nil
+	return resp, nil
 }
 
 // imageSource is a provider whose live offer lists an image.
@@ -214,9 +261,9 @@ func (p *Provider) fetchImage(ctx context.Context, sl SignedLease, srcs []imageS
 }
 
 // fetchFrom fetches the image of sl from src into the image directory: it asks src to deliver
-// it, pulls it into a directory of its own there, checks its content hash and only then moves
-// it beside the other images, with a description that a restart reads (ScanImages). Whatever
-// fails, nothing of it stays.
+// it, pulls its files into a directory of their own there, checks the content hash over all of
+// them and the command line, and only then moves them beside the other images, with a
+// description that a restart reads (ScanImages). Whatever fails, nothing of it stays.
 func (p *Provider) fetchFrom(ctx context.Context, sl SignedLease, src imageSource) (img Image, err error) {
 	hash := sl.Config.Image
 	limit := min(sl.Config.DiskMB, p.opts.MaxImageMB) << 20
@@ -230,6 +277,10 @@ func (p *Provider) fetchFrom(ctx context.Context, sl SignedLease, src imageSourc
 	if resp.Size > limit {
 		return Image{}, fmt.Errorf("%w: the image is %d MB, more than the %d MB this store takes", ErrInvalid, ceilDiv(resp.Size, 1<<20), limit>>20)
 	}
+	total := limit // the disk; a kernel and initramfs may come besides
+	if resp.Boot != nil {
+		total += maxBootBytes
+	}
 	dir, err := os.MkdirTemp(p.opts.ImageDir, ".fetch-")
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: image directory: %v", ErrInternal, err)
@@ -237,8 +288,8 @@ func (p *Provider) fetchFrom(ctx context.Context, sl SignedLease, src imageSourc
 	defer os.RemoveAll(dir)
 	fctx, cancel := context.WithTimeout(ctx, p.opts.ImageTimeout)
 	defer cancel()
-	_, err = transfer.Fetch(fctx, p.n.Host(), src.peer.id, vmmp.ImageRequest(hash), dir,
-		transfer.WithMaxSize(limit), transfer.WithIdleTimeout(p.opts.ImageIdle), transfer.WithLogger(p.log))
+	_, err = transfer.Fetch(fctx, p.n.Host(), src.peer.id, vmmp.ImageRequest(hash, resp.Boot.names()...), dir,
+		transfer.WithMaxSize(total), transfer.WithIdleTimeout(p.opts.ImageIdle), transfer.WithLogger(p.log))
 	switch {
 	case errors.Is(err, syscall.ENOSPC):
 		return Image{}, fmt.Errorf("%w: the disk of this provider's images (%s) is full: %v", ErrNoCapacity, p.opts.ImageDir, err)
@@ -247,41 +298,101 @@ func (p *Provider) fetchFrom(ctx context.Context, sl SignedLease, src imageSourc
 	case err != nil:
 		return Image{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	got := filepath.Join(dir, vmmp.ImageFile)
-	sum, size, err := contentHash(fctx, got)
-	if err != nil {
-		return Image{}, fmt.Errorf("%w: %v", ErrInternal, err)
+	got := fetchedImage{dir: dir, boot: resp.Boot}
+	for _, name := range resp.Boot.names() {
+		sum, size, err := contentHash(fctx, filepath.Join(dir, name))
+		if err != nil {
+			return Image{}, fmt.Errorf("%w: %v", ErrInternal, err)
+		}
+		got.sums = append(got.sums, sum)
+		if name == vmmp.ImageFile {
+			got.size = size
+		}
 	}
-	if sum != hash {
-		return Image{}, fmt.Errorf("%w: it sent an image of content hash %s, not the %s its offer lists", ErrForged, sum, hash)
+	if got.size > limit {
+		return Image{}, fmt.Errorf("%w: it sent a disk of %d MB, more than the %d MB this store takes", ErrInvalid, ceilDiv(got.size, 1<<20), limit>>20)
 	}
-	return p.keepImage(got, src.info, sum, size)
+	if sum := got.parts().hash(); sum != hash {
+		what := "an image"
+		if resp.Boot != nil {
+			what = "a disk, kernel, initramfs and command line"
+		}
+		return Image{}, fmt.Errorf("%w: it sent %s of content hash %s, not the %s its offer lists", ErrForged, what, sum, hash)
+	}
+	return p.keepImage(got, src.info, hash)
 }
 
-// keepImage moves the verified image file at path into the image directory under a name made
-// of its hash, and describes it there as ScanImages reads it.
-func (p *Provider) keepImage(path string, info ImageInfo, hash string, size int64) (Image, error) {
+// fetchedImage is an image whose files a fetch received into dir, under the delivery's names.
+type fetchedImage struct {
+	dir  string
+	boot *bootDelivery // nil for an image that boots from its disk
+	sums []string      // content hashes of the files, in the order of boot.names()
+	size int64         // the disk's
+}
+
+func (f fetchedImage) parts() imageParts {
+	p := imageParts{Disk: f.sums[0]}
+	if f.boot != nil {
+		p.Kernel, p.Cmdline = f.sums[1], f.boot.Cmdline
+		if f.boot.Initrd {
+			p.Initrd = f.sums[2]
+		}
+	}
+	return p
+}
+
+// fetchedSuffix is the suffix of the kept file of each delivered file name.
+var fetchedSuffix = map[string]string{vmmp.ImageFile: ".img", vmmp.KernelFile: ".kernel", vmmp.InitrdFile: ".initrd"}
+
+// keepImage moves the verified files of an image into the image directory under names made of
+// its hash, and describes it there as ScanImages reads it; the description comes last, so that
+// a restart finds either the whole image or none of it.
+func (p *Provider) keepImage(f fetchedImage, info ImageInfo, hash string) (img Image, err error) {
 	base := "fetched-" + strings.TrimPrefix(hash, "blake3:")[:16]
-	disk := filepath.Join(p.opts.ImageDir, base+".img")
-	img := Image{Name: info.Name, OS: info.OS, Disk: disk, MemoryMB: info.MemoryMB, Hash: hash, sizeMB: ceilDiv(size, 1<<20)}
-	desc, err := json.Marshal(Image{Name: img.Name, OS: img.OS, Disk: base + ".img", MemoryMB: img.MemoryMB})
+	names := f.boot.names()
+	kept := make([]string, len(names)) // paths in the image directory
+	for i, name := range names {
+		kept[i] = filepath.Join(p.opts.ImageDir, base+fetchedSuffix[name])
+	}
+	desc := Image{Name: info.Name, OS: info.OS, Disk: filepath.Base(kept[0]), MemoryMB: info.MemoryMB}
+	img = Image{Name: info.Name, OS: info.OS, Disk: kept[0], MemoryMB: info.MemoryMB, Hash: hash, sizeMB: ceilDiv(f.size, 1<<20)}
+	if f.boot != nil {
+		desc.Boot = &vm.KernelBoot{Kernel: filepath.Base(kept[1]), Cmdline: f.boot.Cmdline}
+		img.Boot = &vm.KernelBoot{Kernel: kept[1], Cmdline: f.boot.Cmdline}
+		if f.boot.Initrd {
+			desc.Boot.Initrd, img.Boot.Initrd = filepath.Base(kept[2]), kept[2]
+		}
+	}
+	raw, err := json.Marshal(desc)
 	if err != nil {
 		return Image{}, err
 	}
-	tmp := filepath.Join(filepath.Dir(path), base+".json")
-	if err := os.WriteFile(tmp, desc, 0o600); err != nil {
+	tmp := filepath.Join(f.dir, base+".json")
+	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
 		return Image{}, fmt.Errorf("%w: describe image: %v", ErrNoCapacity, err)
 	}
-	if err := os.Rename(path, disk); err != nil {
-		return Image{}, fmt.Errorf("%w: keep image: %v", ErrInternal, err)
+	var moved []string
+	defer func() {
+		if err != nil {
+			for _, path := range moved {
+				os.Remove(path)
+			}
+		}
+	}()
+	for i, name := range names {
+		if err := os.Rename(filepath.Join(f.dir, name), kept[i]); err != nil {
+			return Image{}, fmt.Errorf("%w: keep image: %v", ErrInternal, err)
+		}
+		moved = append(moved, kept[i])
 	}
 	if err := os.Rename(tmp, filepath.Join(p.opts.ImageDir, base+".json")); err != nil {
-		os.Remove(disk)
 		return Image{}, fmt.Errorf("%w: keep image: %v", ErrInternal, err)
 	}
-	// The hash as hashImage caches it, so that a restart does not read the image again.
-	if fi, err := os.Stat(disk); err == nil {
-		node.PutJSON(p.hashSpace, disk, hashRecord{Size: fi.Size(), ModTime: fi.ModTime(), Hash: hash})
+	// The files' hashes as hashImage caches them, so that a restart does not read them again.
+	for i, path := range kept {
+		if fi, err := os.Stat(path); err == nil {
+			node.PutJSON(p.hashSpace, path, hashRecord{Size: fi.Size(), ModTime: fi.ModTime(), Hash: f.sums[i]})
+		}
 	}
 	return img, nil
 }
@@ -300,7 +411,8 @@ func (p *Provider) removeFetchLeftovers() {
 	}
 }
 
-// contentHash is the content hash of the file at path as the catalog names images, and its size.
+// contentHash is the content hash of the file at path, and its size: an image's parts are named
+// by it (imageParts), and an image that boots from its disk by its disk's.
 func contentHash(ctx context.Context, path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {

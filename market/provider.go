@@ -565,7 +565,7 @@ func (p *Provider) loadImages(ctx context.Context) error {
 		if img.Name == "" || img.Disk == "" {
 			return fmt.Errorf("market: image %+v needs a name and a disk", img)
 		}
-		hash, size, err := hashImage(ctx, p.hashSpace, img.Disk)
+		hash, size, err := hashImage(ctx, p.hashSpace, img)
 		if err != nil {
 			return fmt.Errorf("market: %w", err)
 		}

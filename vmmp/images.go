@@ -15,18 +15,49 @@ import (
 // Image deliveries: a provider that stores a preconfigured VM without holding its OS image
 // fetches the image, by its content hash, from a provider that holds it, with the same
 // transfer as a migration. The source serves exactly the image it agreed to deliver to exactly
-// that peer, until the grant expires.
+// that peer, until the grant expires. An image that boots a kernel directly moves as three
+// files in one transfer: its disk, kernel and initramfs.
 
 // ImagePrefix starts the transfer request's VM field of an image delivery: "image:" and the
 // image's content hash.
 const ImagePrefix = "image:"
 
-// ImageFile is the one file name of an image delivery.
-const ImageFile = "image"
+// The file names of an image delivery.
+const (
+	ImageFile  = "image"  // the disk
+	KernelFile = "kernel" // the kernel of an image that boots one directly
+	InitrdFile = "initrd" // its initramfs, if it has one
+)
 
-// ImageRequest is the transfer request of the image with content hash hash.
-func ImageRequest(hash string) transfer.Request {
-	return transfer.Request{VM: ImagePrefix + hash, Files: []string{ImageFile}}
+// ImageFiles are the files of one image delivery, by path on the source: the disk, and for an
+// image that boots a kernel directly the kernel and, if it has one, the initramfs.
+type ImageFiles struct {
+	Disk, Kernel, Initrd string
+}
+
+// Names are the file names under which the files are delivered, in the order of a transfer
+// request: ImageFile, then KernelFile and InitrdFile for those f has.
+func (f ImageFiles) Names() []string {
+	names, _ := f.files()
+	return names
+}
+
+func (f ImageFiles) files() (names, paths []string) {
+	for _, nf := range [...]struct{ name, path string }{{ImageFile, f.Disk}, {KernelFile, f.Kernel}, {InitrdFile, f.Initrd}} {
+		if nf.path != "" {
+			names, paths = append(names, nf.name), append(paths, nf.path)
+		}
+	}
+	return names, paths
+}
+
+// ImageRequest is the transfer request of the image with content hash hash, of the files
+// named (ImageFiles.Names; just ImageFile when none are).
+func ImageRequest(hash string, names ...string) transfer.Request {
+	if len(names) == 0 {
+		names = []string{ImageFile}
+	}
+	return transfer.Request{VM: ImagePrefix + hash, Files: names}
 }
 
 // ImageGrants are a source's agreed image deliveries: which peer may read which image file,
@@ -44,7 +75,7 @@ type imageKey struct {
 }
 
 type imageGrant struct {
-	path    string
+	files   map[string]string // path by delivered file name
 	expires time.Time
 }
 
@@ -56,10 +87,15 @@ func NewImageGrants() *ImageGrants {
 	return &ImageGrants{now: time.Now, grants: map[imageKey]imageGrant{}}
 }
 
-// Grant lets to read the image file at path, of content hash hash, for ttl.
-func (g *ImageGrants) Grant(hash string, to peer.ID, path string, ttl time.Duration) error {
-	if to.Validate() != nil || hash == "" || path == "" || ttl <= 0 {
-		return fmt.Errorf("grant of image %s: a peer, a path and a time to live are needed", hash)
+// Grant lets to read the files of the image of content hash hash for ttl.
+func (g *ImageGrants) Grant(hash string, to peer.ID, files ImageFiles, ttl time.Duration) error {
+	if to.Validate() != nil || hash == "" || files.Disk == "" || (files.Initrd != "" && files.Kernel == "") || ttl <= 0 {
+		return fmt.Errorf("grant of image %s: a peer, a disk (and a kernel with an initramfs) and a time to live are needed", hash)
+	}
+	names, paths := files.files()
+	byName := make(map[string]string, len(names))
+	for i, n := range names {
+		byName[n] = paths[i]
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -73,7 +109,7 @@ func (g *ImageGrants) Grant(hash string, to peer.ID, path string, ttl time.Durat
 	if _, ok := g.grants[k]; !ok && len(g.grants) >= maxImageGrants {
 		return fmt.Errorf("grant of image %s: %d deliveries are under way; try again later", hash, len(g.grants))
 	}
-	g.grants[k] = imageGrant{path: path, expires: now.Add(ttl)}
+	g.grants[k] = imageGrant{files: byName, expires: now.Add(ttl)}
 	return nil
 }
 
@@ -84,11 +120,11 @@ func (g *ImageGrants) Revoke(hash string, to peer.ID) {
 	delete(g.grants, imageKey{to, hash})
 }
 
-// Authorize is a transfer.AuthorizeFunc for image deliveries: from may read the one file of
-// an image only while it holds a live grant of that image.
+// Authorize is a transfer.AuthorizeFunc for image deliveries: from may read the files of an
+// image only while it holds a live grant of that image, and only the files granted.
 func (g *ImageGrants) Authorize(_ context.Context, from peer.ID, req transfer.Request) ([]string, error) {
 	hash, ok := strings.CutPrefix(req.VM, ImagePrefix)
-	if !ok || len(req.Files) != 1 || req.Files[0] != ImageFile {
+	if !ok || len(req.Files) == 0 {
 		return nil, ErrNotGranted
 	}
 	g.mu.Lock()
@@ -102,7 +138,13 @@ func (g *ImageGrants) Authorize(_ context.Context, from peer.ID, req transfer.Re
 	if !ok {
 		return nil, ErrNotGranted
 	}
-	return []string{gr.path}, nil
+	paths := make([]string, len(req.Files))
+	for i, name := range req.Files {
+		if paths[i], ok = gr.files[name]; !ok {
+			return nil, ErrNotGranted
+		}
+	}
+	return paths, nil
 }
 
 // Authorize is the transfer server's hook of a provider: image deliveries (a request for
