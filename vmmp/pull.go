@@ -47,9 +47,15 @@ func Pull(ctx context.Context, h host.Host, m *vm.Manager, in Incoming, opts ...
 		}
 	}()
 	if rec, err := m.Get(in.VM); err == nil && rec.Cached {
-		if err := seed(ctx, m, in.VM, dir); err != nil {
+		restore, err := seed(ctx, m, in.VM, dir)
+		if err != nil {
 			return vm.Record{}, nil, err
 		}
+		defer func() {
+			if !adopted {
+				restore()
+			}
+		}()
 	}
 	res, err := transfer.Fetch(ctx, h, in.Origin, transfer.Request{VM: in.VM.String(), Files: in.Files}, dir, opts...)
 	if err != nil {
@@ -63,21 +69,42 @@ func Pull(ctx context.Context, h host.Host, m *vm.Manager, in Incoming, opts ...
 	return rec, res, nil
 }
 
-// seed copies the files of the cached copy of id into dir, for the transfer to patch.
-func seed(ctx context.Context, m *vm.Manager, id vm.ID, dir string) error {
+// seed puts the cached copy of id in the staging directory dir, for the transfer to patch: it
+// moves the copy's whole directory there, which costs nothing and keeps every file's identity,
+// so that the signatures the transfer stored beside them stay valid and unchanged files are
+// neither copied nor hashed again. Where the directory cannot move (another file system), it
+// copies the files, holes kept. restore puts a moved copy back, for a migration that failed:
+// the files are then each the old or the new version, a basis as good as before.
+func seed(ctx context.Context, m *vm.Manager, id vm.ID, dir string) (restore func(), err error) {
+	restore = func() {}
 	files, err := m.Driver().Files(ctx, id)
 	if err != nil {
 		if errors.Is(err, vm.ErrNotFound) {
-			return nil
+			return restore, nil
 		}
-		return err
+		return restore, err
+	}
+	if err := os.Remove(dir); err == nil {
+		if err := os.Rename(files.Dir, dir); err == nil {
+			return func() {
+				if rec, err := m.Get(id); err == nil && rec.Cached {
+					if err := os.Rename(dir, files.Dir); err == nil {
+						return
+					}
+				}
+				os.RemoveAll(dir) // the cached copy went meanwhile (evicted)
+			}, nil
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return restore, fmt.Errorf("seed the migration of vm %s: %w", id, err)
+		}
 	}
 	for _, name := range files.Names {
 		if err := copyFile(ctx, filepath.Join(files.Dir, name), filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("seed the migration of vm %s with its cached copy: %w", id, err)
+			return restore, fmt.Errorf("seed the migration of vm %s with its cached copy: %w", id, err)
 		}
 	}
-	return nil
+	return restore, nil
 }
 
 // copyFile copies src to dst keeping its holes: a cached disk image is mostly sparse, and a
