@@ -377,6 +377,11 @@ func startBenchNode(ctx context.Context, dir string, peers []*node.Node, log *sl
 	}
 	cfg.Roles.Provider = provider
 	cfg.Provider.Accel = "tcg"
+	return runBenchNode(ctx, home, cfg, log, opts)
+}
+
+// runBenchNode makes home a node's home with cfg and starts the node with opts.
+func runBenchNode(ctx context.Context, home node.Home, cfg node.Config, log *slog.Logger, opts daemon.Options) (*daemon.Node, error) {
 	if err := home.Init(cfg, false); err != nil {
 		return nil, err
 	}

@@ -450,23 +450,11 @@ func copyAndSync(dir, to string, names []string) (time.Duration, error) {
 
 // startMigrateNode starts a node of this process listening on ip.
 func startMigrateNode(ctx context.Context, dir, ip string, log *slog.Logger, edit func(*node.Config), images []market.Image) (*daemon.Node, error) {
-	home := node.Home{Dir: dir}
 	cfg := migrateNodeConfig(ip, 0)
 	if edit != nil {
 		edit(&cfg)
 	}
-	if err := home.Init(cfg, false); err != nil {
-		return nil, err
-	}
-	n, err := daemon.New(home, cfg, daemon.Options{Options: node.Options{Logger: log, Fast: true, Version: "bench"}, Images: images})
-	if err != nil {
-		return nil, err
-	}
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		return nil, err
-	}
-	return n, nil
+	return runBenchNode(ctx, node.Home{Dir: dir}, cfg, log, daemon.Options{Images: images})
 }
 
 // migrateNodeConfig is the config of a benchmark node listening on ip: the local profile on

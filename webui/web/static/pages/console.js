@@ -57,7 +57,7 @@ export async function render(main, [id]) {
   };
   const stop = await follow(`vm=${encodeURIComponent(id)}`, (rec) => {
     // A VM that moved is reached through a new session at its new provider.
-    if (rec.kind === 'migration.step' && /commit|done|finish/.test(rec.message) && rfb) {
+    if (rec.kind === 'migration.step' && rec.data?.migration?.step === 'done' && rfb) {
       rfb.disconnect();
     }
   });
