@@ -115,3 +115,39 @@ func copyFile(ctx context.Context, src, dst string) error {
 	}
 	return transfer.CopySparse(ctx, dst, src)
 }
+
+// SweepStaging tidies the staging directories of m's driver that a node stopped in the middle
+// of a migration left: a cached copy that had moved there to seed it goes back where it was,
+// anything else is removed. The daemon calls it before it serves migrations.
+func SweepStaging(m *vm.Manager) error {
+	d, ok := m.Driver().(interface {
+		StagingRoot() string
+		Dir(vm.ID) string
+	})
+	if !ok {
+		return nil
+	}
+	entries, err := os.ReadDir(d.StagingRoot())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		path := filepath.Join(d.StagingRoot(), e.Name())
+		name := e.Name() // the VM's ID, '-', a random suffix
+		if id, err := vm.ParseID(name[:min(len(name), 36)]); err == nil {
+			if rec, err := m.Get(id); err == nil && rec.Cached {
+				if _, err := os.Stat(d.Dir(id)); errors.Is(err, os.ErrNotExist) {
+					if err := os.Rename(path, d.Dir(id)); err == nil {
+						continue
+					}
+				}
+			}
+		}
+		errs = append(errs, os.RemoveAll(path))
+	}
+	return errors.Join(errs...)
+}

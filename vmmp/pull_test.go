@@ -195,6 +195,31 @@ func TestSeedMovesTheCachedCopy(t *testing.T) {
 			t.Fatalf("%s not back in the cached copy", name)
 		}
 	}
+	// So does a node that stopped in the middle, when it starts again; other leftovers go.
+	dir, err := a.mgr.Driver().(vm.Importer).StagingDir(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seed(ctx, a.mgr, id, dir); err != nil {
+		t.Fatal(err)
+	}
+	junk, err := a.mgr.Driver().(vm.Importer).StagingDir(ctx, vm.NewID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SweepStaging(a.mgr); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files.Names {
+		if fileSum(t, filepath.Join(files.Dir, name)) != sums[name] {
+			t.Fatalf("%s not back in the cached copy after the sweep", name)
+		}
+	}
+	for _, d := range []string{dir, junk} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s left after the sweep: %v", d, err)
+		}
+	}
 }
 
 // fileSum is the SHA-256 of the file at path, in hex.

@@ -28,6 +28,9 @@ type Migrations struct {
 
 // Start serves the protocols on n's host.
 func (m *Migrations) Start(_ context.Context, n *node.Node) error {
+	if err := vmmp.SweepStaging(m.vms.Manager()); err != nil {
+		n.Logger().Warn("tidy the staging directories of migrations", "err", err)
+	}
 	var err error
 	served := func(from peer.ID, req transfer.Request) {
 		if id, ok := m.Grants.Covers(from, req); ok {

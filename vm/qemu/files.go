@@ -469,12 +469,15 @@ func (d *Driver) Delete(ctx context.Context, id vm.ID) error {
 
 // StagingDir implements vm.Importer.
 func (d *Driver) StagingDir(ctx context.Context, id vm.ID) (string, error) {
-	dir, err := os.MkdirTemp(filepath.Join(d.cfg.Dir, "staging"), id.String()+"-")
+	dir, err := os.MkdirTemp(d.StagingRoot(), id.String()+"-")
 	if err != nil {
 		return "", fmt.Errorf("staging dir for vm %s: %w", id, err)
 	}
 	return dir, nil
 }
+
+// StagingRoot is the directory StagingDir makes staging directories in.
+func (d *Driver) StagingRoot() string { return filepath.Join(d.cfg.Dir, "staging") }
 
 // Import implements vm.Importer: the staged directory must hold a valid vm.json for id and
 // the files it names; it replaces an older copy of the VM that is not running.
