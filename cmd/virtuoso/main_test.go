@@ -189,7 +189,8 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"unknown flag", nil, func(h string) []string { return []string{"node", "--home", h, "--bogus"} }, 2, "flag provided but not defined: -bogus"},
 		{"unknown command", nil, func(h string) []string { return []string{"frobnicate"} }, 2, "unknown command"},
-		{"migrate without a machine", nil, func(h string) []string { return []string{"migrate", "bf6ca656", "--home", running} }, 2, "--machine is required"},
+		{"destinations of a vm one does not have", nil, func(h string) []string { return []string{"migrate", "bf6ca656", "--home", running} }, 1, "no vm of yours"},
+		{"migrate with hours out of range", nil, func(h string) []string { return []string{"migrate", "bf6ca656", "--hours", "25", "--home", running} }, 1, "--hours 25"},
 		{"migrate by an unknown method", nil, func(h string) []string {
 			return []string{"migrate", "bf6ca656", "--machine", "a1f6", "--method", "ftp", "--home", running}
 		}, 2, "use blockdiff or full"},

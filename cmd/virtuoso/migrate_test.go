@@ -210,6 +210,17 @@ func TestMigrationKilled(t *testing.T) {
 	}
 	at := "a"
 	check(t, at, "b", false)
+	// Where it can go, as the user sees it: the other provider, with the cost beside today's.
+	bID, err := peer.Decode(peerOf["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = mustRun(t, "migrate", id, "--home", home("x"))
+	for _, want := range []string{"is on " + market.Short(stored.Provider), market.Short(bID), "blockdiff,full", "VS NOW", "virtuoso migrate " + id + " --to " + peerOf["b"]} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("virtuoso migrate %s printed\n%s\nwant %q in it", id, out, want)
+		}
+	}
 
 	for _, tc := range []struct {
 		name   string
