@@ -381,7 +381,7 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 				// asks it to let go, which it does only if it did not.
 				cause = err
 				if err := b.decide(ctx, m, next); err != nil {
-					return errors.Join(cause, err)
+					return fmt.Errorf("%w; %w", cause, err)
 				}
 				continue
 			}

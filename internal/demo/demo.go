@@ -198,7 +198,8 @@ func (m *Marketplace) Print(w io.Writer) {
 		"  virtuoso vm start ID; virtuoso vm ls              # it boots to a root shell (under TCG in under a minute)\n"+
 		"  virtuoso vm console ID                            # a VNC address and password: open it with a VNC viewer\n"+
 		"  virtuoso account                                # the buyer's 100 and what each VM has cost (10 s running, 1 m storage periods)\n"+
-		"  virtuoso migrate ID --machine M                 # move it to the other provider (running or not); billing follows\n"+
+		"  virtuoso migrate ID                             # where it can go and what it would cost there\n"+
+		"  virtuoso migrate ID --to PEER                   # move it (running or not), with progress; billing follows\n"+
 		"  virtuoso vm stop ID\n"+
 		"  virtuoso events --follow                        # what happens on the buyer's node, as it happens\n"+
 		"  (busybox is a tiny guest that only counts on its serial port, for quick tries)\n", buyer)
