@@ -390,6 +390,9 @@ func (b *Buyer) drive(ctx context.Context, m *Migration, progress func(Migration
 				return err
 			}
 		case StepFinish:
+			// Past the destination's commit the move is only told, never undone: a caller
+			// that stops waiting does not stop it.
+			ctx = context.WithoutCancel(ctx)
 			// 4. The origin, which knows whether it sent the files to their end, lets go and
 			// keeps them as a cache; a destination that answered SUCCESS without them is
 			// found out here.
@@ -627,6 +630,11 @@ func (b *Buyer) resumeMigrations(ctx context.Context) {
 	}
 	for _, m := range todo {
 		if !b.claim(m) {
+			continue
+		}
+		// Listed before it was claimed: a Migrate may have taken it further meanwhile.
+		if cur, err := node.GetJSON[Migration](b.migrations, m.VM.String()); err != nil || !cur.Updated.Equal(m.Updated) || cur.Step != m.Step {
+			b.release(m.VM)
 			continue
 		}
 		b.log.Info("taking up a migration", "vm", m.VM, "step", m.Step)

@@ -62,11 +62,11 @@ func (p *Provider) Incoming(id vm.ID, buyer peer.ID) (LeaseRecord, error) {
 // the migration's commit: it happens at most once, never after CancelIncoming and never after
 // the lease lapsed. (The lease enters the ledger with the migration, which the buyer records:
 // not as a new lease.)
-func (p *Provider) Arrived(id vm.ID) error {
+func (p *Provider) Arrived(id vm.ID, lease string) error {
 	err := p.space.Update(func(tx *node.Txn) error {
 		l, err := node.GetJSON[LeaseRecord](tx, leaseKey(id))
-		if err != nil || l.State != LeaseStateIncoming {
-			return fmt.Errorf("%w: no incoming lease of vm %s", ErrNotFound, id)
+		if err != nil || l.State != LeaseStateIncoming || l.Lease.String() != lease {
+			return fmt.Errorf("%w: no incoming lease %s of vm %s", ErrNotFound, lease, id)
 		}
 		if p.now().Sub(l.Created) > IncomingTTL {
 			return fmt.Errorf("%w: the incoming lease of vm %s lapsed", ErrExpired, id)

@@ -80,13 +80,16 @@ func TestIncomingLease(t *testing.T) {
 	if _, err := ask(propose(id)); !errors.Is(err, ErrExists) {
 		t.Fatalf("a second incoming lease of the vm: %v", err)
 	}
-	if err := p.prov.Arrived(id); err != nil {
+	if err := p.prov.Arrived(id, NewLeaseID().String()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the vm arrived under another lease: %v", err)
+	}
+	if err := p.prov.Arrived(id, l.Lease.String()); err != nil {
 		t.Fatal(err)
 	}
 	if l, _ := p.prov.Lease(id); l.State != LeaseStateActive {
 		t.Fatalf("after arrival: %s", l.State)
 	}
-	if err := p.prov.Arrived(id); !errors.Is(err, ErrNotFound) {
+	if err := p.prov.Arrived(id, l.Lease.String()); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an active lease arrived again: %v", err)
 	}
 	// Another incoming lease, cancelled: its capacity is released.

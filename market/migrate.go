@@ -164,6 +164,16 @@ func (p *Provider) finishMigration(ctx context.Context, from peer.ID, req migrat
 		return migrateResponse{State: rec.State}, nil // said before
 	}
 	if req.Moved && l.Fetched.IsZero() {
+		// The transfer server records the fetch as the destination's last word arrives: the
+		// buyer's may overtake it by a moment.
+		for range 10 {
+			time.Sleep(200 * time.Millisecond)
+			if l, err = node.GetJSON[LeaseRecord](p.space, leaseKey(id)); err != nil || !l.Fetched.IsZero() {
+				break
+			}
+		}
+	}
+	if req.Moved && l.Fetched.IsZero() {
 		// The buyer's node says the VM moved, but this provider never sent it: a destination
 		// that answered SUCCESS without the files. The VM stays.
 		return migrateResponse{State: rec.State}, fmt.Errorf("%w: the destination %s never fetched the files of vm %s from here, so it cannot hold it", ErrNotFetched, Short(l.MigratingTo), id)
@@ -208,7 +218,7 @@ func (p *Provider) cancelIncoming(ctx context.Context, from peer.ID, req migrate
 	case l.State == LeaseStateActive && l.Lease == req.Lease:
 		rec, err := p.vms.Get(req.VM)
 		return migrateResponse{State: rec.State, Arrived: true}, err
-	case l.State == LeaseStateIncoming:
+	case l.State == LeaseStateIncoming && (req.Lease.IsZero() || l.Lease == req.Lease):
 		return migrateResponse{}, p.CancelIncoming(ctx, req.VM)
 	}
 	return migrateResponse{}, nil
@@ -286,6 +296,11 @@ func (p *Provider) restoreMigrations(ctx context.Context) {
 					p.log.Warn("grant the files of a migrating vm again", "vm", l.VM, "err", err)
 				}
 			}
+			continue
+		}
+		if !l.Fetched.IsZero() {
+			// The destination has the files and may have committed: only the buyer can say
+			// how it ended. The VM stays migrating here until it does.
 			continue
 		}
 		p.log.Warn("a migration away was never finished by its buyer: the vm stays here", "vm", l.VM, "to", l.MigratingTo, "since", l.MigratingSince)

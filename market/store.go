@@ -237,6 +237,9 @@ func (b *Buyer) recoverLease(ctx context.Context, id vm.ID) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
+	if bl.State != LeaseStatePending {
+		return bl.view() // its store was answered meanwhile
+	}
 	sl, err := DecodeLease(bl.Raw)
 	if err != nil {
 		return VM{}, err

@@ -50,7 +50,7 @@ func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 			}
 			return vmmp.Admission{Owner: l.Buyer.String(), Lease: l.Lease.String()}, nil
 		},
-		Arrived: func(_ context.Context, rec vm.Record) error { return m.provider().Arrived(rec.ID) },
+		Arrived: func(_ context.Context, rec vm.Record) error { return m.provider().Arrived(rec.ID, rec.Lease) },
 		Log:     n.Logger(),
 	})
 	return nil

@@ -101,10 +101,10 @@ func (s *Server) handle(st network.Stream) {
 		return
 	}
 	log.Debug("transfer: sent", "vm", sess.req.VM, "bytes", sess.fw.n.Load())
-	_ = st.Close()
 	if s.cfg.served != nil {
 		s.cfg.served(from, sess.req.Request)
 	}
+	_ = st.Close()
 }
 
 // session is one transfer on the source side.
