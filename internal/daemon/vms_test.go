@@ -13,6 +13,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
+	"github.com/virtuoso-market/virtuoso/internal/daemon/daemontest"
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/market"
 	"github.com/virtuoso-market/virtuoso/node"
@@ -22,34 +23,10 @@ import (
 	"github.com/vmware/govmomi/simulator"
 )
 
-// startNode builds a node with daemon.New from the default local config edited by edit and
-// starts it on loopback; it is closed at the end of the test.
-func startNode(t *testing.T, edit func(*node.Config), opts daemon.Options) *daemon.Node {
+// startNode starts a whole node on loopback for the test (daemontest.Start).
+func startNode(t testing.TB, edit func(*node.Config), opts daemon.Options) *daemon.Node {
 	t.Helper()
-	home := node.Home{Dir: t.TempDir()}
-	cfg := node.DefaultConfig(node.ProfileLocal)
-	cfg.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.Network.DiscoveryInterval = 200 * time.Millisecond
-	if edit != nil {
-		edit(&cfg)
-	}
-	if err := home.Init(cfg, false); err != nil {
-		t.Fatal(err)
-	}
-	opts.Fast = true
-	n, err := daemon.New(home, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return daemontest.Start(t, edit, opts)
 }
 
 // sellingTo starts a provider node and a buyer node connected to it, and has the provider sell
