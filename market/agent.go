@@ -44,15 +44,16 @@ const (
 // Migration is a migration as its agent records it: what moves where, the step it is at, and
 // the copy's progress.
 type Migration struct {
-	VM          vm.ID     `json:"vm"`
-	Step        string    `json:"step"`
-	From        LeaseID   `json:"from"`
-	Origin      peer.ID   `json:"origin"`
-	OriginAddrs []string  `json:"origin_addrs,omitempty"`
-	To          peer.ID   `json:"to"`
-	ToAddrs     []string  `json:"to_addrs,omitempty"`
-	Machine     MachineID `json:"machine"`
-	Method      string    `json:"method"`
+	VM            vm.ID     `json:"vm"`
+	Step          string    `json:"step"`
+	From          LeaseID   `json:"from"`
+	Origin        peer.ID   `json:"origin"`
+	OriginMachine MachineID `json:"origin_machine"`
+	OriginAddrs   []string  `json:"origin_addrs,omitempty"`
+	To            peer.ID   `json:"to"`
+	ToAddrs       []string  `json:"to_addrs,omitempty"`
+	Machine       MachineID `json:"machine"`
+	Method        string    `json:"method"`
 	// Proposal is the new lease as the buyer signed it; Lease the destination's countersigned
 	// one, once it holds capacity.
 	Proposal []byte `json:"proposal"`
@@ -254,7 +255,7 @@ func (b *Buyer) Migrate(ctx context.Context, id vm.ID, req MigrateRequest) (VM, 
 	if err != nil {
 		return VM{}, err
 	}
-	m := Migration{VM: id, Step: StepLease, From: old.ID, Origin: old.Provider, OriginAddrs: bl.Addrs, To: offer.Provider,
+	m := Migration{VM: id, Step: StepLease, From: old.ID, Origin: old.Provider, OriginMachine: old.Machine, OriginAddrs: bl.Addrs, To: offer.Provider,
 		ToAddrs: offer.Addrs, Machine: offer.Machine, Method: method, Proposal: proposal.Encode(), Prior: bl.VM.Status, Started: b.now()}
 	if !b.claim(m) {
 		return VM{}, fmt.Errorf("%w: vm %s is migrating already", ErrMigrating, id)
@@ -491,11 +492,8 @@ func (b *Buyer) copyVia(ctx context.Context, m *Migration, progress func(Migrati
 	// The origin's addresses of its live offer: it may listen elsewhere since the VM was
 	// stored there (a restart on another port).
 	addrs := m.OriginAddrs
-	for _, so := range b.book.offers.Signed(b.now(), 1<<30) {
-		if so.Provider == m.Origin && len(so.Addrs) > 0 {
-			addrs = so.Addrs
-			break
-		}
+	if so, ok := b.book.offers.Get(m.Origin, m.OriginMachine, b.now()); ok && len(so.Addrs) > 0 {
+		addrs = so.Addrs
 	}
 	oaddr, err := firstAddr(addrs)
 	if err != nil {

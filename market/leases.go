@@ -333,8 +333,7 @@ func (p *Provider) compactLeases() {
 		p.log.Warn("compact lease records", "err", err)
 		return
 	}
-	p.restoreMigrations(p.ctx)
-	p.settleMoves(p.ctx)
+	p.restoreMigrations(p.ctx, leases)
 	cutoff := p.now().Add(-p.opts.LeaseRetention)
 	for _, l := range leases {
 		if l.State == LeaseStateIncoming && p.now().Sub(l.Created) > IncomingTTL {

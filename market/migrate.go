@@ -272,13 +272,8 @@ func (p *Provider) settleMoves(ctx context.Context) {
 // their destinations (grants are kept in memory), and reverts the migrations whose grant
 // lapsed: no destination can take the VM then (its incoming lease lapsed before), and the
 // buyer's node never said how it ended.
-func (p *Provider) restoreMigrations(ctx context.Context) {
+func (p *Provider) restoreMigrations(ctx context.Context, leases []LeaseRecord) {
 	if p.vms == nil {
-		return
-	}
-	leases, err := p.Leases()
-	if err != nil {
-		p.log.Warn("restore migrations", "err", err)
 		return
 	}
 	for _, l := range leases {

@@ -145,7 +145,9 @@ func (p *Provider) Start(ctx context.Context, n *node.Node) error {
 	if err := p.recoverPending(ctx); err != nil {
 		return err
 	}
-	p.restoreMigrations(ctx)
+	if leases, err := p.Leases(); err == nil {
+		p.restoreMigrations(ctx, leases)
+	}
 	p.removeFetchLeftovers()
 	p.serve(StoreID, maxFrameBytes, 256<<10, p.opts.StoreTimeout, p.handleStore)
 	p.serve(ControlID, maxFrameBytes, 128<<10, p.opts.ControlTimeout, p.handleControl)
