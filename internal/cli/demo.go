@@ -21,6 +21,10 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Ctrl-C also ends a pager or `tee` the output goes through: the marketplace must still
+	// stop its VMs, so a write to a closed pipe is an error it ignores, not SIGPIPE's death,
+	// which would leave the providers' QEMU processes behind.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	m, err := demo.Start(ctx, *dir, env.Version, log)
