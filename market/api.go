@@ -143,7 +143,9 @@ func (p *Provider) routes(a *node.API) {
 		}
 		return decoded(r, func(e MachineEdit) (any, error) { return p.EditMachine(r.Context(), id, e) })
 	})
-	route(a, "DELETE /v1/market/machines/{id}", func(r *http.Request) (any, error) {
+	// DELETE, or POST .../delete for the web UI, which changes state by POST only;
+	// ?force=true removes a machine that still stores VMs.
+	remove := func(r *http.Request) (any, error) {
 		id, err := ParseMachineID(r.PathValue("id"))
 		if err != nil {
 			return nil, err
@@ -153,7 +155,9 @@ func (p *Provider) routes(a *node.API) {
 			return nil, err
 		}
 		return map[string]any{"removed": id}, nil
-	})
+	}
+	route(a, "DELETE /v1/market/machines/{id}", remove)
+	route(a, "POST /v1/market/machines/{id}/delete", remove)
 	route(a, "GET /v1/market/leases", func(*http.Request) (any, error) { return nonNil(p.ProviderLeases()) })
 }
 

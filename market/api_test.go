@@ -91,7 +91,10 @@ func TestAPI(t *testing.T) {
 	}
 	err := pc.Post(ctx, "/v1/market/machines/"+m.ID.String(), MachineEdit{Capacity: &Resources{1, 1, 1}}, nil)
 	wantCode(t, err, http.StatusConflict, "locked")
+	// A value of the wrong type is a problem of its field, not a malformed body.
 	err = pc.Post(ctx, "/v1/market/machines", map[string]any{"name": "x", "capacity": "lots"}, nil)
+	wantCode(t, err, http.StatusBadRequest, "invalid")
+	err = pc.Post(ctx, "/v1/market/machines", `{"name": "x"`, nil)
 	wantCode(t, err, http.StatusBadRequest, "malformed")
 	wantCode(t, bc.Get(ctx, "/v1/market/machines", nil), http.StatusForbidden, "not_provider")
 	wantCode(t, bc.Do(ctx, http.MethodDelete, "/v1/market/machines/"+m.ID.String(), nil, nil), http.StatusForbidden, "not_provider")

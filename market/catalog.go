@@ -44,32 +44,23 @@ func (c Configuration) Resources() Resources {
 
 // Validate checks a configuration.
 func (c Configuration) Validate() error {
-	var bad []string
-	if err := checkText("name", c.Name, true); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if err := checkText("processor", c.Processor, false); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if err := checkText("os", c.OS, false); err != nil {
-		bad = append(bad, err.Error())
-	}
+	var p node.Problems
+	p.Put(checkText("name", c.Name, true))
+	p.Put(checkText("processor", c.Processor, false))
+	p.Put(checkText("os", c.OS, false))
 	if c.SpeedBogomips < 0 || c.SpeedBogomips > MaxResource {
-		bad = append(bad, fmt.Sprintf("speed_bogomips %d out of range 0..%d", c.SpeedBogomips, int64(MaxResource)))
+		p.Add("speed_bogomips", fmt.Sprintf("%d out of range 0..%d", c.SpeedBogomips, int64(MaxResource)))
 	}
 	if c.MemoryMB < 1 || c.MemoryMB > vm.MaxMemoryMB {
-		bad = append(bad, fmt.Sprintf("memory_mb %d out of range 1..%d", c.MemoryMB, vm.MaxMemoryMB))
+		p.Add("memory_mb", fmt.Sprintf("%d out of range 1..%d", c.MemoryMB, vm.MaxMemoryMB))
 	}
 	if c.DiskMB < 1 || c.DiskMB > vm.MaxDiskMB {
-		bad = append(bad, fmt.Sprintf("disk_mb %d out of range 1..%d", c.DiskMB, vm.MaxDiskMB))
+		p.Add("disk_mb", fmt.Sprintf("%d out of range 1..%d", c.DiskMB, vm.MaxDiskMB))
 	}
 	if c.Image != "" && !validImageHash(c.Image) {
-		bad = append(bad, fmt.Sprintf("image %q is not blake3:<64 hex digits>", truncate(c.Image)))
+		p.Add("image", fmt.Sprintf("%q is not blake3:<64 hex digits>", truncate(c.Image)))
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%w: configuration: %s", ErrInvalid, strings.Join(bad, "; "))
-	}
-	return nil
+	return p.Err(ErrInvalid, "configuration")
 }
 
 // ConfigEdit changes fields of a configuration; zero fields stay as they are.
@@ -371,7 +362,14 @@ func (b *Book) resolve(c *Configuration, name string, e ConfigEdit) (Configurati
 	if cfg.Processor == "" {
 		cfg.Processor = defaultProcessor
 	}
-	return cfg, cfg.Validate()
+	// A problem is the field's the request gave: the edit's of a configuration by name.
+	var p node.Problems
+	field := "edit"
+	if c != nil {
+		field = "config"
+	}
+	p.Nest(field, cfg.Validate())
+	return cfg, p.Err(ErrInvalid, "configuration")
 }
 
 // ConfigView is a catalog entry with its market average.

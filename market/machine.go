@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // MachineID identifies a provider's physical machine (the report's pmseller machineid). It is
@@ -140,35 +142,32 @@ type Terms struct {
 
 // Validate checks that the terms are in range.
 func (t Terms) Validate() error {
-	var bad []string
+	var p node.Problems
 	for _, u := range []struct {
 		name string
 		v    int64
 	}{{"speed_unit", t.SpeedUnit}, {"memory_unit", t.MemoryUnit}, {"storage_unit", t.StorageUnit}} {
 		if u.v < 1 || u.v > MaxResource {
-			bad = append(bad, fmt.Sprintf("%s %d out of range 1..%d", u.name, u.v, int64(MaxResource)))
+			p.Add(u.name, fmt.Sprintf("%d out of range 1..%d", u.v, int64(MaxResource)))
 		}
 	}
-	for _, p := range []struct {
+	for _, m := range []struct {
 		name string
 		v    Money
 	}{{"speed_price", t.SpeedPrice}, {"memory_price", t.MemoryPrice}, {"storage_price", t.StoragePrice}} {
-		if p.v < 0 || p.v > MaxPrice {
-			bad = append(bad, fmt.Sprintf("%s %s out of range 0..%s", p.name, p.v, MaxPrice))
+		if m.v < 0 || m.v > MaxPrice {
+			p.Add(m.name, fmt.Sprintf("%s out of range 0..%s", m.v, MaxPrice))
 		}
 	}
-	for _, p := range []struct {
+	for _, d := range []struct {
 		name string
 		v    int64
 	}{{"running_period", t.RunningSecs}, {"storage_period", t.StorageSecs}} {
-		if p.v < MinPeriod || p.v > MaxPeriod {
-			bad = append(bad, fmt.Sprintf("%s %ds out of range %d..%d seconds", p.name, p.v, MinPeriod, MaxPeriod))
+		if d.v < MinPeriod || d.v > MaxPeriod {
+			p.Add(d.name, fmt.Sprintf("%ds out of range %d..%d seconds", d.v, MinPeriod, MaxPeriod))
 		}
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%w: terms: %s", ErrInvalid, strings.Join(bad, "; "))
-	}
-	return nil
+	return p.Err(ErrInvalid, "terms")
 }
 
 // Machine is a physical machine a provider sells (report §5.2.2, table pmseller). Capacity and
@@ -188,53 +187,41 @@ type Machine struct {
 
 // Validate checks a machine description.
 func (m Machine) Validate() error {
-	var bad []string
+	var p node.Problems
 	if m.ID.IsZero() {
-		bad = append(bad, "id is zero")
+		p.Add("id", "is zero")
 	}
-	if err := checkText("name", m.Name, true); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if err := checkText("processor", m.Processor, true); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if err := checkCapacity(m.Capacity); err != nil {
-		bad = append(bad, err.Error())
-	}
+	p.Put(checkText("name", m.Name, true))
+	p.Put(checkText("processor", m.Processor, true))
+	p.Nest("capacity", checkCapacity(m.Capacity))
 	if m.NetworkMbps < 0 || m.NetworkMbps > maxNetworkMbps {
-		bad = append(bad, fmt.Sprintf("network_mbps %d out of range 0..%d", m.NetworkMbps, maxNetworkMbps))
+		p.Add("network_mbps", fmt.Sprintf("%d out of range 0..%d", m.NetworkMbps, maxNetworkMbps))
 	}
-	if err := checkMethods(m.Methods); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if err := m.Terms.Validate(); err != nil {
-		bad = append(bad, err.Error())
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%w: machine: %s", ErrInvalid, strings.Join(bad, "; "))
-	}
-	return nil
+	p.Put(checkMethods(m.Methods))
+	p.Nest("terms", m.Terms.Validate())
+	return p.Err(ErrInvalid, "machine")
 }
 
 func checkCapacity(c Resources) error {
+	var p node.Problems
 	for _, r := range []struct {
 		name string
 		v    int64
 	}{{"speed_bogomips", c.SpeedBogomips}, {"memory_mb", c.MemoryMB}, {"storage_mb", c.StorageMB}} {
 		if r.v < 1 || r.v > MaxResource {
-			return fmt.Errorf("capacity %s %d out of range 1..%d", r.name, r.v, int64(MaxResource))
+			p.Add(r.name, fmt.Sprintf("%d out of range 1..%d", r.v, int64(MaxResource)))
 		}
 	}
-	return nil
+	return p.Err(ErrInvalid, "capacity")
 }
 
 func checkMethods(ms []string) error {
 	if len(ms) > maxMethods {
-		return fmt.Errorf("%d migration methods, at most %d", len(ms), maxMethods)
+		return &node.FieldError{Field: "methods", Err: fmt.Errorf("%d migration methods, at most %d", len(ms), maxMethods)}
 	}
 	for _, m := range ms {
 		if m == "" || len(m) > maxMethodLen || strings.ContainsFunc(m, notNameRune) {
-			return fmt.Errorf("migration method %q: want a short lower-case name like blockdiff", truncate(m))
+			return &node.FieldError{Field: "methods", Err: fmt.Errorf("migration method %q: want a short lower-case name like blockdiff", truncate(m))}
 		}
 	}
 	return nil
@@ -246,14 +233,17 @@ func notNameRune(r rune) bool {
 
 // checkText checks a human-readable field from the network: bounded, printable, one line.
 func checkText(name, v string, required bool) error {
+	problem := func(format string, args ...any) error {
+		return &node.FieldError{Field: name, Err: fmt.Errorf(format, args...)}
+	}
 	if required && strings.TrimSpace(v) == "" {
-		return fmt.Errorf("%s is empty", name)
+		return problem("is empty")
 	}
 	if len(v) > maxName {
-		return fmt.Errorf("%s longer than %d bytes", name, maxName)
+		return problem("longer than %d bytes", maxName)
 	}
 	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0xfffd }) {
-		return fmt.Errorf("%s has control characters", name)
+		return problem("has control characters")
 	}
 	return nil
 }
@@ -272,10 +262,10 @@ type MachineEdit struct {
 // apply returns m with the edit applied.
 func (e MachineEdit) apply(m Machine) (Machine, error) {
 	if e.Capacity != nil && *e.Capacity != m.Capacity {
-		return m, fmt.Errorf("%w: the capacity of a machine is locked once added; add a new machine (copy from this one) instead", ErrLocked)
+		return m, &node.FieldError{Field: "capacity", Err: fmt.Errorf("%w: the capacity of a machine is locked once added; add a new machine (copy from this one) instead", ErrLocked)}
 	}
 	if e.Processor != nil && *e.Processor != m.Processor {
-		return m, fmt.Errorf("%w: the processor of a machine is locked once added", ErrLocked)
+		return m, &node.FieldError{Field: "processor", Err: fmt.Errorf("%w: the processor of a machine is locked once added", ErrLocked)}
 	}
 	if e.Name != nil {
 		m.Name = *e.Name

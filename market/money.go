@@ -1,11 +1,13 @@
 package market
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"math/big"
 	"math/bits"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -115,15 +117,20 @@ func (m *Money) UnmarshalText(text []byte) error {
 // MarshalJSON writes the integer number of micro-units.
 func (m Money) MarshalJSON() ([]byte, error) { return strconv.AppendInt(nil, int64(m), 10), nil }
 
-// UnmarshalJSON reads an integer number of micro-units.
+// UnmarshalJSON reads an integer number of micro-units. Anything else (the decimal form
+// included: JSON is for programs, which send the exact integer) is a *json.UnmarshalTypeError,
+// which the JSON decoder names the field of.
 func (m *Money) UnmarshalJSON(b []byte) error {
 	v, err := strconv.ParseInt(string(b), 10, 64)
 	if err != nil {
-		return fmt.Errorf("money: want an integer number of micro-units, got %s", truncate(string(b)))
+		return &json.UnmarshalTypeError{Value: truncate(string(b)), Type: reflect.TypeFor[Money]()}
 	}
 	*m = Money(v)
 	return nil
 }
+
+// JSONForm says what a Money field of a request takes, for the message of a wrong one.
+func (Money) JSONForm() string { return "an integer number of micro-units" }
 
 // mulCount multiplies a non-negative amount by a non-negative count, failing on overflow.
 func mulCount(m Money, n int64) (Money, error) {

@@ -94,3 +94,36 @@ func FuzzParseMoney(f *testing.F) {
 		}
 	})
 }
+
+// TestMoneyJSONForms: an amount that is not an integer of micro-units is an error the decoder
+// names the field of.
+func TestMoneyJSONForms(t *testing.T) {
+	var v struct {
+		Price Money `json:"price"`
+	}
+	for _, tc := range []struct {
+		in   string
+		want Money
+		err  bool
+	}{
+		{`{"price":250000}`, 250_000, false},
+		{`{"price":"0.25"}`, 0, true},
+		{`{"price":"abc"}`, 0, true},
+		{`{"price":"0.0000001"}`, 0, true},
+		{`{"price":1.5}`, 0, true},
+		{`{"price":true}`, 0, true},
+	} {
+		v.Price = 0
+		err := json.Unmarshal([]byte(tc.in), &v)
+		if tc.err {
+			te, ok := errors.AsType[*json.UnmarshalTypeError](err)
+			if !ok || te.Field != "price" {
+				t.Errorf("%s: %v, want a type error of field price", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || v.Price != tc.want {
+			t.Errorf("%s: %s, %v; want %s", tc.in, v.Price, err, tc.want)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package market
 
 import (
 	"fmt"
+
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // Quote is what a configuration costs under a provider's terms. Resources are sold in whole
@@ -67,13 +69,14 @@ func DefaultUsage() Usage { return Usage{Days: 30, RunSecondsPerDay: 8 * 3600} }
 
 // Validate checks the profile.
 func (u Usage) Validate() error {
+	var p node.Problems
 	if u.Days < 1 || u.Days > 3660 {
-		return fmt.Errorf("%w: usage days %d out of range 1..3660", ErrInvalid, u.Days)
+		p.Add("days", fmt.Sprintf("%d out of range 1..3660", u.Days))
 	}
 	if u.RunSecondsPerDay < 0 || u.RunSecondsPerDay > 24*3600 {
-		return fmt.Errorf("%w: usage running time %ds per day out of range 0..86400", ErrInvalid, u.RunSecondsPerDay)
+		p.Add("run_seconds_per_day", fmt.Sprintf("%ds out of range 0..86400", u.RunSecondsPerDay))
 	}
-	return nil
+	return p.Err(ErrInvalid, "usage")
 }
 
 // Cost is what a usage profile costs under a quote.

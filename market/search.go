@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/virtuoso-market/virtuoso/node"
 )
 
 // Sort orders of search results.
@@ -42,16 +43,30 @@ func (r *SearchRequest) normalise() error {
 	if r.Sort == "" {
 		r.Sort = SortTotal
 	}
+	var p node.Problems
 	if r.Sort != SortTotal && r.Sort != SortStorage && r.Sort != SortRunning {
-		return fmt.Errorf("%w: sort %q: use total, storage or running", ErrInvalid, truncate(r.Sort))
+		p.Add("sort", fmt.Sprintf("%q: use total, storage or running", truncate(r.Sort)))
 	}
 	if r.Processor == "" {
 		r.Processor = r.Config.Processor
 	}
-	if err := r.Config.Validate(); err != nil {
-		return err
+	p.Nest("config", r.Config.Validate())
+	p.Nest("usage", r.Usage.Validate())
+	for _, m := range []struct {
+		name string
+		v    Money
+	}{{"max_total", r.MaxTotal}, {"max_storage", r.MaxStorage}, {"max_running", r.MaxRunning}} {
+		if m.v < 0 {
+			p.Add(m.name, fmt.Sprintf("%s is negative", m.v))
+		}
 	}
-	return r.Usage.Validate()
+	if r.MinNetworkMbps < 0 || r.MinNetworkMbps > maxNetworkMbps {
+		p.Add("min_network_mbps", fmt.Sprintf("%d out of range 0..%d", r.MinNetworkMbps, maxNetworkMbps))
+	}
+	if r.Limit < 0 {
+		p.Add("limit", fmt.Sprintf("%d is negative", r.Limit))
+	}
+	return p.Err(ErrInvalid, "search")
 }
 
 // Match is one provider machine that can host the configuration, with what it costs there.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"sort"
 	"time"
 
@@ -58,6 +59,9 @@ func WithCode(status int, code string, err error) error {
 type ErrorBody struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Fields is the problem of each field of the request that is wrong, by its dotted JSON
+	// name (see FieldError), when the error names them.
+	Fields map[string]string `json:"fields,omitempty"`
 }
 
 // statusCode is the code of an error marked with a status only.
@@ -200,12 +204,41 @@ func DecodeJSON(r *http.Request, v any) error {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return WithCode(http.StatusRequestEntityTooLarge, "too_large", fmt.Errorf("request body too large: %w", err))
 		}
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok && te.Field != "" {
+			return WithCode(http.StatusBadRequest, "invalid", &FieldError{Field: te.Field,
+				Err: fmt.Errorf("got %s, want %s", te.Value, jsonForm(te.Type))})
+		}
 		return WithCode(http.StatusBadRequest, "malformed", fmt.Errorf("malformed JSON body: %w", err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return WithCode(http.StatusBadRequest, "malformed", errors.New("malformed JSON body: trailing data after the object"))
 	}
 	return nil
+}
+
+// jsonForm says what a value of type t looks like in JSON, for the message of a wrong one; a
+// type may say it itself with a JSONForm method.
+func jsonForm(t reflect.Type) string {
+	if t == nil {
+		return "another type"
+	}
+	if f, ok := reflect.Zero(t).Interface().(interface{ JSONForm() string }); ok {
+		return f.JSONForm()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "text"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	}
+	return "an object"
 }
 
 // WriteJSON writes v as a JSON answer.
@@ -228,7 +261,7 @@ func WriteError(w http.ResponseWriter, err error) {
 	if code == "" {
 		code = statusCode(status)
 	}
-	WriteJSON(w, status, ErrorBody{Code: code, Message: err.Error()})
+	WriteJSON(w, status, ErrorBody{Code: code, Message: err.Error(), Fields: Fields(err)})
 }
 
 // Identity is what /v1/id answers.
