@@ -84,7 +84,8 @@ cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
 # Virtuoso test guest. Prints a banner, then "virtuoso guest tick N" every 0.5 s on the console
 # (ttyS0) and writes the same line to the disk, so a test sees it booted and that it keeps
-# counting after a suspend and resume. The ACPI power button powers it off.
+# counting after a suspend and resume. The ACPI power button powers it off. The screen has a
+# shell.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -102,6 +103,9 @@ for ev in /sys/class/input/event*; do
 			echo "virtuoso guest: power button" && sync && poweroff -f) &
 	fi
 done
+# A shell on the screen (tty1, what the VNC console shows) for whoever types there: a command
+# typed on the console that writes to /dev/ttyS0 shows in the serial log.
+setsid sh -c 'exec sh </dev/tty1 >/dev/tty1 2>&1' &
 disk=
 [ -b /dev/vda ] && disk=/dev/vda
 i=0
