@@ -24,13 +24,17 @@ func ControlActions() []vm.Action {
 	return []vm.Action{vm.ActionStart, vm.ActionStop, vm.ActionSuspend, vm.ActionResume, vm.ActionView, vm.ActionDelete}
 }
 
-// controlActionsIn lists the control actions legal in status st: what the buyer is offered.
-func controlActionsIn(st vm.Status) []vm.Action {
+// buyerActionsIn lists what the buyer is offered in status st: the control actions legal in
+// it, and migrate if it may move — a started VM too, which Migrate suspends first.
+func buyerActionsIn(st vm.Status) []vm.Action {
 	out := []vm.Action{}
 	for _, a := range vm.Actions(st) {
-		if slices.Contains(ControlActions(), a) {
+		if a == vm.ActionMigrate || slices.Contains(ControlActions(), a) {
 			out = append(out, a)
 		}
+	}
+	if st == vm.StatusStarted {
+		out = append(out, vm.ActionMigrate)
 	}
 	return out
 }

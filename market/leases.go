@@ -231,7 +231,7 @@ func (bl buyerLease) view() (VM, error) {
 		Quote: sl.Quote, LeaseState: bl.State, State: bl.VM, Health: bl.Health, Note: bl.Note, Created: bl.Created,
 		Updated: bl.Updated, Actions: []vm.Action{}}
 	if bl.State == LeaseStateActive {
-		v.Actions = controlActionsIn(bl.VM.Status)
+		v.Actions = buyerActionsIn(bl.VM.Status)
 	}
 	return v, nil
 }

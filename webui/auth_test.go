@@ -56,12 +56,20 @@ type uiNode struct {
 func startUI(t testing.TB) *uiNode {
 	t.Helper()
 	c := &clock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
-	n := startNode(t, nil, daemon.Options{UI: webui.Options{Now: c.Now}})
+	u := startUIWith(t, nil, daemon.Options{UI: webui.Options{Now: c.Now}})
+	u.clock = c
+	return u
+}
+
+// startUIWith starts a node as startNode does, with its API client.
+func startUIWith(t testing.TB, edit func(*node.Config), opts daemon.Options) *uiNode {
+	t.Helper()
+	n := startNode(t, edit, opts)
 	api, err := node.Dial(n.Home())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &uiNode{Node: n, t: t, base: "http://" + n.API().Addr(), api: api, clock: c}
+	return &uiNode{Node: n, t: t, base: "http://" + n.API().Addr(), api: api}
 }
 
 // link asks the node for a login link, as `virtuoso ui` does.
@@ -453,7 +461,7 @@ func TestUICommand(t *testing.T) {
 
 // TestUITamperedRequests: a VM id that is not one of the buyer's, an unknown action, a
 // configuration out of range: each is a clear message with its code, never a 500, and changes
-// nothing.
+// nothing; a form's wrong fields are named in the answer's fields, each with its problem.
 func TestUITamperedRequests(t *testing.T) {
 	n := startUI(t)
 	b := n.browser()
@@ -470,8 +478,9 @@ func TestUITamperedRequests(t *testing.T) {
 		{"unknown action", "POST", "/api/v1/market/vms/0123456789abcdef0123456789abcdef/explode", nil, 0, "", ""},
 		{"console of someone else's vm", "POST", "/ui/console/0123456789abcdef0123456789abcdef", nil, 404, "not_found", ""},
 		{"forged console ticket", "GET", "/ui/console/AAAA/ws", nil, 403, "ticket", "open the console again"},
-		{"memory out of range", "POST", "/api/v1/market/configs", market.Configuration{Name: "big", Processor: "x86_64", SpeedBogomips: 1000, MemoryMB: 1 << 40, DiskMB: 1024}, 400, "", "memory_mb"},
-		{"negative speed", "POST", "/api/v1/market/configs", market.Configuration{Name: "neg", Processor: "x86_64", SpeedBogomips: -1, MemoryMB: 256, DiskMB: 1024}, 400, "", "speed_bogomips"},
+		{"memory out of range", "POST", "/api/v1/market/configs", market.Configuration{Name: "big", Processor: "x86_64", SpeedBogomips: 1000, MemoryMB: 1 << 40, DiskMB: 1024}, 400, "invalid", `"memory_mb": "1099511627776 out of range 1..`},
+		{"negative speed", "POST", "/api/v1/market/configs", market.Configuration{Name: "neg", Processor: "x86_64", SpeedBogomips: -1, MemoryMB: 256, DiskMB: 1024}, 400, "invalid", `"speed_bogomips": "-1 out of range 0..`},
+		{"memory not a number", "POST", "/api/v1/market/configs", map[string]any{"name": "x", "memory_mb": "lots", "disk_mb": 1}, 400, "invalid", `"memory_mb": "got string, want a whole number"`},
 		{"unknown field", "POST", "/api/v1/market/configs", map[string]any{"name": "x", "memory_mb": 256, "disk_mb": 1, "colour": "red"}, 400, "malformed", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -261,8 +262,19 @@ func (u *UI) relay(w http.ResponseWriter, r *http.Request, _ *session) {
 		node.WriteError(w, node.WithStatus(http.StatusNotFound, fmt.Errorf("no API route %s", r.URL.Path)))
 		return
 	}
+	if r.Method == http.MethodPost && migrateRoute.MatchString(path) {
+		// A migration goes on when its page is closed or reloaded (the page finds it again
+		// in /v1/market/migrations); it stops with the UI.
+		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+		defer cancel()
+		defer context.AfterFunc(u.ctx, cancel)()
+		r = r.WithContext(ctx)
+	}
 	u.api.ServeHTTP(w, u.internal(r, r.Method, path))
 }
+
+// migrateRoute is the API's path of a migration, which outlives the request that asked for it.
+var migrateRoute = regexp.MustCompile(`^/v1/market/vms/[^/]+/migrate$`)
 
 // internal is r as a request of the API's own, at the escaped path, with the bearer token and
 // without the browser's credentials. The path stays escaped: an id with an escaped slash stays

@@ -85,7 +85,7 @@ cat >"$root/init" <<'EOF'
 # Virtuoso test guest. Prints a banner, then "virtuoso guest tick N" every 0.5 s on the console
 # (ttyS0) and writes the same line to the disk, so a test sees it booted and that it keeps
 # counting after a suspend and resume. The ACPI power button powers it off. The screen has a
-# shell.
+# shell, whose output the serial console repeats.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -103,9 +103,9 @@ for ev in /sys/class/input/event*; do
 			echo "virtuoso guest: power button" && sync && poweroff -f) &
 	fi
 done
-# A shell on the screen (tty1, what the VNC console shows) for whoever types there: a command
-# typed on the console that writes to /dev/ttyS0 shows in the serial log.
-setsid sh -c 'exec sh </dev/tty1 >/dev/tty1 2>&1' &
+# A shell on the screen (tty1, what the VNC console shows) for whoever types there; what it
+# prints goes to the serial log as well, so a test sees what a command typed there wrote.
+setsid sh -c 'exec </dev/tty1; sh -i 2>&1 | tee /dev/ttyS0 >/dev/tty1' &
 disk=
 [ -b /dev/vda ] && disk=/dev/vda
 i=0

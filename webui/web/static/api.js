@@ -4,10 +4,13 @@
 let session = null;
 
 export class APIError extends Error {
-  constructor(status, code, message) {
+  // fields, when the node names them, is the problem of each wrong field of the request
+  // body, keyed by its dotted JSON name ("capacity.memory_mb"); forms.js shows them.
+  constructor(status, code, message, fields) {
     super(message);
     this.status = status;
     this.code = code;
+    this.fields = fields && typeof fields === 'object' ? fields : undefined;
   }
 }
 
@@ -43,7 +46,7 @@ export async function api(method, path, body) {
     data = null;
   }
   if (!resp.ok) {
-    throw new APIError(resp.status, data?.code || 'internal', data?.message || text || resp.statusText);
+    throw new APIError(resp.status, data?.code || 'internal', data?.message || text || resp.statusText, data?.fields);
   }
   return data;
 }
@@ -55,10 +58,18 @@ const remedies = {
   origin_not_allowed: 'Open the UI from the link `virtuoso ui` prints.',
   host_not_allowed: 'Open the UI at http://127.0.0.1:PORT, from the link `virtuoso ui` prints.',
   illegal_action: 'The VM’s status changed meanwhile: the list shows what it allows now.',
-  stale: 'The VM changed meanwhile: the list shows it as it is now.',
+  stale: 'It changed meanwhile (a VM’s status, or a provider’s prices): the page shows it as it is now; look again before you retry.',
   not_found: 'It may have been removed: the list shows what there is.',
   unavailable: 'The provider did not answer: try again in a moment.',
   unreachable: 'Start the node again, then reload this page.',
+  coordinator_unreachable: 'No coordinator answers: check the Node page for peers, and try again in a moment.',
+  not_provider: 'This node does not sell machines: start it with --provider (roles.provider in config.toml).',
+  low_balance: 'Ask a coordinator for a deposit (virtuoso deposit on a coordinator node), then try again.',
+  no_capacity: 'Search again: another buyer took that capacity.',
+  machine_in_use: 'Remove it anyway to stop and delete its VMs (their owners are told), or wait until they are gone.',
+  migrating: 'Wait until the migration ends: the Migrate page shows how it goes.',
+  reverted: 'The VM is where it was, as it was: try another destination, or again later.',
+  invalid: 'Correct what is marked and send it again.',
 };
 
 export function remedy(code) {
@@ -110,6 +121,19 @@ export async function follow(query, fn) {
   return () => src.close();
 }
 
-export function short(id) {
-  return id ? String(id).slice(-8) : '';
+export { short } from './format.js';
+
+let carried = '';
+
+// carryNote keeps a note to show on the page the router opens next (the banner is cleared on
+// every page change).
+export function carryNote(text) {
+  carried = text;
+}
+
+// takeCarriedNote answers the carried note, once.
+export function takeCarriedNote() {
+  const t = carried;
+  carried = '';
+  return t;
 }

@@ -9,3 +9,9 @@ export function el(tag, attrs = {}, ...children) {
   e.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
   return e;
 }
+
+// fill replaces e's children with children, leaving out null, undefined and false as el does.
+export function fill(e, ...children) {
+  e.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return e;
+}

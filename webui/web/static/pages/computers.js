@@ -14,11 +14,13 @@ const buttons = {
 // Actions that open a page rather than act at once.
 const links = {
   viewmachine: { label: 'Console', href: (id) => `#/console/${id}` },
+  migrate: { label: 'Migrate', href: (id) => `#/migrate/${id}` },
 };
 
 export async function render(main) {
   const list = el('div', { id: 'vms' });
-  main.replaceChildren(el('h1', {}, 'My computers'), list);
+  main.replaceChildren(el('h1', {}, 'My computers'), list,
+    el('p', { class: 'more' }, el('a', { href: '#/configs' }, 'Add a computer'), ' · ', el('a', { href: '#/accounts' }, 'What they cost')));
   let busy = false;
   let again = false;
   const refresh = async () => {
@@ -65,9 +67,10 @@ export async function render(main) {
 
 function draw(list, vms, act) {
   if (vms.length === 0) {
-    list.replaceChildren(el('p', { class: 'empty' },
-      'You have no computers yet. Pick a configuration and store it on a provider: ',
-      el('code', {}, 'virtuoso search --config NAME'), ' then ', el('code', {}, 'virtuoso store'), '.'));
+    list.replaceChildren(el('div', { class: 'empty' },
+      el('p', {}, 'You have no computers yet. ', el('a', { href: '#/configs', 'data-action': 'browse' }, 'Pick a configuration'),
+        ', search the providers that can host it, and store it on one.'),
+      el('p', { class: 'note' }, 'From a terminal: ', el('code', {}, 'virtuoso search --config NAME'), ' then ', el('code', {}, 'virtuoso store'), '.')));
     return;
   }
   list.replaceChildren(el('div', { class: 'scroll' }, el('table', { class: 'cards' },

@@ -1,6 +1,7 @@
 // The console of a running VM in the page: noVNC over a websocket on this node, bridged to the
-// console tunnel to the provider, with the one-time VNC password of the session. When the VM
-// moves or the tunnel drops, it asks for a new session and reconnects.
+// console tunnel to the provider, with the one-time VNC password of the session. When the tunnel
+// drops it asks for a new session and reconnects; while the VM migrates (a running VM is
+// suspended at its old provider first) it waits, and reconnects to the VM where it arrived.
 import { api, currentSession, follow, showError, showNote, clearBanner, short } from '../api.js';
 import { el } from '../dom.js';
 
@@ -20,16 +21,28 @@ export async function render(main, [id]) {
   let rfb = null;
   let closed = false;
   let retries = 0;
+  let migrating = false;
+  let timer = null;
+  const waitForMigration = () => {
+    migrating = true;
+    state.textContent = 'waiting for the migration';
+    showNote('The VM is moving to another provider: the console reconnects when it has arrived.');
+  };
   const connect = async () => {
-    if (closed) return;
+    if (closed || rfb) return;
     let t;
     try {
       t = await api('POST', `/ui/console/${encodeURIComponent(id)}`);
     } catch (err) {
       state.textContent = 'not connected';
-      showError(err);
+      if (migrating || (err.code === 'illegal_action' && /migrating/.test(err.message))) {
+        waitForMigration();
+      } else {
+        showError(err);
+      }
       return;
     }
+    if (closed || rfb) return;
     clearBanner();
     rfb = new RFB(screen, `ws://${location.host}/ui/console/${t.ticket}/ws`, {
       credentials: { password: t.password }, wsProtocols: ['binary'],
@@ -40,15 +53,20 @@ export async function render(main, [id]) {
       retries = 0;
       state.textContent = 'connected';
       screen.dataset.connected = 'true';
+      screen.dataset.connects = String(Number(screen.dataset.connects || 0) + 1);
       rfb.focus();
     });
-    rfb.addEventListener('disconnect', (ev) => {
+    rfb.addEventListener('disconnect', () => {
       screen.dataset.connected = 'false';
       rfb = null;
       if (closed) return;
+      if (migrating) {
+        waitForMigration();
+        return;
+      }
       state.textContent = 'disconnected';
       if (retries++ < 3) {
-        setTimeout(connect, 1000 * retries);
+        timer = setTimeout(connect, 1000 * retries);
       } else {
         showNote('The console disconnected. Is the VM still running? Reload the page to try again.');
       }
@@ -56,14 +74,24 @@ export async function render(main, [id]) {
     rfb.addEventListener('securityfailure', (ev) => showNote(`The console refused the session: ${ev.detail.reason || 'wrong password'}.`));
   };
   const stop = await follow(`vm=${encodeURIComponent(id)}`, (rec) => {
-    // A VM that moved is reached through a new session at its new provider.
-    if (rec.kind === 'migration.step' && rec.data?.migration?.step === 'done' && rfb) {
-      rfb.disconnect();
+    if (rec.kind !== 'migration.step') return;
+    const step = rec.data?.step; // the record's data is the migration (market.Migration)
+    if (step === 'done' || step === 'reverted') {
+      // Done: the VM is reached through a new session at its new provider; reverted: at its
+      // old one again.
+      migrating = false;
+      retries = 0;
+      clearTimeout(timer);
+      if (rfb) rfb.disconnect();
+      else connect();
+    } else if (step) {
+      migrating = true;
     }
   });
   await connect();
   return () => {
     closed = true;
+    clearTimeout(timer);
     stop();
     if (rfb) rfb.disconnect();
   };
