@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,7 +195,8 @@ func value[T any](c *chrome, what string, a chromedp.Action[T]) T {
 // TestUIBrowserConsole: in real headless Chromium against a buyer node and a QEMU provider,
 // the buyer signs in through the login link, sees its stored VM, starts it with the button
 // and opens the console, whose canvas shows the guest's screen; a status change made elsewhere
-// shows on the list without a reload (server-sent events from the event log), and the list
+// shows on the list without a reload (server-sent events from the event log), what a stale
+// page's button sends is refused and changes nothing, and the list
 // works at a phone's width. A full-page screenshot of each step is an artifact.
 func TestUIBrowserConsole(t *testing.T) {
 	requirePackages(t)
@@ -250,6 +252,21 @@ func TestUIBrowserConsole(t *testing.T) {
 	}
 	br.run("live status", chromedp.WaitVisible(row+`[data-status="suspended"] button[data-action="resumemachine"]`))
 	br.shot("computers-suspended-live")
+	// What a stale page's Suspend button sends, now that the VM is suspended: refused with
+	// what the VM allows now, and nothing changes.
+	stale := buyer.browser()
+	stale.signIn()
+	was, err := buyer.Buyer.Status(ctx, v.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stale.do("POST", "/api/v1/market/vms/"+v.ID.String()+"/suspend", nil, nil); got.status != http.StatusConflict ||
+		got.code != "illegal_action" || !strings.Contains(got.body, "resume") {
+		t.Fatalf("a stale suspend: %d %s", got.status, got.body)
+	}
+	if now, err := buyer.Buyer.Status(ctx, v.ID); err != nil || now.State != was.State {
+		t.Fatalf("a refused suspend changed the vm: %+v → %+v, %v", was.State, now.State, err)
+	}
 	br.run("phone width", chromedp.EmulateViewport(390, 844), chromedp.WaitVisible(`#menu`), chromedp.Click(`#menu`),
 		chromedp.WaitVisible(`nav a[data-page="node"]`))
 	br.shot("computers-phone")
