@@ -46,6 +46,23 @@
 //	GET  /ui/console/{ticket}/ws    the console: RFB over a websocket, subprotocol "binary"
 //	GET|POST /api/v1/…              the node's API, through the session
 //
+// A POST of a migration (/api/v1/market/vms/{id}/migrate) outlives its request: closing or
+// reloading the page does not revert the move (the migrate page finds it again in
+// /v1/market/migrations); it stops with the UI.
+//
+// # Pages
+//
+// One page a module in web/static/pages, routed by the fragment (#/name/params): home (the
+// market's averages per configuration and their history, uPlot), configs (browse, edit),
+// search (providers for a configuration, store on one at the prices seen), computers (each
+// VM's actions, live from the event log), console (noVNC; it waits out a migration and
+// reconnects to the VM where it arrived), migrate (destinations with costs, the move's
+// progress), accounts (balance, charges per VM, income per machine and VM, statement),
+// machines (add, copy, edit, remove; the VMs stored on each), market (offers, per-resource
+// averages), node (identity, peers, the ledger) and events (the event log, filtered, live).
+// Forms send what was typed; the node checks it and names each wrong field in the error's
+// fields (node.FieldError), which the page shows under the input of that name.
+//
 // # Front-end files and their packages
 //
 // The pages are plain ES modules in web/static, committed, with no build step. Their libraries
