@@ -117,7 +117,9 @@ type FileResult struct {
 	BlocksSent    int64 // whole blocks received
 	BlocksPatched int64 // blocks received as changed sub-blocks only
 	BlocksHole    int64 // all-zero blocks, kept sparse
-	Resumed       bool  // a staging file of an interrupted transfer was reused
+	// BlocksCompressed is how many of the blocks sent or patched came zstd-compressed.
+	BlocksCompressed int64
+	Resumed          bool // a staging file of an interrupted transfer was reused
 }
 
 // ChangeTracker is an optional capability of a hypervisor driver (e.g. a QEMU dirty
@@ -146,6 +148,7 @@ type config struct {
 	method      Method
 	blockSize   int
 	compress    bool
+	compression CompressionPolicy
 	progress    func(Progress)
 	tracker     ChangeTracker
 	idle        time.Duration
@@ -153,6 +156,7 @@ type config struct {
 	noSync      bool
 	maxSize     int64         // Fetch refuses files larger than this in all; 0: no cap
 	writeLimit  int64         // test hook: staging writes past this many bytes fail with ENOSPC
+	readRate    int64         // test hook: the destination reads at most this many bytes a second
 	reportEvery time.Duration // progress throttle
 	served      func(from peer.ID, req Request)
 	sent        func(path string) // test hook: a file's blocks are all sent, its identity not yet checked
@@ -183,9 +187,13 @@ func WithMethod(m Method) Option { return func(c *config) { c.method = m } }
 // WithBlockSize sets the block size (Fetch; default DefaultBlockSize).
 func WithBlockSize(n int) Option { return func(c *config) { c.blockSize = n } }
 
-// WithCompression turns zstd for changed blocks on or off (Fetch; default on, and even then
-// used only for blocks it shrinks).
+// WithCompression allows zstd for the blocks sent, or not (Fetch; default allowed). The source
+// then compresses by its CompressionPolicy, and only blocks it shrinks.
 func WithCompression(on bool) Option { return func(c *config) { c.compress = on } }
+
+// WithCompressionPolicy sets how the source decides to compress (Server; default
+// CompressAuto).
+func WithCompressionPolicy(p CompressionPolicy) Option { return func(c *config) { c.compression = p } }
 
 // WithProgress sets a callback for progress snapshots (Fetch), called from the receiving
 // goroutine at most ten times a second and once at the end; it must not block.
@@ -216,6 +224,10 @@ func WithMaxSize(n int64) Option { return func(c *config) { c.maxSize = n } }
 
 // withWriteLimit makes staging writes fail with ENOSPC past n bytes: a full disk, in tests.
 func withWriteLimit(n int64) Option { return func(c *config) { c.writeLimit = n } }
+
+// withReadRate makes the destination read the stream at most n bytes a second: a slow link,
+// in tests (Fetch).
+func withReadRate(n int64) Option { return func(c *config) { c.readRate = n } }
 
 // withReportEvery changes the progress throttle; tests report every frame.
 func withReportEvery(d time.Duration) Option { return func(c *config) { c.reportEvery = d } }

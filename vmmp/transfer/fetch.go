@@ -64,7 +64,9 @@ func Fetch(ctx context.Context, h host.Host, from peer.ID, req Request, dstDir s
 
 	c := &client{st: st, cfg: &cfg, req: request{Request: req, method: cfg.method, blockSize: cfg.blockSize,
 		compress: cfg.compress && cfg.method == MethodBlockDiff}, dir: dstDir, start: start}
-	res, err := c.run(ctx, newIdleStream(sctx, st, cfg.idle))
+	rw := newIdleStream(sctx, st, cfg.idle)
+	rw.rate = cfg.readRate
+	res, err := c.run(ctx, rw)
 	if err != nil {
 		if errors.Is(err, errPeerFailed) || ctx.Err() != nil {
 			_ = st.Reset()
@@ -749,6 +751,9 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 			if err != nil {
 				bufs.singles <- buf[:0]
 				return err
+			}
+			if fr.flags&flagZstd != 0 {
+				f.res.BlocksCompressed++
 			}
 			j := &job{f: f, first: i, n: 1, single: true, kind: t, frame: fr, buf: p}
 			if t == framePatch {

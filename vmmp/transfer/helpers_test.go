@@ -18,13 +18,13 @@ import (
 )
 
 // newHost starts a libp2p host listening on loopback only.
-func newHost(tb testing.TB) host.Host {
+func newHost(tb testing.TB, opts ...libp2p.Option) host.Host {
 	tb.Helper()
-	h, err := libp2p.New(
+	h, err := libp2p.New(append([]libp2p.Option{
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		libp2p.Security(noise.ID, noise.New), // as the node does
 		libp2p.DisableRelay(),
-	)
+	}, opts...)...)
 	if err != nil {
 		tb.Fatalf("new host: %v", err)
 	}

@@ -31,6 +31,8 @@ type batch struct {
 	// used by the sender
 	ops  []op
 	comp []byte
+	tag  paceTag // compress or not, as the pacer said
+	raw  int64   // bytes of block data in ops, before compression
 }
 
 func batchBlocks(bs int) int { return max(1, batchBytes/bs) }

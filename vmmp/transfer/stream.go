@@ -18,6 +18,10 @@ type idleStream struct {
 	idle    time.Duration
 	last    atomic.Int64 // unix ns of the last progress
 	expired atomic.Bool
+
+	// rate, when set, caps reads at that many bytes a second: a slow link, in tests.
+	rate     int64
+	readNext time.Time // when the link may deliver again
 }
 
 // abortGrace is how long a failing side keeps writing, to get its ERROR frame out.
@@ -56,11 +60,28 @@ func (s *idleStream) err(err error) error {
 }
 
 func (s *idleStream) Read(p []byte) (int, error) {
+	if s.rate > 0 {
+		p = p[:min(len(p), int(max(s.rate/50, 1)))]
+	}
 	n, err := s.st.Read(p)
 	if n > 0 {
 		s.last.Store(time.Now().UnixNano())
+		if s.rate > 0 {
+			s.throttle(n)
+		}
 	}
 	return n, s.err(err)
+}
+
+// throttle sleeps for as long as the link takes to carry n bytes after what it carried
+// before; a link that idled saves up nothing.
+func (s *idleStream) throttle(n int) {
+	now := time.Now()
+	if s.readNext.Before(now) {
+		s.readNext = now
+	}
+	s.readNext = s.readNext.Add(time.Duration(float64(n) / float64(s.rate) * float64(time.Second)))
+	time.Sleep(s.readNext.Sub(now))
 }
 
 func (s *idleStream) Write(p []byte) (int, error) {
