@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -188,7 +187,7 @@ func group(ctx context.Context, dir string, opts LedgerOptions, res *LedgerResul
 		bodies[i] = &ledger.TransferBody{To: payee, Amount: 1}
 	}
 	res.Entries = opts.Pushers * opts.Entries
-	cpu0 := cpuTime()
+	cpu0 := cpuTime(0)
 	t0 := time.Now()
 	var g errgroup.Group
 	var signing time.Duration
@@ -209,7 +208,7 @@ func group(ctx context.Context, dir string, opts LedgerOptions, res *LedgerResul
 		return err
 	}
 	res.Throughput, res.Signing = time.Since(t0), signing
-	res.CPU = cpuTime() - cpu0
+	res.CPU = cpuTime(0) - cpu0
 	lead, _ := coords[0].Coordinator.State().Meta()
 	want := lead.Height
 	if err := wait(ctx, time.Minute, func() bool {
@@ -405,13 +404,6 @@ func wait(ctx context.Context, within time.Duration, done func() bool) error {
 		}
 	}
 	return nil
-}
-
-// cpuTime is the process's user and system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func loadAverage() string {

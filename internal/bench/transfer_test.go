@@ -36,6 +36,25 @@ func TestTransferTiny(t *testing.T) {
 	}
 }
 
+// TestTransferExt4Tiny runs the benchmark on a small ext4 image of this machine's files,
+// changed by debugfs as a guest would change it.
+func TestTransferExt4Tiny(t *testing.T) {
+	var out bytes.Buffer
+	opts := TransferOptions{Dir: t.TempDir(), Size: 64 << 20, Changed: 0.02, Image: "ext4"}
+	if err := Transfer(t.Context(), opts, &out); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	for _, want := range []string{"ext4 with", "blockdiff, no zstd", "blockdiff, zstd always", "CPU-s/GiB", "changed 2%"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "n/a") {
+		t.Errorf("a method did not run:\n%s", out.String())
+	}
+}
+
 func TestParseSize(t *testing.T) {
 	cases := []struct {
 		in   string

@@ -87,11 +87,12 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	writeSize := f.String("write-size", "64KiB", "size of each rewrite (64KiB: whole blocks; 4KiB: scattered small writes)")
 	zero := f.String("zero", "0%", "share of the image that is zeros (half holes, half written zeros)")
 	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
-	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs twice --size free")
-	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff, full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table."); err != nil {
+	image := f.String("image", "random", "random (a ChaCha8 stream; --zero of it zeros, --changed of it rewritten in --write-size writes) or ext4 (a filesystem half full of this machine's files; --changed is the share of it a guest writes as new files, beside files removed and touched)")
+	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs three times --size free")
+	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never), full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
 		return err
 	}
-	opts := bench.TransferOptions{Dir: *dir}
+	opts := bench.TransferOptions{Dir: *dir, Image: *image}
 	var err error
 	if opts.Size, err = bench.ParseSize(*size); err != nil {
 		return fmt.Errorf("--size: %w", err)

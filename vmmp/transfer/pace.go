@@ -22,9 +22,10 @@ const (
 // then the faster of the two for a hold; and again, so that a link or a load that changes
 // during a transfer changes the choice.
 const (
-	// warmupBatches go compressed before the first probe: until the stream's buffers (the
+	// warmupBatches go uncompressed before the first probe: until the stream's buffers (the
 	// muxer's window, the sockets') are full, every batch goes fast and a probe measures
-	// nothing of the link.
+	// nothing of the link. Uncompressed, they fill them soonest, and cost no CPU where the
+	// CPU binds.
 	warmupBatches = 16
 	probeBatches  = 8
 	holdBatches   = 64
@@ -65,7 +66,7 @@ type paceTag struct {
 }
 
 func newPacer(p CompressionPolicy) *pacer {
-	return &pacer{always: p == CompressAlways, hold: true, now: time.Now, phase: 3, cycle: -1}
+	return &pacer{always: p == CompressAlways, now: time.Now, phase: 3, cycle: -1}
 }
 
 // next is the tag of the batch a worker starts now.
@@ -95,7 +96,7 @@ func (p *pacer) next() paceTag {
 	case 1:
 		return paceTag{on: false, probe: true, cycle: p.cycle}
 	}
-	return paceTag{on: p.hold, cycle: p.cycle} // a hold, or the warm-up
+	return paceTag{on: p.hold, cycle: p.cycle} // a hold, or the warm-up (hold is false until a probe decides)
 }
 
 // emitted records that the sending goroutine finished a batch tagged t that carried raw bytes

@@ -13,9 +13,9 @@ import (
 	goyamux "github.com/libp2p/go-yamux/v5"
 )
 
-// TestPacer: the pacer keeps compression where compressed batches go faster (a slow link),
-// drops it where they go slower (the CPU binds) or no faster, keeps its choice when a probe
-// measured nothing, and decides again every cycle.
+// TestPacer: after an uncompressed warm-up, the pacer keeps compression where compressed
+// batches go faster (a slow link), drops it where they go slower (the CPU binds) or no faster,
+// keeps its choice (none) when a probe measured nothing, and decides again every cycle.
 func TestPacer(t *testing.T) {
 	const mib = 1 << 20
 	for _, tc := range []struct {
@@ -27,7 +27,7 @@ func TestPacer(t *testing.T) {
 		{"slow link", 2 * time.Millisecond, 8 * time.Millisecond, mib, true},
 		{"cpu binds", 8 * time.Millisecond, 2 * time.Millisecond, mib, false},
 		{"a tie goes to the cpu", 4 * time.Millisecond, 4 * time.Millisecond, mib, false},
-		{"no data: the default stands", 8 * time.Millisecond, 2 * time.Millisecond, 0, true},
+		{"no data: the default stands", 2 * time.Millisecond, 8 * time.Millisecond, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := time.Unix(0, 0)
@@ -36,7 +36,7 @@ func TestPacer(t *testing.T) {
 			p.emitted(paceTag{}, 0) // the start
 			var held []bool
 			for i := range warmupBatches {
-				if tag := p.next(); !tag.on || tag.probe {
+				if tag := p.next(); tag.on || tag.probe {
 					t.Fatalf("warm-up batch %d: %+v", i, tag)
 				}
 				clock = clock.Add(time.Millisecond)
@@ -97,9 +97,9 @@ func TestPacer(t *testing.T) {
 }
 
 // TestCompressionFollowsTheLink: over a slow link (the destination reads 4 MB a second) the
-// source compresses a compressible image but for its uncompressed probe, and the wire carries
-// far fewer bytes than the image; on loopback, where the CPU binds, it stops compressing. The
-// copy is exact whichever way each batch went.
+// source compresses a compressible image once its probes found that it pays, and the wire
+// carries far fewer bytes than the image; on loopback, where the CPU binds, it compresses only
+// its probe. The copy is exact whichever way each batch went.
 func TestCompressionFollowsTheLink(t *testing.T) {
 	// A stream window of 256 KiB, as a link's bandwidth-delay product would bound it (100 Mbit
 	// at 20 ms), rather than yamux's 16 MiB, which would hold much of this image in flight.
@@ -109,26 +109,28 @@ func TestCompressionFollowsTheLink(t *testing.T) {
 	p := &pair{src: newHost(t, narrow), dst: newHost(t, narrow), srcDir: t.TempDir(), dstDir: t.TempDir()}
 	p.server = p.serve(t, p.src)
 	connect(t, p.dst, p.src)
-	const size = 48 << 20
+	const size = 64 << 20
 	writeText(t, filepath.Join(p.srcDir, "disk.img"), size)
 	res := p.mustFetch(t, []string{"disk.img"}, withReadRate(4<<20))
 	f := res.Files[0]
 	t.Logf("slow link: %d of %d blocks compressed, %d wire bytes for %d", f.BlocksCompressed, f.BlocksSent, res.WireBytes, int64(size))
-	if f.BlocksCompressed < f.BlocksSent*8/10 {
+	// 64 batches: 16 of warm-up and 8 of probe go as they are, 8 of probe and the 32 of the
+	// hold compressed, but for the few the pipeline started before the probes were measured.
+	if f.BlocksCompressed < f.BlocksSent*45/100 {
 		t.Fatalf("over a slow link only %d of %d blocks went compressed", f.BlocksCompressed, f.BlocksSent)
 	}
-	if res.WireBytes > size/2 {
+	if res.WireBytes > size*3/4 {
 		t.Fatalf("%d wire bytes for a %d-byte image that compresses well", res.WireBytes, int64(size))
 	}
 
-	// On loopback, under the race detector, zstd (pure Go, slowed severalfold) binds: after
-	// the warm-up and the compressed probe, the source sends the blocks as they are.
+	// On loopback, under the race detector, zstd (pure Go, slowed severalfold) binds: but for
+	// the compressed probe, the source sends the blocks as they are.
 	q := newPair(t)
 	writeText(t, filepath.Join(q.srcDir, "disk.img"), size)
 	res = q.mustFetch(t, []string{"disk.img"})
 	f = res.Files[0]
 	t.Logf("loopback: %d of %d blocks compressed, %d wire bytes", f.BlocksCompressed, f.BlocksSent, res.WireBytes)
-	if f.BlocksCompressed > f.BlocksSent*6/10 {
+	if f.BlocksCompressed > f.BlocksSent*25/100 { // the compressed probe only
 		t.Fatalf("on loopback %d of %d blocks went compressed", f.BlocksCompressed, f.BlocksSent)
 	}
 }
