@@ -104,8 +104,11 @@ for ev in /sys/class/input/event*; do
 	fi
 done
 # A shell on the screen (tty1, what the VNC console shows) for whoever types there; what it
-# prints goes to the serial log as well, so a test sees what a command typed there wrote.
-setsid sh -c 'exec </dev/tty1; sh -i 2>&1 | tee /dev/ttyS0 >/dev/tty1' &
+# prints goes to the serial log as well when the kernel's console is there (console=ttyS0), so
+# a test sees what a command typed there wrote.
+echo_to=/dev/null
+grep -q 'console=ttyS0' /proc/cmdline && echo_to=/dev/ttyS0
+setsid sh -c "exec </dev/tty1; sh -i 2>&1 | tee $echo_to >/dev/tty1" &
 disk=
 [ -b /dev/vda ] && disk=/dev/vda
 i=0
