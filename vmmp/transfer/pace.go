@@ -1,7 +1,11 @@
 package transfer
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -10,128 +14,124 @@ import (
 type CompressionPolicy int
 
 const (
-	// CompressAuto compresses while it moves the data faster: where the link binds (a slow
-	// network), compressed blocks go faster; where the CPU binds (loopback, a fast network,
-	// busy cores), they go slower and the source sends them as they are.
+	// CompressAuto compresses while the link binds the transfer and the CPU does not: the
+	// sending goroutine waits on the stream for most of its time and the machine has cores
+	// to spare. On loopback, on a fast network or on busy cores it sends blocks as they are.
 	CompressAuto CompressionPolicy = iota
 	// CompressAlways compresses every block that shrinks, whatever binds.
 	CompressAlways
 )
 
-// The pacer's cycle, in batches (batchBytes each): a probe with compression, a probe without,
-// then the faster of the two for a hold; and again, so that a link or a load that changes
-// during a transfer changes the choice.
+// The pacer's measure.
 const (
-	// warmupBatches go uncompressed before the first probe: until the stream's buffers (the
-	// muxer's window, the sockets') are full, every batch goes fast and a probe measures
-	// nothing of the link. Uncompressed, they fill them soonest, and cost no CPU where the
-	// CPU binds.
-	warmupBatches = 16
-	probeBatches  = 8
-	holdBatches   = 64
-	// paysBy is how much faster compressed blocks must go for compression to be kept: a tie
-	// is decided for the CPU.
-	paysBy = 1.05
+	// paceWindow is how often the pacer looks again: often enough to follow a link or a load
+	// that changes, long enough to average the stream's bursts.
+	paceWindow = 100 * time.Millisecond
+	// linkBinds: the share of its time the sending goroutine spends blocked in writes to the
+	// stream, above which the link (with the destination behind it) binds.
+	linkBinds = 0.5
+	// cpuSpare: the share of the machine's CPU time left idle, below which the CPU binds and
+	// compressing would slow the transfer down.
+	cpuSpare = 0.15
 )
 
-// pacer decides, batch by batch, whether the source compresses, by measuring what each
-// choice achieves while the transfer runs: the rate at which the sending goroutine gets the
-// blocks' bytes onto the stream, in the probe batches sent with compression and in those sent
-// without. That rate is the transfer's: it waits for the slowest of reading, hashing,
-// compressing and the link (with the destination behind it). Only batches that carried data
-// to send count; reused blocks and holes say nothing of compression.
+// pacer decides whether the source compresses, by what binds the transfer, measured while it
+// runs: the link binds when the sending goroutine spends most of its time blocked writing to
+// the stream, the CPU when the machine has few idle cycles left (both ends of a transfer on
+// one machine; other work). Compression pays only when the link binds and the CPU does not.
+// Measuring the throughput of each choice instead would be fooled by the stream's buffers
+// (the muxer's window holds megabytes, more raw data when compressed) and by a destination
+// whose CPU binds, which compression does not help.
 type pacer struct {
-	always bool
-	now    func() time.Time
+	always  bool
+	now     func() time.Time
+	idle    func() (idle, total time.Duration, ok bool) // the machine's CPU time so far
+	blocked *atomic.Int64                               // ns the stream's writes have blocked so far
 
-	mu      sync.Mutex
-	cycle   int
-	phase   int // 0 probe on, 1 probe off, 2 hold, 3 warming up
-	issued  int // batches of the phase handed out
-	hold    bool
-	decided bool // the hold of this cycle was chosen from its probes
-	last    time.Time
-	// What the probes of this cycle measured, off [0] and on [1]: batches, bytes, time.
-	n     [2]int
-	bytes [2]int64
-	dur   [2]time.Duration
+	on atomic.Bool
+
+	mu                    sync.Mutex
+	at                    time.Time
+	lastBlocked           int64
+	lastIdle, lastTotal   time.Duration
+	haveCPU               bool
+	linkShare, spareShare float64 // the last window's measures (spare: averaged), for tests
+	windows               int     // CPU readings averaged
 }
 
-// paceTag is what the pacer told a batch: compress or not, and whether it is a probe of which
-// cycle.
-type paceTag struct {
-	on    bool
-	probe bool
-	cycle int
+func newPacer(p CompressionPolicy, blocked *atomic.Int64) *pacer {
+	pc := &pacer{always: p == CompressAlways, now: time.Now, idle: machineIdle, blocked: blocked}
+	pc.on.Store(pc.always)
+	return pc
 }
 
-func newPacer(p CompressionPolicy) *pacer {
-	return &pacer{always: p == CompressAlways, now: time.Now, phase: 3, cycle: -1}
-}
-
-// next is the tag of the batch a worker starts now.
-func (p *pacer) next() paceTag {
-	if p.always {
-		return paceTag{on: true}
-	}
+// start begins the first window.
+func (p *pacer) start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.issued++
-	switch {
-	case p.phase == 3 && p.issued > warmupBatches:
-		p.cycle++
-		p.phase, p.issued = 0, 1
-	case p.phase == 0 && p.issued > probeBatches:
-		p.phase, p.issued = 1, 1
-	case p.phase == 1 && p.issued > probeBatches:
-		p.phase, p.issued = 2, 1
-	case p.phase == 2 && p.issued > holdBatches:
-		p.cycle++
-		p.phase, p.issued, p.decided = 0, 1, false
-		p.n, p.bytes, p.dur = [2]int{}, [2]int64{}, [2]time.Duration{}
-	}
-	switch p.phase {
-	case 0:
-		return paceTag{on: true, probe: true, cycle: p.cycle}
-	case 1:
-		return paceTag{on: false, probe: true, cycle: p.cycle}
-	}
-	return paceTag{on: p.hold, cycle: p.cycle} // a hold, or the warm-up (hold is false until a probe decides)
+	p.at = p.now()
+	p.lastBlocked = p.blocked.Load()
+	p.lastIdle, p.lastTotal, p.haveCPU = p.idle()
 }
 
-// emitted records that the sending goroutine finished a batch tagged t that carried raw bytes
-// of block data: the time since it finished the previous batch is what this one took.
-func (p *pacer) emitted(t paceTag, raw int64) {
+// compress says whether the batch a worker starts now goes compressed.
+func (p *pacer) compress() bool { return p.on.Load() }
+
+// tick is called by the sending goroutine after each batch: at the end of a window it decides
+// anew.
+func (p *pacer) tick() {
 	if p.always {
 		return
 	}
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	d := now.Sub(p.last)
-	first := p.last.IsZero()
-	p.last = now
-	if first || raw == 0 || !t.probe || t.cycle != p.cycle {
+	wall := now.Sub(p.at)
+	if wall < paceWindow {
 		return
 	}
-	i := 0
-	if t.on {
-		i = 1
+	blocked := p.blocked.Load()
+	idle, total, ok := p.idle()
+	p.linkShare = float64(blocked-p.lastBlocked) / float64(wall)
+	if ok && p.haveCPU && total > p.lastTotal {
+		// Averaged with the windows before: the kernel's idle accounting is coarse (10 ms
+		// ticks, settled when a sleeping core wakes), and one window may read 0.
+		spare := float64(idle-p.lastIdle) / float64(total-p.lastTotal)
+		if p.windows == 0 {
+			p.spareShare = spare
+		} else {
+			p.spareShare = (p.spareShare + spare) / 2
+		}
+		p.windows++
+	} else if !ok {
+		p.spareShare = 1
 	}
-	p.n[i]++
-	p.bytes[i] += raw
-	p.dur[i] += d
-	p.decide()
+	p.on.Store(p.linkShare >= linkBinds && p.spareShare >= cpuSpare)
+	p.at, p.lastBlocked, p.lastIdle, p.lastTotal, p.haveCPU = now, blocked, idle, total, ok
 }
 
-// decide picks the faster mode of the probes, once each was measured on half its batches or
-// more (a probe's last batches may carry no data); until then the last choice stands.
-func (p *pacer) decide() {
-	if p.decided || p.n[0] < probeBatches/2 || p.n[1] < probeBatches/2 || p.dur[0] <= 0 || p.dur[1] <= 0 {
-		return
+// machineIdle reads the machine's idle and total CPU time from /proc/stat (idle and iowait
+// are idle; time stolen by a hypervisor is not ours to use).
+func machineIdle() (idle, total time.Duration, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
 	}
-	p.decided = true
-	off := float64(p.bytes[0]) / p.dur[0].Seconds()
-	on := float64(p.bytes[1]) / p.dur[1].Seconds()
-	p.hold = on > off*paysBy
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, false
+	}
+	var ticks [8]int64
+	for i := range ticks {
+		if ticks[i], err = strconv.ParseInt(f[1+i], 10, 64); err != nil {
+			return 0, 0, false
+		}
+	}
+	var sum int64
+	for _, t := range ticks {
+		sum += t
+	}
+	const tick = 10 * time.Millisecond // USER_HZ
+	return time.Duration(ticks[3]+ticks[4]) * tick, time.Duration(sum) * tick, true
 }

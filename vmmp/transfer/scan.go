@@ -31,8 +31,7 @@ type batch struct {
 	// used by the sender
 	ops  []op
 	comp []byte
-	tag  paceTag // compress or not, as the pacer said
-	raw  int64   // bytes of block data in ops, before compression
+	zstd bool // compress its blocks, as the pacer said
 }
 
 func batchBlocks(bs int) int { return max(1, batchBytes/bs) }

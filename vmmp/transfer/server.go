@@ -196,7 +196,8 @@ func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
 			return err
 		}
 		defer ss.enc.close()
-		ss.pace = newPacer(ss.cfg.compression)
+		ss.pace = newPacer(ss.cfg.compression, &rw.blocked)
+		ss.pace.start()
 	}
 	if err := ss.fw.write(frameAccept, acc.marshal()); err != nil {
 		return err
@@ -543,10 +544,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 		return true
 	}
 	work := func(ctx context.Context, b *batch) error {
-		b.raw = 0
-		if ss.pace != nil {
-			b.tag = ss.pace.next()
-		}
+		b.zstd = ss.pace != nil && ss.pace.compress()
 		if err := readNeeded(src, g, b, need); err != nil {
 			return err
 		}
@@ -651,7 +649,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 			return err
 		}
 		if ss.pace != nil {
-			ss.pace.emitted(b.tag, b.raw)
+			ss.pace.tick()
 		}
 		// Long stretches of reused or zero blocks still show progress to the destination
 		// (its progress bar, and its watchdog).
@@ -709,7 +707,6 @@ func (ss *session) checkUnchanged(sf *srcFile) error {
 
 // whole is the DATA instruction for a block, compressed if that pays.
 func (ss *session) whole(b *batch, data []byte, h Hash) op {
-	b.raw += int64(len(data))
 	o := op{kind: frameData, hash: h, payload: data}
 	if c, ok := ss.enc.compress(b, data); ok {
 		o.flags, o.payload = flagZstd, c
@@ -740,7 +737,6 @@ func (ss *session) changed(b *batch, data []byte, h Hash, subs, dsubs []uint64) 
 	}
 	mask := b.comp[start : start+(nsub+7)/8 : start+(nsub+7)/8]
 	payload := b.comp[start+len(mask):]
-	b.raw += int64(len(payload))
 	o := op{kind: framePatch, hash: h, mask: mask, payload: payload[:len(payload):len(payload)]}
 	if c, ok := ss.enc.compress(b, o.payload); ok {
 		o.flags, o.payload = flagZstd, c
@@ -770,7 +766,7 @@ func (c *compressor) close() { _ = c.enc.Close() }
 // compress returns data compressed into b's scratch, or false if it did not pay or b is sent
 // without compression.
 func (c *compressor) compress(b *batch, data []byte) ([]byte, bool) {
-	if c == nil || !b.tag.on || len(data) < 512 {
+	if c == nil || !b.zstd || len(data) < 512 {
 		return nil, false
 	}
 	if c.skip.Load() > 0 {

@@ -19,6 +19,10 @@ type idleStream struct {
 	last    atomic.Int64 // unix ns of the last progress
 	expired atomic.Bool
 
+	// blocked is how long writes have blocked in all (ns): the link's back-pressure, which
+	// the source's pacer reads.
+	blocked atomic.Int64
+
 	// rate, when set, caps reads at that many bytes a second: a slow link, in tests.
 	rate     int64
 	readNext time.Time // when the link may deliver again
@@ -85,7 +89,9 @@ func (s *idleStream) throttle(n int) {
 }
 
 func (s *idleStream) Write(p []byte) (int, error) {
+	start := time.Now()
 	n, err := s.st.Write(p)
+	s.blocked.Add(int64(time.Since(start)))
 	if n > 0 {
 		s.last.Store(time.Now().UnixNano())
 	}
