@@ -35,12 +35,13 @@ type transferImage interface {
 }
 
 // ext4Image is an ext4 filesystem built with mke2fs -d from real files of this machine
-// (/usr/lib, /usr/share, /usr/bin, in order) until they fill half of it; its change is what
+// (/usr/lib, /usr/share, /usr/bin, in order) until they fill its share of it; its change is what
 // a guest does between two moves: a package-install-sized set of files written (the next
 // files of the same trees), some files removed, the times of others touched, all by debugfs,
 // in place, as a running guest changes its disk.
 type ext4Image struct {
 	opts    TransferOptions
+	share   float64 // of the image its files fill
 	path    string
 	orig    string // the image as built
 	tree    string // the tree it was built from: hard links to (or copies of) the machine's files
@@ -59,7 +60,7 @@ var debugfsSafe = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
 
 func newExt4Image(opts TransferOptions, path string) *ext4Image {
 	dir := filepath.Dir(filepath.Dir(path))
-	return &ext4Image{opts: opts, path: path, orig: filepath.Join(dir, "ext4-orig.img"), tree: filepath.Join(dir, "ext4-tree")}
+	return &ext4Image{opts: opts, share: 0.5, path: path, orig: filepath.Join(dir, "ext4-orig.img"), tree: filepath.Join(dir, "ext4-tree")}
 }
 
 func (im *ext4Image) file() string { return im.path }
@@ -76,7 +77,7 @@ func (im *ext4Image) create(ctx context.Context) error {
 			return fmt.Errorf("%s is not installed (e2fsprogs: apt-get install -y e2fsprogs)", tool)
 		}
 	}
-	want, add := im.opts.Size/2, int64(im.opts.Changed*float64(im.opts.Size))
+	want, add := int64(im.share*float64(im.opts.Size)), int64(im.opts.Changed*float64(im.opts.Size))
 	var n int
 	// A file goes in only if it fits what is left, so that the filesystem's own metadata has
 	// room; none is larger than a sixteenth of the image, so that many files fill it.
@@ -112,8 +113,8 @@ func (im *ext4Image) create(ctx context.Context) error {
 		return err
 	}
 	if im.used < want*99/100 {
-		return fmt.Errorf("the machine's %s hold %s of files, less than half the %s image", strings.Join(ext4Roots, ", "),
-			progress.FormatSize(im.used), progress.FormatSize(im.opts.Size))
+		return fmt.Errorf("the machine's %s hold %s of files, less than %s of the %s image", strings.Join(ext4Roots, ", "),
+			progress.FormatSize(im.used), formatPercent(im.share), progress.FormatSize(im.opts.Size))
 	}
 	out, err := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", im.tree,
 		im.orig, fmt.Sprintf("%dk", im.opts.Size/1024)).CombinedOutput()

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sys/unix"
 
 	"github.com/virtuoso-market/virtuoso/internal/daemon"
 	"github.com/virtuoso-market/virtuoso/internal/progress"
@@ -38,9 +39,12 @@ type MigrateOptions struct {
 	Run    time.Duration // how long the guest runs before the move back (default 1m)
 	// Fill is the share of the disk beyond the guest's own image written with random data
 	// before the first move, as a used disk would be; 0 leaves it sparse.
-	Fill  float64
-	Links []string // "loopback" and emulated links "<n>mbit" or "<n>gbit" (default loopback,100mbit,1gbit)
-	Accel string   // the providers' accelerator: auto (probe KVM), kvm or tcg (default auto)
+	Fill float64
+	// FillWith is what the fill writes: "random" (default) data, or "files": an ext4
+	// filesystem holding this machine's files in that share of its size.
+	FillWith string
+	Links    []string // "loopback" and emulated links "<n>mbit" or "<n>gbit" (default loopback,100mbit,1gbit)
+	Accel    string   // the providers' accelerator: auto (probe KVM), kvm or tcg (default auto)
 	// Guest is the directory of the busybox test guest (default: where `make guest` caches it).
 	Guest string
 	// Exec is the virtuoso binary run inside the namespaces of emulated links (default: this
@@ -92,6 +96,8 @@ func (o *MigrateOptions) defaults() error {
 		return fmt.Errorf("bench migrate: run %v: want at least 1s", o.Run)
 	case o.Fill < 0 || o.Fill > 1:
 		return fmt.Errorf("bench migrate: fill %v: want 0%% to 100%%", o.Fill)
+	case o.FillWith != "" && o.FillWith != "random" && o.FillWith != "files":
+		return fmt.Errorf("bench migrate: fill with %q: want random or files", o.FillWith)
 	case o.Accel != "auto" && o.Accel != "kvm" && o.Accel != "tcg":
 		return fmt.Errorf("bench migrate: accelerator %q: want auto, kvm or tcg", o.Accel)
 	}
@@ -171,8 +177,12 @@ func Migrate(ctx context.Context, opts MigrateOptions, out io.Writer) error {
 		return err
 	}
 	load0 := loadAverage()
-	fmt.Fprintf(out, "virtuoso bench migrate: a VM of %s memory and a %s disk (%s of it filled), the guest runs %v before the move back\n",
-		progress.FormatSize(opts.Memory), progress.FormatSize(opts.Disk), formatPercent(opts.Fill), opts.Run)
+	filled := "random data"
+	if opts.FillWith == "files" {
+		filled = "this machine's files in ext4"
+	}
+	fmt.Fprintf(out, "virtuoso bench migrate: a VM of %s memory and a %s disk (%s of it filled with %s), the guest runs %v before the move back\n",
+		progress.FormatSize(opts.Memory), progress.FormatSize(opts.Disk), formatPercent(opts.Fill), filled, opts.Run)
 	fmt.Fprintf(out, "%d CPUs, load average at start %s\n\n", runtime.NumCPU(), load0)
 	for i, l := range opts.Links {
 		var res LinkResult
@@ -320,7 +330,7 @@ func RunMigrateLink(ctx context.Context, opts MigrateOptions, side MigrateSide) 
 	}
 	if opts.Fill > 0 {
 		status.Status("filling the disk")
-		if err := fillDisk(filepath.Join(files.Dir, files.Names[0]), guest.Disk, opts.Fill); err != nil {
+		if err := fillDisk(ctx, filepath.Join(files.Dir, files.Names[0]), guest.Disk, opts.Fill, opts.FillWith); err != nil {
 			return res, fmt.Errorf("fill the disk: %w", err)
 		}
 	}
@@ -595,9 +605,10 @@ func changedBytes(path, old string) int64 {
 	return n
 }
 
-// fillDisk writes random data over fill of the raw disk at path beyond the guest's own image
-// (which the guest uses), as a disk in use would hold.
-func fillDisk(path, base string, fill float64) error {
+// fillDisk writes, beyond the guest's own image (which the guest uses), what a disk in use
+// would hold: random data over fill of the rest, or (with "files") an ext4 filesystem over the
+// rest whose files (this machine's) fill that share of it.
+func fillDisk(ctx context.Context, path, base string, fill float64, with string) error {
 	st, err := os.Stat(base)
 	if err != nil {
 		return err
@@ -612,6 +623,9 @@ func fillDisk(path, base string, fill float64) error {
 		return err
 	}
 	from := (st.Size() + 1<<20 - 1) &^ (1<<20 - 1)
+	if with == "files" {
+		return fillWithFiles(ctx, f, from, fi.Size()-from, fill)
+	}
 	end := from + int64(fill*float64(fi.Size()-from))
 	buf := make([]byte, 4<<20)
 	rng := rand.NewChaCha8([32]byte{5})
@@ -621,6 +635,54 @@ func fillDisk(path, base string, fill float64) error {
 		if _, err := f.WriteAt(buf[:n], off); err != nil {
 			return err
 		}
+	}
+	return f.Sync()
+}
+
+// fillWithFiles writes an ext4 filesystem of size bytes at off of f, its files filling share
+// of it; only its data is written, its holes stay holes.
+func fillWithFiles(ctx context.Context, f *os.File, off, size int64, share float64) error {
+	dir, err := os.MkdirTemp(filepath.Dir(f.Name()), "fill-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	im := newExt4Image(TransferOptions{Size: size &^ (4<<10 - 1)}, filepath.Join(dir, "src", "fs.img"))
+	im.share = share
+	if err := os.MkdirAll(filepath.Dir(im.path), 0o755); err != nil {
+		return err
+	}
+	if err := im.create(ctx); err != nil {
+		return err
+	}
+	src, err := os.Open(im.path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	buf := make([]byte, 4<<20)
+	for pos := int64(0); ; {
+		data, err := unix.Seek(int(src.Fd()), pos, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data past pos
+		}
+		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for p := data; p < hole; {
+			n, err := src.ReadAt(buf[:min(int64(len(buf)), hole-p)], p)
+			if n > 0 {
+				if _, err := f.WriteAt(buf[:n], off+p); err != nil {
+					return err
+				}
+			}
+			if err != nil {
+				return err
+			}
+			p += int64(n)
+		}
+		pos = hole
 	}
 	return f.Sync()
 }

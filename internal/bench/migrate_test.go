@@ -13,13 +13,14 @@ import (
 
 // TestMigrateTiny runs the migration benchmark at its smallest, over loopback only (the
 // emulated links need root and namespaces; `virtuoso bench migrate` runs them), so it keeps
-// working: a real VM moved three times between two providers, rsync and scp beside it.
+// working: a real VM (its disk half full of files in ext4) moved three times between two
+// providers, rsync and scp beside it.
 func TestMigrateTiny(t *testing.T) {
 	guest := qemutest.BuildGuest(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	var prog bytes.Buffer
-	opts := MigrateOptions{Dir: t.TempDir(), Disk: 64 << 20, Memory: 128 << 20, Run: 2 * time.Second, Fill: 0.5,
+	opts := MigrateOptions{Dir: t.TempDir(), Disk: 64 << 20, Memory: 128 << 20, Run: 2 * time.Second, Fill: 0.5, FillWith: "files",
 		Links: []string{"loopback"}, Guest: guest.Dir, Progress: &prog}
 	if err := opts.defaults(); err != nil {
 		t.Fatal(err)

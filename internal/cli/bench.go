@@ -124,6 +124,7 @@ func benchMigrate(ctx context.Context, env Env, args []string) error {
 	memory := f.String("memory", "256MiB", "the VM's memory")
 	run := f.Duration("run", time.Minute, "how long the guest runs at the destination before it is moved back")
 	fill := f.String("fill", "100%", "share of the disk (beyond the guest's own image) written with random data before the first move, as a used disk; 0% keeps it sparse")
+	fillWith := f.String("fill-with", "random", "what --fill writes: random data, or files (an ext4 filesystem over the disk, this machine's files filling --fill of it)")
 	links := f.String("links", "loopback,100mbit,1gbit", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces with tbf at a rate such as 100mbit or 1gbit (these need root)")
 	accel := f.String("accel", "auto", "the providers' accelerator: auto (probe KVM, else TCG), kvm or tcg")
 	guest := f.String("guest", "", "the busybox test guest's directory (default: where 'make guest' caches it)")
@@ -131,7 +132,7 @@ func benchMigrate(ctx context.Context, env Env, args []string) error {
 	if err := f.parse(args, "Migrate a suspended VM cold to a provider without a copy, back after its guest ran, and again unchanged, and copy the same files with rsync and scp over ssh, over each link; print the time of every protocol step, the bytes on the wire and the files' sizes, one table per link."); err != nil {
 		return err
 	}
-	opts := bench.MigrateOptions{Dir: *dir, Run: *run, Accel: *accel, Guest: *guest, Progress: env.Stderr}
+	opts := bench.MigrateOptions{Dir: *dir, Run: *run, Accel: *accel, Guest: *guest, FillWith: *fillWith, Progress: env.Stderr}
 	var err error
 	if opts.Disk, err = bench.ParseSize(*disk); err != nil {
 		return fmt.Errorf("--disk: %w", err)

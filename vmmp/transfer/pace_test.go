@@ -97,13 +97,14 @@ func TestCompressionFollowsTheLink(t *testing.T) {
 	}
 
 	// On loopback, under the race detector, the two ends of the transfer use up the CPU:
-	// nothing is worth compressing.
+	// compression pays in a window now and then at most (the destination waiting on its disk
+	// while a core idles).
 	q := newPair(t)
 	writeText(t, filepath.Join(q.srcDir, "disk.img"), size)
 	res = q.mustFetch(t, []string{"disk.img"})
 	f = res.Files[0]
 	t.Logf("loopback: %d of %d blocks compressed, %d wire bytes", f.BlocksCompressed, f.BlocksSent, res.WireBytes)
-	if f.BlocksCompressed > f.BlocksSent/10 {
+	if f.BlocksCompressed > f.BlocksSent/4 {
 		t.Fatalf("on loopback %d of %d blocks went compressed", f.BlocksCompressed, f.BlocksSent)
 	}
 }
