@@ -154,10 +154,11 @@ type config struct {
 	idle        time.Duration
 	workers     int
 	noSync      bool
-	maxSize     int64         // Fetch refuses files larger than this in all; 0: no cap
-	writeLimit  int64         // test hook: staging writes past this many bytes fail with ENOSPC
-	readRate    int64         // test hook: the destination reads at most this many bytes a second
-	reportEvery time.Duration // progress throttle
+	maxSize     int64                                       // Fetch refuses files larger than this in all; 0: no cap
+	writeLimit  int64                                       // test hook: staging writes past this many bytes fail with ENOSPC
+	readRate    int64                                       // test hook: the destination reads at most this many bytes a second
+	cpuIdle     func() (idle, total time.Duration, ok bool) // test hook: the machine's CPU time, for the pacer
+	reportEvery time.Duration                               // progress throttle
 	served      func(from peer.ID, req Request)
 	sent        func(path string) // test hook: a file's blocks are all sent, its identity not yet checked
 }
@@ -228,6 +229,12 @@ func withWriteLimit(n int64) Option { return func(c *config) { c.writeLimit = n 
 // withReadRate makes the destination read the stream at most n bytes a second: a slow link,
 // in tests (Fetch).
 func withReadRate(n int64) Option { return func(c *config) { c.readRate = n } }
+
+// withCPUIdle makes the source's pacer read the machine's idle and total CPU time from f
+// (Server): a machine as idle or as busy as a test needs.
+func withCPUIdle(f func() (idle, total time.Duration, ok bool)) Option {
+	return func(c *config) { c.cpuIdle = f }
+}
 
 // withReportEvery changes the progress throttle; tests report every frame.
 func withReportEvery(d time.Duration) Option { return func(c *config) { c.reportEvery = d } }

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,21 +39,27 @@ const (
 // pacer decides whether the source compresses, by what binds the transfer, measured while it
 // runs: the link binds when the sending goroutine spends most of its time blocked writing to
 // the stream, the CPU when the machine has few idle cycles left (both ends of a transfer on
-// one machine; other work). Compression pays only when the link binds and the CPU does not.
+// one machine; other work). Compression pays only when the link binds and the CPU does not:
+// it starts when the idle cores can compress twice the blocks' present rate (at zstd's cost
+// per byte measured on this machine), and stops when the link stops binding or the CPU starts.
 // Measuring the throughput of each choice instead would be fooled by the stream's buffers
 // (the muxer's window holds megabytes, more raw data when compressed) and by a destination
 // whose CPU binds, which compression does not help.
 type pacer struct {
 	always  bool
+	cores   int
 	now     func() time.Time
 	idle    func() (idle, total time.Duration, ok bool) // the machine's CPU time so far
 	blocked *atomic.Int64                               // ns the stream's writes have blocked so far
 
 	on atomic.Bool
+	// What the sending side did: bytes of blocks sent (before compression), and the bytes
+	// zstd took in and the time it took, from which its cost per byte follows.
+	sent, zIn, zNanos atomic.Int64
 
 	mu                    sync.Mutex
 	at                    time.Time
-	lastBlocked           int64
+	lastBlocked, lastSent int64
 	lastIdle, lastTotal   time.Duration
 	haveCPU               bool
 	linkShare, spareShare float64 // the last window's measures (spare: averaged), for tests
@@ -60,9 +67,23 @@ type pacer struct {
 }
 
 func newPacer(p CompressionPolicy, blocked *atomic.Int64) *pacer {
-	pc := &pacer{always: p == CompressAlways, now: time.Now, idle: machineIdle, blocked: blocked}
+	pc := &pacer{always: p == CompressAlways, cores: runtime.NumCPU(), now: time.Now, idle: machineIdle, blocked: blocked}
 	pc.on.Store(pc.always)
 	return pc
+}
+
+// compressed records that zstd took in n bytes in d.
+func (p *pacer) compressed(n int, d time.Duration) {
+	p.zIn.Add(int64(n))
+	p.zNanos.Add(int64(d))
+}
+
+// zstdCost is zstd's CPU time per byte taken in, as measured so far (0 if never).
+func (p *pacer) zstdCost() float64 {
+	if n := p.zIn.Load(); n > 0 {
+		return float64(p.zNanos.Load()) / float64(n) / 1e9
+	}
+	return 0
 }
 
 // start begins the first window.
@@ -70,7 +91,7 @@ func (p *pacer) start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.at = p.now()
-	p.lastBlocked = p.blocked.Load()
+	p.lastBlocked, p.lastSent = p.blocked.Load(), p.sent.Load()
 	p.lastIdle, p.lastTotal, p.haveCPU = p.idle()
 }
 
@@ -106,8 +127,18 @@ func (p *pacer) tick() {
 	} else if !ok {
 		p.spareShare = 1
 	}
-	p.on.Store(p.linkShare >= linkBinds && p.spareShare >= cpuSpare)
-	p.at, p.lastBlocked, p.lastIdle, p.lastTotal, p.haveCPU = now, blocked, idle, total, ok
+	sent := p.sent.Load()
+	rate := float64(sent-p.lastSent) / wall.Seconds() // bytes of blocks a second
+	switch {
+	case p.linkShare < linkBinds || p.spareShare < cpuSpare:
+		p.on.Store(false)
+	case !p.on.Load():
+		// To start compressing, the idle cores must do it at the rate the blocks go now,
+		// twice over (compressed, more of them go through the same link).
+		need := 2 * p.zstdCost() * rate
+		p.on.Store(p.spareShare*float64(p.cores) >= need)
+	}
+	p.at, p.lastBlocked, p.lastSent, p.lastIdle, p.lastTotal, p.haveCPU = now, blocked, sent, idle, total, ok
 }
 
 // machineIdle reads the machine's idle and total CPU time from /proc/stat (idle and iowait

@@ -15,12 +15,14 @@ import (
 )
 
 // TestPacer: the pacer compresses when the stream's writes block most of the time and the
-// machine has idle CPU (the link binds), not when the writes flow (the CPU or the disk binds)
-// or when the machine's CPU is used up, follows a change within a window, and without a
-// reading of the machine's CPU goes by the link alone.
+// machine's idle cores can compress the blocks at their rate (the link binds), not when the
+// writes flow (the CPU or the disk binds), when the machine's CPU is used up or when the idle
+// cores could not keep up; it follows a change within a window, and without a reading of the
+// machine's CPU goes by the link alone.
 func TestPacer(t *testing.T) {
 	type window struct {
 		blocked, idle time.Duration // of a 100 ms window (idle out of 200 ms of CPU: 2 cores)
+		sent          int64         // bytes of blocks sent in it
 		want          bool
 	}
 	for _, tc := range []struct {
@@ -28,21 +30,27 @@ func TestPacer(t *testing.T) {
 		noCPU   bool
 		windows []window
 	}{
-		{"slow link", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, true}}},
-		{"the cpu binds", false, []window{{90 * time.Millisecond, 10 * time.Millisecond, false}}},
-		{"the writes flow", false, []window{{10 * time.Millisecond, 150 * time.Millisecond, false}}},
+		// zstd costs 2 ns a byte here: 1.2 MB in 100 ms (12 MB/s) needs 0.05 cores twice over;
+		// 60 MB in 100 ms (600 MB/s) needs 2.4, more than the 1.5 idle.
+		{"slow link", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, 1_200_000, true}}},
+		{"the cpu binds", false, []window{{90 * time.Millisecond, 10 * time.Millisecond, 1_200_000, false}}},
+		{"the writes flow", false, []window{{10 * time.Millisecond, 150 * time.Millisecond, 1_200_000, false}}},
+		{"too fast to compress on the idle cores", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, 60_000_000, false}}},
 		{"the link gets fast", false, []window{
-			{90 * time.Millisecond, 150 * time.Millisecond, true},
-			{20 * time.Millisecond, 100 * time.Millisecond, false},
-			{80 * time.Millisecond, 120 * time.Millisecond, true},
+			{90 * time.Millisecond, 150 * time.Millisecond, 1_200_000, true},
+			{90 * time.Millisecond, 100 * time.Millisecond, 3_000_000, true}, // compressing: more goes through
+			{20 * time.Millisecond, 100 * time.Millisecond, 3_000_000, false},
+			{80 * time.Millisecond, 120 * time.Millisecond, 1_200_000, true},
 		}},
-		{"no cpu reading", true, []window{{90 * time.Millisecond, 0, true}, {10 * time.Millisecond, 0, false}}},
+		{"no cpu reading", true, []window{{90 * time.Millisecond, 0, 1_200_000, true}, {10 * time.Millisecond, 0, 1_200_000, false}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var blocked atomic.Int64
 			clock := time.Unix(0, 0)
 			var idle, total time.Duration
 			p := newPacer(CompressAuto, &blocked)
+			p.cores = 2
+			p.compressed(1_000_000, 2*time.Millisecond) // 2 ns a byte
 			p.now = func() time.Time { return clock }
 			p.idle = func() (time.Duration, time.Duration, bool) { return idle, total, !tc.noCPU }
 			p.start()
@@ -54,6 +62,7 @@ func TestPacer(t *testing.T) {
 				p.tick() // within the window: nothing changes yet
 				clock = clock.Add(paceWindow / 2)
 				blocked.Add(int64(w.blocked))
+				p.sent.Add(w.sent)
 				idle, total = idle+w.idle, total+2*paceWindow
 				p.tick()
 				if got := p.compress(); got != w.want {
@@ -70,10 +79,10 @@ func TestPacer(t *testing.T) {
 	}
 }
 
-// TestCompressionFollowsTheLink: over a slow link (the destination reads 4 MB a second) the
-// source compresses a compressible image, and the wire carries far fewer bytes than the image;
-// on loopback, where the CPU binds, it does not. The copy is exact whichever way each batch
-// went.
+// TestCompressionFollowsTheLink: over a slow link (the destination reads 4 MB a second, the
+// source's machine has idle cores) the source compresses a compressible image, and the wire
+// carries far fewer bytes than the image; on loopback, where the CPU binds (its real use,
+// measured), it does not. The copy is exact whichever way each batch went.
 func TestCompressionFollowsTheLink(t *testing.T) {
 	// A stream window of 256 KiB, as a link's bandwidth-delay product would bound it (100 Mbit
 	// at 20 ms), rather than yamux's 16 MiB, which would hold much of this image in flight.
@@ -81,7 +90,13 @@ func TestCompressionFollowsTheLink(t *testing.T) {
 	cfg.MaxStreamWindowSize = 256 << 10
 	narrow := libp2p.Muxer(yamux.ID, (*yamux.Transport)(&cfg))
 	p := &pair{src: newHost(t, narrow), dst: newHost(t, narrow), srcDir: t.TempDir(), dstDir: t.TempDir()}
-	p.server = p.serve(t, p.src)
+	// The machine reads as idle, whatever else runs beside the test (the slow link's source
+	// has cores to spare, as a provider's would).
+	start := time.Now()
+	p.server = p.serve(t, p.src, withCPUIdle(func() (time.Duration, time.Duration, bool) {
+		d := time.Since(start)
+		return d, d, true
+	}))
 	connect(t, p.dst, p.src)
 	const size = 48 << 20
 	writeText(t, filepath.Join(p.srcDir, "disk.img"), size)
