@@ -36,5 +36,9 @@ func runDemo(ctx context.Context, env Env, args []string) error {
 	<-ctx.Done()
 	stop() // a second Ctrl-C now ends the process at once
 	fmt.Fprintln(env.Stdout, "stopping the marketplace… (Ctrl-C again to leave running VMs running; the next demo re-attaches them)")
-	return m.Stop(env.Stdout)
+	if err := m.Stop(env.Stdout); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "the marketplace stopped: its VMs powered off, its nodes closed; `virtuoso demo --dir %s` starts it again with what it holds\n", *dir)
+	return nil
 }

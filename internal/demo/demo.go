@@ -188,7 +188,9 @@ func (m *Marketplace) Print(w io.Writer) {
 		fmt.Fprintf(w, "  %-12s %s\n", Roles[i].Name, n.UI.Login().URL)
 	}
 	buyer := m.Nodes[len(m.Nodes)-1].Home().Dir
-	fmt.Fprintf(w, "\nTry, as the buyer, in another terminal:\n"+
+	fmt.Fprintf(w, "\nOpen the buyer's link in a browser: Configurations → debian → Search providers → Store here,\n"+
+		"then Start and Console (a root shell, in the page), Migrate, My accounts; a provider's link shows My machines.\n")
+	fmt.Fprintf(w, "\nOr, as the buyer, in another terminal:\n"+
 		"  export VIRTUOSO_HOME=%s\n"+
 		"  virtuoso peers                                  # the other nodes\n"+
 		"  virtuoso configs                                # standard and preconfigured configurations\n"+
@@ -202,7 +204,7 @@ func (m *Marketplace) Print(w io.Writer) {
 		"  virtuoso migrate ID --to PEER                   # move it (running or not), with progress; billing follows\n"+
 		"  virtuoso vm stop ID\n"+
 		"  virtuoso events --follow                        # what happens on the buyer's node, as it happens\n"+
-		"  (busybox is a tiny guest that only counts on its serial port, for quick tries)\n", buyer)
+		"  (busybox is a tiny guest for quick tries: it counts on its serial port and has a shell on its screen)\n", buyer)
 	fmt.Fprintf(w, "\nCtrl-C stops the marketplace.\n")
 }
 
