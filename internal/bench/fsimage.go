@@ -60,7 +60,11 @@ var debugfsSafe = regexp.MustCompile(`^[A-Za-z0-9._+/-]+$`)
 
 func newExt4Image(opts TransferOptions, path string) *ext4Image {
 	dir := filepath.Dir(filepath.Dir(path))
-	return &ext4Image{opts: opts, share: 0.5, path: path, orig: filepath.Join(dir, "ext4-orig.img"), tree: filepath.Join(dir, "ext4-tree")}
+	share := 0.5
+	if opts.Files > 0 {
+		share = float64(opts.Files) / float64(opts.Size)
+	}
+	return &ext4Image{opts: opts, share: share, path: path, orig: filepath.Join(dir, "ext4-orig.img"), tree: filepath.Join(dir, "ext4-tree")}
 }
 
 func (im *ext4Image) file() string { return im.path }

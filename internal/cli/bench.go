@@ -88,6 +88,7 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	zero := f.String("zero", "0%", "share of the image that is zeros (half holes, half written zeros)")
 	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
 	image := f.String("image", "random", "random (a ChaCha8 stream; --zero of it zeros, --changed of it rewritten in --write-size writes) or ext4 (a filesystem half full of this machine's files; --changed is the share of it a guest writes as new files, beside files removed and touched)")
+	files := f.String("files", "", "with --image ext4: how much of this machine's files the filesystem holds (default: half of --size)")
 	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs three times --size free")
 	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never), full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
 		return err
@@ -96,6 +97,11 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	var err error
 	if opts.Size, err = bench.ParseSize(*size); err != nil {
 		return fmt.Errorf("--size: %w", err)
+	}
+	if *files != "" {
+		if opts.Files, err = bench.ParseSize(*files); err != nil {
+			return fmt.Errorf("--files: %w", err)
+		}
 	}
 	if opts.Changed, err = bench.ParsePercent(*changed); err != nil {
 		return fmt.Errorf("--changed: %w", err)
