@@ -1,7 +1,8 @@
 // The console of a running VM in the page: noVNC over a websocket on this node, bridged to the
 // console tunnel to the provider, with the one-time VNC password of the session. When the tunnel
-// drops it asks for a new session and reconnects; while the VM migrates (a running VM is
-// suspended at its old provider first) it waits, and reconnects to the VM where it arrived.
+// drops it asks for a new session and reconnects (and again whenever the VM starts running
+// again); while the VM migrates (a running VM is suspended at its old provider first) it waits,
+// and reconnects to the VM where it arrived.
 import { api, currentSession, follow, showError, showNote, clearBanner, short } from '../api.js';
 import { el } from '../dom.js';
 
@@ -74,6 +75,13 @@ export async function render(main, [id]) {
     rfb.addEventListener('securityfailure', (ev) => showNote(`The console refused the session: ${ev.detail.reason || 'wrong password'}.`));
   };
   const stop = await follow(`vm=${encodeURIComponent(id)}`, (rec) => {
+    // A VM that runs again (resumed, started) after the console gave up is reached anew.
+    if (rec.kind === 'vm.changed' && rec.data?.state?.status === 'started' && !rfb && !migrating) {
+      retries = 0;
+      clearTimeout(timer);
+      connect();
+      return;
+    }
     if (rec.kind !== 'migration.step') return;
     const step = rec.data?.step; // the record's data is the migration (market.Migration)
     if (step === 'done' || step === 'reverted') {
