@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/virtuoso-market/virtuoso/internal/progress"
+	"github.com/virtuoso-market/virtuoso/vmmp/transfer"
 )
 
 // The transfer benchmark's images: random data (randomImage, the hard case for compression
@@ -135,10 +135,10 @@ func (im *ext4Image) reset(ctx context.Context) error {
 	if err := os.RemoveAll(filepath.Join(filepath.Dir(im.path), ".vmmp-transfer")); err != nil {
 		return err
 	}
-	if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", im.orig, im.path).CombinedOutput(); err != nil {
-		return fmt.Errorf("cp: %w: %s", err, out)
+	if err := os.Remove(im.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
-	return nil
+	return transfer.CopySparse(ctx, im.path, im.orig)
 }
 
 func (im *ext4Image) change(ctx context.Context) error {
@@ -209,18 +209,5 @@ func linkOrCopy(src, dst string) error {
 	if os.Link(src, dst) == nil {
 		return nil
 	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return transfer.CopySparse(context.Background(), dst, src)
 }
