@@ -91,9 +91,10 @@ func (s *idleStream) throttle(n int) {
 func (s *idleStream) Write(p []byte) (int, error) {
 	start := time.Now()
 	n, err := s.st.Write(p)
-	s.blocked.Add(int64(time.Since(start)))
+	end := time.Now()
+	s.blocked.Add(int64(end.Sub(start)))
 	if n > 0 {
-		s.last.Store(time.Now().UnixNano())
+		s.last.Store(end.UnixNano())
 	}
 	return n, s.err(err)
 }
