@@ -3,14 +3,17 @@ package vmmp
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/virtuoso-market/virtuoso/vm"
@@ -92,5 +95,60 @@ func TestGrants(t *testing.T) {
 	g.now = func() time.Time { return now.Add(2 * time.Second) }
 	if _, err := g.Authorize(ctx, dest.ID(), transfer.Request{VM: id.String(), Files: []string{"disk.img"}}); !errors.Is(err, ErrNotGranted) {
 		t.Fatalf("an expired grant: %v", err)
+	}
+}
+
+// TestAskOriginOnANewConnection: a question the origin's connection swallows (as the
+// connection of an origin that restarted does, until the transport gives up on it) is asked
+// again on a new connection, and answered there; one the origin refuses is not asked again.
+func TestAskOriginOnANewConnection(t *testing.T) {
+	defer func(d time.Duration) { askTimeout = d }(askTimeout)
+	askTimeout = time.Second
+	origin, dest := testHost(t), testHost(t)
+	g := NewGrants()
+	id := vm.NewID()
+	if err := g.Grant(vm.Record{ID: id, State: vm.State{Version: 7}}, dest.ID(), vm.Files{Dir: t.TempDir(), Names: []string{"disk.img"}}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// The first connection stands in for a dead one: what is asked on it goes unanswered.
+	var mu sync.Mutex
+	var dead network.Conn
+	var asked []string
+	origin.SetStreamHandler(OriginID, func(st network.Stream) {
+		mu.Lock()
+		if dead == nil {
+			dead = st.Conn()
+		}
+		swallow := dead == st.Conn()
+		asked = append(asked, st.Conn().ID())
+		mu.Unlock()
+		if swallow {
+			io.Copy(io.Discard, st) // until the asker gives up on it
+			return
+		}
+		g.answerOrigin(st)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := dest.Connect(ctx, peer.AddrInfo{ID: origin.ID(), Addrs: origin.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := askOrigin(ctx, dest, origin.ID(), id)
+	if err != nil || a.State.Version != 7 || len(a.Files) != 1 {
+		t.Fatalf("askOrigin: %+v, %v; want version 7 and its file", a, err)
+	}
+	mu.Lock()
+	if len(asked) != 2 || asked[0] == asked[1] {
+		t.Fatalf("asked on connections %v, want twice, on two", asked)
+	}
+	asked = nil
+	mu.Unlock()
+	if _, err := askOrigin(ctx, dest, origin.ID(), vm.NewID()); err == nil || errors.Is(err, errOriginUnreachable) || !strings.Contains(err.Error(), ErrNotGranted.Error()) {
+		t.Fatalf("asked for a vm not granted: %v, want the origin's refusal", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 1 {
+		t.Fatalf("a refusal was asked %d times, want once", len(asked))
 	}
 }

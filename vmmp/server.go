@@ -46,25 +46,51 @@ type originAnswer struct {
 }
 
 // ServeOrigin answers destinations' back-end queries on h for the VMs g granted them.
-func (g *Grants) ServeOrigin(h host.Host) {
-	h.SetStreamHandler(OriginID, func(st network.Stream) {
-		defer st.Close()
-		st.SetDeadline(time.Now().Add(30 * time.Second))
-		var req originRequest
-		var a originAnswer
-		if err := readLine(bufio.NewReader(st), maxOriginLine, &req); err != nil {
-			a.Error = err.Error()
-		} else if gr, ok := g.live(req.VM, st.Conn().RemotePeer()); !ok {
-			a.Error = ErrNotGranted.Error()
-		} else {
-			a = originAnswer{State: gr.rec.State, Owner: gr.rec.Owner, Lease: gr.rec.Lease, Files: gr.files.Names}
-		}
-		writeLine(st, a)
-	})
+func (g *Grants) ServeOrigin(h host.Host) { h.SetStreamHandler(OriginID, g.answerOrigin) }
+
+func (g *Grants) answerOrigin(st network.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(30 * time.Second))
+	var req originRequest
+	var a originAnswer
+	if err := readLine(bufio.NewReader(st), maxOriginLine, &req); err != nil {
+		a.Error = err.Error()
+	} else if gr, ok := g.live(req.VM, st.Conn().RemotePeer()); !ok {
+		a.Error = ErrNotGranted.Error()
+	} else {
+		a = originAnswer{State: gr.rec.State, Owner: gr.rec.Owner, Lease: gr.rec.Lease, Files: gr.files.Names}
+	}
+	writeLine(st, a)
 }
 
-// askOrigin asks origin for VM id's state and files.
+// askOrigin asks origin for VM id's state and files. A question the origin does not answer
+// in askTimeout, or whose stream breaks, is asked again, up to askTries times, on a new
+// connection: the one it went on may be the origin's last life's (it restarted, and this side
+// has not yet noticed the connection is dead), which would swallow every question for as long
+// as the transport takes to give up on it.
 func askOrigin(ctx context.Context, h host.Host, origin peer.ID, id vm.ID) (originAnswer, error) {
+	var err error
+	for try := range askTries {
+		if try > 0 {
+			h.Network().ClosePeer(origin)
+		}
+		var a originAnswer
+		if a, err = askOriginOnce(ctx, h, origin, id); err == nil || !errors.Is(err, errOriginUnreachable) || ctx.Err() != nil {
+			return a, err
+		}
+	}
+	return originAnswer{}, err
+}
+
+// askTries and askTimeout bound askOrigin: an origin that is up answers at once.
+var (
+	askTries   = 3
+	askTimeout = 15 * time.Second
+)
+
+func askOriginOnce(ctx context.Context, h host.Host, origin peer.ID, id vm.ID) (originAnswer, error) {
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
 	st, err := h.NewStream(ctx, origin, OriginID)
 	if err != nil {
 		return originAnswer{}, fmt.Errorf("%w: ask the origin %s: %w", errOriginUnreachable, origin, err)
@@ -75,13 +101,16 @@ func askOrigin(ctx context.Context, h host.Host, origin peer.ID, id vm.ID) (orig
 	}
 	if err := writeLine(st, originRequest{VM: id}); err != nil {
 		st.Reset()
-		return originAnswer{}, err
+		return originAnswer{}, fmt.Errorf("%w: ask the origin %s: %w", errOriginUnreachable, origin, err)
 	}
 	st.CloseWrite()
 	var a originAnswer
 	if err := readLine(bufio.NewReader(st), maxOriginLine, &a); err != nil {
 		st.Reset()
-		return originAnswer{}, fmt.Errorf("the origin's answer: %w", err)
+		if errors.Is(err, ErrMalformed) {
+			return originAnswer{}, fmt.Errorf("the origin's answer: %w", err)
+		}
+		return originAnswer{}, fmt.Errorf("%w: the origin %s did not answer: %w", errOriginUnreachable, origin, err)
 	}
 	if a.Error != "" {
 		return a, fmt.Errorf("the origin refused: %s", a.Error)
