@@ -92,7 +92,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec 0</dev/console 1>/dev/console 2>&1
-for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk button evdev; do
+# In dependency order (modinfo -F depends): virtio needs virtio_ring.
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk button evdev; do
 	[ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
 done
 echo "VIRTUOSO GUEST BOOTED $(uname -r)"
@@ -109,15 +110,14 @@ done
 echo_to=/dev/null
 grep -q 'console=ttyS0' /proc/cmdline && echo_to=/dev/ttyS0
 setsid sh -c "exec </dev/tty1; sh -i 2>&1 | tee $echo_to >/dev/tty1" &
-disk=
-[ -b /dev/vda ] && disk=/dev/vda
 i=0
 while :; do
 	i=$((i + 1))
 	echo "virtuoso guest tick $i"
-	# sectors 2048.. (1 MiB on): past the label the image starts with
-	[ -n "$disk" ] && printf 'virtuoso guest tick %d\n' $i |
-		dd of=$disk bs=512 seek=$((2048 + i % 4096)) conv=notrunc,fsync 2>/dev/null
+	# sectors 2048.. (1 MiB on): past the label the image starts with. The disk is looked
+	# for each time: virtio-blk may probe it after the loop started.
+	[ -b /dev/vda ] && printf 'virtuoso guest tick %d\n' $i |
+		dd of=/dev/vda bs=512 seek=$((2048 + i % 4096)) conv=notrunc,fsync 2>/dev/null
 	usleep 500000
 done
 EOF
