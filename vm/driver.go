@@ -189,22 +189,6 @@ type Importer interface {
 	Import(ctx context.Context, id ID, dir string) (Config, error)
 }
 
-// DirtyBlocks lists which fixed-size blocks of a file were written since tracking last reset.
-type DirtyBlocks struct {
-	BlockSize int64    // bytes per block, e.g. 64 KiB
-	Size      int64    // size of the file in bytes
-	Bitmap    []uint64 // bit i set: block i changed; len is ceil(blocks/64)
-}
-
-// DirtyTracker is implemented by drivers that can tell which disk blocks a VM wrote, so that a
-// transfer sends them without hashing the whole image.
-type DirtyTracker interface {
-	// Dirty returns the blocks of file (a name from Files) written since the last ResetDirty.
-	Dirty(ctx context.Context, id ID, file string) (DirtyBlocks, error)
-	// ResetDirty starts tracking afresh, after a transfer has taken the current contents.
-	ResetDirty(ctx context.Context, id ID, file string) error
-}
-
 // Host describes what the machine behind a driver can give to VMs.
 type Host struct {
 	SpeedBogomips int64 `json:"speed_bogomips"`

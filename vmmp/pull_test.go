@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,9 +26,39 @@ import (
 
 // provider is a host with a QEMU VM stack and a transfer server authorised by its grants.
 type provider struct {
-	h      host.Host
-	mgr    *vm.Manager
-	grants *Grants
+	h       host.Host
+	mgr     *vm.Manager
+	grants  *Grants
+	tracker *countingTracker // the driver's dirty bitmaps, as the daemon wires them
+}
+
+// countingTracker is the QEMU driver's change tracker, with a record of what it answered.
+type countingTracker struct {
+	transfer.ChangeTracker
+	mu      sync.Mutex
+	answers map[string][]trackerAnswer // by file name
+}
+
+type trackerAnswer struct {
+	ok     bool
+	ranges []transfer.Extent
+}
+
+func (c *countingTracker) Changed(ctx context.Context, path string, since transfer.Hash) ([]transfer.Extent, bool, error) {
+	r, ok, err := c.ChangeTracker.Changed(ctx, path, since)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.answers[filepath.Base(path)] = append(c.answers[filepath.Base(path)], trackerAnswer{ok, r})
+	return r, ok, err
+}
+
+// take returns and forgets the answers given for file name.
+func (c *countingTracker) take(name string) []trackerAnswer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.answers[name]
+	delete(c.answers, name)
+	return a
 }
 
 func newProvider(t *testing.T, g qemutest.Guest) *provider {
@@ -52,7 +83,8 @@ func newProviderOn(t *testing.T, cfg qemu.Config) *provider {
 	if p.mgr, err = vm.NewManager(vm.ManagerConfig{Driver: drv, Inventory: inv}); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := transfer.NewServer(p.h, p.grants.Authorize)
+	p.tracker = &countingTracker{ChangeTracker: drv, answers: map[string][]trackerAnswer{}}
+	srv, err := transfer.NewServer(p.h, p.grants.Authorize, transfer.WithChangeTracker(p.tracker))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +108,8 @@ func move(t *testing.T, ctx context.Context, id vm.ID, from, to *provider) (vm.R
 	if err := from.grants.Grant(rec, to.h.ID(), files, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	got, res, err := Pull(ctx, to.h, to.mgr, Incoming{VM: id, Origin: from.h.ID(), State: rec.State, Owner: rec.Owner, Lease: rec.Lease, Files: files.Names})
+	got, res, err := Pull(ctx, to.h, to.mgr, Incoming{VM: id, Origin: from.h.ID(), State: rec.State, Owner: rec.Owner, Lease: rec.Lease, Files: files.Names},
+		transfer.WithChangeTracker(to.tracker))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,10 +150,17 @@ func TestPullThereAndBack(t *testing.T) {
 	if _, err := b.mgr.Stop(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	b.tracker.take("disk.raw")
 	back, res := move(t, ctx, id, b, a)
 	if back.State.Status != vm.StatusStopped || back.Cached || back.State.Version <= there.State.Version {
 		t.Fatalf("back at the origin: %+v", back)
 	}
+	// The disk the guest wrote was not scanned: its dirty bitmap, counted from the copy
+	// that arrived at b, told what to read; and what arrived is what b holds.
+	if got := b.tracker.take("disk.raw"); len(got) != 1 || !got[0].ok || len(got[0].ranges) == 0 {
+		t.Fatalf("b's change tracker answered %+v for the disk the guest wrote; want the changed ranges", got)
+	}
+	sameContent(t, filepath.Join(b.mgr.Driver().(*qemu.Driver).Dir(id), "disk.raw"), filepath.Join(a.mgr.Driver().(*qemu.Driver).Dir(id), "disk.raw"))
 	t.Logf("first move %d bytes on the wire, the way back %d", first, res.WireBytes)
 	if res.WireBytes*4 > first {
 		t.Fatalf("the way back sent %d bytes, the first move %d: the cached copy was not used", res.WireBytes, first)

@@ -45,7 +45,7 @@ func TestTransferExt4Tiny(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log("\n" + out.String())
-	for _, want := range []string{"ext4 with", "blockdiff, no zstd", "blockdiff, zstd always", "CPU-s/GiB", "changed 2%"} {
+	for _, want := range []string{"ext4 with", "blockdiff, no zstd", "blockdiff, zstd always", "blockdiff, dirty bitmap", "CPU-s/GiB", "changed 2%"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}

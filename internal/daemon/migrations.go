@@ -37,7 +37,14 @@ func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 			m.provider().Fetched(id, from)
 		}
 	}
-	if m.transfer, err = transfer.NewServer(n.Host(), vmmp.Authorize(m.Grants, m.Images), transfer.WithLogger(n.Logger()), transfer.WithServed(served)); err != nil {
+	opts := []transfer.Option{transfer.WithLogger(n.Logger())}
+	// A hypervisor that tracks what its VMs write (QEMU's dirty bitmaps) spares a VM that
+	// ran the scan of its disk, as an origin; as a destination it starts counting from what
+	// arrived.
+	if t, ok := m.vms.Manager().Driver().(transfer.ChangeTracker); ok {
+		opts = append(opts, transfer.WithChangeTracker(t))
+	}
+	if m.transfer, err = transfer.NewServer(n.Host(), vmmp.Authorize(m.Grants, m.Images), append(opts, transfer.WithServed(served))...); err != nil {
 		return err
 	}
 	m.Grants.ServeOrigin(n.Host())
@@ -50,8 +57,9 @@ func (m *Migrations) Start(_ context.Context, n *node.Node) error {
 			}
 			return vmmp.Admission{Owner: l.Buyer.String(), Lease: l.Lease.String()}, nil
 		},
-		Arrived: func(_ context.Context, rec vm.Record) error { return m.provider().Arrived(rec.ID, rec.Lease) },
-		Log:     n.Logger(),
+		Arrived:  func(_ context.Context, rec vm.Record) error { return m.provider().Arrived(rec.ID, rec.Lease) },
+		Transfer: opts,
+		Log:      n.Logger(),
 	})
 	return nil
 }

@@ -15,6 +15,8 @@
 //	state.json    while running: pid, start time, VNC port, accelerator (lets a restarted node
 //	              re-attach to VMs that kept running)
 //	qmp.sock      QMP monitor socket; serial.log the serial console; qemu.log QEMU's stderr
+//	.disk.raw.track  a raw disk's change tracking: a qcow2 of metadata only, whose data file is
+//	              disk.raw, holding the dirty bitmap QEMU keeps while the VM runs (track.go)
 //
 // vm.json, the disk, the kernel files and, while suspended, memory.zst and memory.ram are the
 // VM (Driver.Files); the rest is runtime. A running VM's files leave its memory out: migrations

@@ -32,7 +32,12 @@ type Config struct {
 
 	QEMU    string // qemu-system-x86_64
 	QEMUImg string // qemu-img
+	QEMUNBD string // qemu-nbd (reads change-tracking bitmaps)
 	Zstd    string // zstd
+
+	// NoChangeTracking runs raw disks without their dirty bitmaps (see Checkpoint): every
+	// transfer of a VM that ran then scans its disk.
+	NoChangeTracking bool
 
 	Accel   string // AccelAuto, AccelKVM or AccelTCG
 	CPU     string // -cpu model; empty for QEMU's default (portable between providers)
@@ -82,6 +87,7 @@ func DefaultConfig(dir string) Config {
 		Dir:             dir,
 		QEMU:            "qemu-system-x86_64",
 		QEMUImg:         "qemu-img",
+		QEMUNBD:         "qemu-nbd",
 		Zstd:            "zstd",
 		Accel:           AccelAuto,
 		Machine:         "pc",
@@ -112,6 +118,7 @@ func (c *Config) fill() {
 	}
 	set(&c.QEMU, def.QEMU)
 	set(&c.QEMUImg, def.QEMUImg)
+	set(&c.QEMUNBD, def.QEMUNBD)
 	set(&c.Zstd, def.Zstd)
 	set(&c.Accel, def.Accel)
 	set(&c.Machine, def.Machine)
@@ -244,7 +251,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	for _, bin := range []string{cfg.QEMU, cfg.QEMUImg, cfg.Zstd} {
+	for _, bin := range []string{cfg.QEMU, cfg.QEMUImg, cfg.QEMUNBD, cfg.Zstd} {
 		if err := checkTool(bin); err != nil {
 			return nil, fmt.Errorf("qemu driver: %w", err)
 		}

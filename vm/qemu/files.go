@@ -129,6 +129,12 @@ func (d *Driver) Create(ctx context.Context, cfg vm.Config) (err error) {
 	if err := d.makeDisk(ctx, cfg, filepath.Join(tmp, def.Disk)); err != nil {
 		return fmt.Errorf("create vm %s: %w", cfg.ID, err)
 	}
+	if def.DiskFormat == "raw" && !d.cfg.NoChangeTracking {
+		// Made with the disk, so that a start only checks it; a start makes it if it fails here.
+		if err := d.makeWrapper(ctx, filepath.Join(tmp, def.Disk)); err != nil {
+			d.log.Warn("vm disk without change tracking until its first start", "vm", cfg.ID, "err", err)
+		}
+	}
 	if cfg.Boot != nil {
 		kernel, err := d.allowedImage(cfg.Boot.Kernel)
 		if err != nil {

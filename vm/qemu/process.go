@@ -112,6 +112,8 @@ func (d *Driver) launch(ctx context.Context, m *machine, def definition, ram str
 	if err != nil {
 		return nil, err
 	}
+	// QEMU opens a raw disk through its change-tracking wrapper (track.go).
+	def.Disk, def.DiskFormat = d.driveFor(ctx, m.dir, def)
 	var lastErr error
 	for try := 0; try < 3; try++ {
 		port := d.takePort(m.id)

@@ -19,6 +19,7 @@ var ErrNotInstalled = errors.New("qemu tool not installed")
 var packages = map[string]string{
 	"qemu-system-x86_64": "qemu-system-x86",
 	"qemu-img":           "qemu-utils",
+	"qemu-nbd":           "qemu-utils",
 	"zstd":               "zstd",
 }
 

@@ -56,7 +56,7 @@ var (
 // Request names the files of one VM that the destination wants.
 type Request struct {
 	VM    string   // the VM's id, for the authorisation hook
-	Files []string // plain file names (no directories), e.g. "disk.img", "state.zst"
+	Files []string // plain file names (no directories, no leading dot), e.g. "disk.img", "state.zst"
 }
 
 // bookkeepingDir holds staging files, commit records and cached signatures next to the
@@ -72,8 +72,9 @@ func (r Request) validate() error {
 	}
 	seen := make(map[string]bool, len(r.Files))
 	for _, f := range r.Files {
-		if f == "" || f == "." || f == ".." || len(f) > maxNameLen ||
-			strings.ContainsAny(f, "/\x00") || f == bookkeepingDir {
+		// Names with a leading dot are each side's own bookkeeping (the transfer's, a change
+		// tracker's), which describe one copy and never move.
+		if f == "" || strings.HasPrefix(f, ".") || len(f) > maxNameLen || strings.ContainsAny(f, "/\x00") {
 			return fmt.Errorf("%w: file name %q", ErrBadRequest, f)
 		}
 		if seen[f] {
@@ -122,12 +123,15 @@ type FileResult struct {
 	Resumed          bool // a staging file of an interrupted transfer was reused
 }
 
-// ChangeTracker is an optional capability of a hypervisor driver (e.g. a QEMU dirty
-// bitmap): it reports which ranges of a file may have changed since a checkpoint, so a
-// source with a cached signature re-reads only those ranges instead of the whole file.
+// ChangeTracker is an optional capability of a hypervisor driver (vm/qemu's dirty bitmaps
+// implement it): it reports which ranges of a file may have changed since a checkpoint, so a
+// source with a cached signature re-reads only those ranges instead of the whole file. It is
+// trusted: ranges it leaves out are taken as unchanged, so a tracker that is not sure must
+// answer ok false.
 type ChangeTracker interface {
 	// Checkpoint is called after the signature of the file at path, with image hash h, was
-	// stored: changes are to be counted from here.
+	// stored (by a Server after it sent the file, by a Fetch after it committed it): changes
+	// are to be counted from here. Files it does not track it ignores.
 	Checkpoint(ctx context.Context, path string, h Hash) error
 	// Changed returns the byte ranges of path written since checkpoint h, or ok false if
 	// it cannot tell (then the file is scanned).

@@ -146,7 +146,7 @@ func decodeCommitRecord(b []byte) (*commitRecord, error) {
 }
 
 // commit moves every verified file into place (see the comment at the top of the file).
-func (c *client) commit() error {
+func (c *client) commit(ctx context.Context) error {
 	sync := !c.cfg.noSync
 	rec := &commitRecord{}
 	for _, f := range c.files {
@@ -166,7 +166,7 @@ func (c *client) commit() error {
 		return err
 	}
 	for _, f := range c.files {
-		c.storeSignature(f)
+		c.storeSignature(ctx, f)
 	}
 	return nil
 }
@@ -326,6 +326,25 @@ func syncDir(dir string) error {
 // finished. It returns the bytes copied.
 func redo(dir string, rec *commitRecord, sync bool) (int64, error) {
 	book := filepath.Join(dir, bookkeepingDir)
+	// A target's cached signature (and with it what a change tracker counts from) no longer
+	// describes it once the commit touches it: it goes first, for good, before any byte
+	// changes; the commit's end stores the new one.
+	dropped := false
+	for _, f := range rec.files {
+		if f.mode == modeNone {
+			continue
+		}
+		if err := os.Remove(sigPath(filepath.Join(dir, f.name))); err == nil {
+			dropped = true
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("commit %s: drop its signature: %w", f.name, err)
+		}
+	}
+	if dropped && sync {
+		if err := syncDir(book); err != nil {
+			return 0, err
+		}
+	}
 	var copied int64
 	for _, f := range rec.files {
 		target := filepath.Join(dir, f.name)
@@ -426,8 +445,9 @@ func recoverDir(dir string, sync bool) error {
 }
 
 // storeSignature caches the new image's signature next to it, so the next transfer of it,
-// in either direction, need not hash it.
-func (c *client) storeSignature(f *dstFile) {
+// in either direction, need not hash it, and tells the change tracker, which counts changes
+// from here.
+func (c *client) storeSignature(ctx context.Context, f *dstFile) {
 	fi, err := os.Stat(f.target)
 	if err != nil {
 		return
@@ -438,6 +458,10 @@ func (c *client) storeSignature(f *dstFile) {
 	}
 	if err := storeCachedSig(f.target, cs); err != nil {
 		c.cfg.log.Debug("transfer: cache signature", "err", err)
+	} else if c.cfg.tracker != nil {
+		if err := c.cfg.tracker.Checkpoint(ctx, f.target, f.res.Hash); err != nil {
+			c.cfg.log.Warn("transfer: checkpoint of the change tracker", "file", f.target, "err", err)
+		}
 	}
 }
 

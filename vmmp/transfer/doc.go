@@ -32,8 +32,11 @@
 // while the file's identity (device, inode, size, mtime, ctime) is unchanged and a sample of
 // blocks still matches, so an unchanged image is not re-read; a stale cache still saves the
 // strong hashing of blocks whose fast sub-block hashes match. A ChangeTracker (a hypervisor
-// dirty bitmap) lets a changed image be re-read only where it changed. A broken transfer
-// keeps its verified staged pages and the next Fetch of the same files resumes from them.
+// dirty bitmap, vm/qemu's) lets a changed image be re-read only where it changed: both sides
+// checkpoint it when they store a file's signature (the source after a send, the destination
+// after a commit), and a commit drops a target's signature before it writes the target, so
+// no signature survives content it does not describe. A broken transfer keeps its verified
+// staged pages and the next Fetch of the same files resumes from them.
 //
 // # Wire format, version 1
 //

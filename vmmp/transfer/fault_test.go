@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -306,6 +307,7 @@ func TestFetchBadRequest(t *testing.T) {
 		{"no files", Request{VM: "vm"}},
 		{"path", Request{VM: "vm", Files: []string{"../etc/passwd"}}},
 		{"bookkeeping", Request{VM: "vm", Files: []string{bookkeepingDir}}},
+		{"hidden", Request{VM: "vm", Files: []string{".disk.raw.track"}}},
 		{"twice", Request{VM: "vm", Files: []string{"a", "a"}}},
 	}
 	for _, tc := range cases {
@@ -454,6 +456,17 @@ func TestChangeTracker(t *testing.T) {
 	if tr.checkpoint != res.Files[0].Hash {
 		t.Errorf("no checkpoint at the new image")
 	}
+	if got := tr.checkpointed(); !slices.Equal(got, []string{src, src}) {
+		t.Errorf("the source's checkpoints: %v", got)
+	}
+	// The destination counts from what arrived too: the copy it stored the signature of.
+	dt := &memTracker{}
+	scribble(t, src, 83, 5000, 5*mib)
+	tr.write(5*mib, 5000)
+	res = p.mustFetch(t, []string{"disk.img"}, WithChangeTracker(dt))
+	if got := dt.checkpointed(); !slices.Equal(got, []string{filepath.Join(p.dstDir, "disk.img")}) || dt.checkpoint != res.Files[0].Hash {
+		t.Errorf("the destination's checkpoints: %v at %s, want its file at %s", got, dt.checkpoint, res.Files[0].Hash)
+	}
 }
 
 // memTracker records writes the test makes, as a hypervisor's dirty bitmap would.
@@ -462,6 +475,7 @@ type memTracker struct {
 	checkpoint   Hash
 	dirty        []Extent
 	changedCalls int
+	paths        []string // the files checkpointed
 }
 
 func (m *memTracker) write(off, n int64) {
@@ -474,7 +488,14 @@ func (m *memTracker) Checkpoint(ctx context.Context, path string, h Hash) error 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checkpoint, m.dirty = h, nil
+	m.paths = append(m.paths, path)
 	return nil
+}
+
+func (m *memTracker) checkpointed() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.paths)
 }
 
 func (m *memTracker) Changed(ctx context.Context, path string, since Hash) ([]Extent, bool, error) {
@@ -526,6 +547,11 @@ func TestRecoverFinishesCommit(t *testing.T) {
 	if err := writeRecord(book, rec, true); err != nil {
 		t.Fatal(err)
 	}
+	// The target's signature, of its content before the commit, goes with the commit: a
+	// change tracker counting from it would miss what the commit wrote.
+	if _, err := scanLocal(t.Context(), target, DefaultBlockSize, 1); err != nil || !exists(sigPath(target)) {
+		t.Fatalf("cache the target's signature: %v", err)
+	}
 	for range 2 { // idempotent
 		if err := Recover(dir); err != nil {
 			t.Fatal(err)
@@ -540,6 +566,9 @@ func TestRecoverFinishesCommit(t *testing.T) {
 	}
 	if exists(filepath.Join(book, recordName)) || exists(filepath.Join(book, "disk.img.stage")) {
 		t.Fatal("recovery left its record or stage")
+	}
+	if exists(sigPath(target)) {
+		t.Fatal("the signature of the content before the commit survived it")
 	}
 	fi, _ := os.Stat(target)
 	if fi.Mode().Perm() != 0o640 {

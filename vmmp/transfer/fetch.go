@@ -212,7 +212,7 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 	}
 	stop()
 	received := time.Since(c.start)
-	if err := c.commit(); err != nil {
+	if err := c.commit(ctx); err != nil {
 		c.tell(err)
 		return nil, err
 	}
