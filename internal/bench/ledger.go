@@ -187,7 +187,7 @@ func group(ctx context.Context, dir string, opts LedgerOptions, res *LedgerResul
 		bodies[i] = &ledger.TransferBody{To: payee, Amount: 1}
 	}
 	res.Entries = opts.Pushers * opts.Entries
-	cpu0 := cpuTime(0)
+	cpu0 := cpuTime()
 	t0 := time.Now()
 	var g errgroup.Group
 	var signing time.Duration
@@ -208,7 +208,7 @@ func group(ctx context.Context, dir string, opts LedgerOptions, res *LedgerResul
 		return err
 	}
 	res.Throughput, res.Signing = time.Since(t0), signing
-	res.CPU = cpuTime(0) - cpu0
+	res.CPU = cpuTime() - cpu0
 	lead, _ := coords[0].Coordinator.State().Meta()
 	want := lead.Height
 	if err := wait(ctx, time.Minute, func() bool {

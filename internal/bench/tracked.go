@@ -67,17 +67,25 @@ func (td *trackedDisk) load(ctx context.Context, image string) error {
 // from it, so that it becomes a copy of image again with those blocks in its dirty bitmap.
 // It returns the bytes written.
 func (td *trackedDisk) replay(ctx context.Context, image string) (int64, error) {
+	return replayThroughQEMU(ctx, filepath.Dir(td.path), filepath.Base(qemu.TrackingWrapper(td.path)), "qcow2", image, td.path)
+}
+
+// replayThroughQEMU writes into the disk image target (of format, in dir, as QEMU opens it),
+// through QEMU's block layer (qemu-io), every 64 KiB block in which want differs from have, a
+// raw file of what target holds: target then holds what want does. It returns the bytes
+// written.
+func replayThroughQEMU(ctx context.Context, dir, target, format, want, have string) (int64, error) {
 	const bs = 64 << 10
-	want, err := os.Open(image)
+	w, err := os.Open(want)
 	if err != nil {
 		return 0, err
 	}
-	defer want.Close()
-	have, err := os.Open(td.path)
+	defer w.Close()
+	h, err := os.Open(have)
 	if err != nil {
 		return 0, err
 	}
-	defer have.Close()
+	defer h.Close()
 	tmp, err := os.MkdirTemp("", "virtuoso-bench-replay-")
 	if err != nil {
 		return 0, err
@@ -102,25 +110,25 @@ func (td *trackedDisk) replay(ctx context.Context, image string) (int64, error) 
 	}
 	a, b, zero := make([]byte, bs), make([]byte, bs), make([]byte, bs)
 	for off := int64(0); ; off += bs {
-		n, err := io.ReadFull(want, a)
+		n, err := io.ReadFull(w, a)
 		if n == 0 {
 			break
 		}
 		if err != nil && err != io.ErrUnexpectedEOF {
 			return 0, err
 		}
-		if _, err := io.ReadFull(have, b[:n]); err != nil {
+		if _, err := io.ReadFull(h, b[:n]); err != nil {
 			return 0, err
 		}
-		differs := !bytes.Equal(a[:n], b[:n])
-		if !differs || bytes.Equal(a[:n], zero[:n]) || len(run) >= 4<<20 || runOff+int64(len(run)) != off {
+		differs, isZero := !bytes.Equal(a[:n], b[:n]), bytes.Equal(a[:n], zero[:n])
+		if !differs || isZero || len(run) >= 4<<20 || runOff+int64(len(run)) != off {
 			if err := flush(); err != nil {
 				return 0, err
 			}
 		}
 		switch {
 		case !differs:
-		case bytes.Equal(a[:n], zero[:n]):
+		case isZero:
 			fmt.Fprintf(&script, "write -q -z %d %d\n", off, n)
 			written += int64(n)
 		default:
@@ -134,11 +142,68 @@ func (td *trackedDisk) replay(ctx context.Context, image string) (int64, error) 
 		return 0, err
 	}
 	script.WriteString("quit\n")
-	cmd := exec.CommandContext(ctx, "qemu-io", "-f", "qcow2", filepath.Base(qemu.TrackingWrapper(td.path)))
-	cmd.Dir = filepath.Dir(td.path)
+	cmd := exec.CommandContext(ctx, "qemu-io", "-f", format, target)
+	cmd.Dir = dir
 	cmd.Stdin = strings.NewReader(script.String())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("qemu-io: %w: %s", err, out)
+	out, err := cmd.CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("error")) || bytes.Contains(out, []byte("failed")) {
+		return 0, fmt.Errorf("qemu-io: %v: %s", err, out)
 	}
 	return written, nil
+}
+
+// qcow2Image is an image (random or ext4) as a qcow2 file, which the methods move: made by
+// qemu-img convert, changed by writing what the change rewrote through QEMU's block layer
+// (new clusters appended, tables updated), as a guest's writes change a qcow2 disk.
+type qcow2Image struct {
+	raw  transferImage
+	path string
+}
+
+func (q *qcow2Image) file() string { return q.path }
+
+func (q *qcow2Image) describe() string { return q.raw.describe() + ", as qcow2" }
+
+func (q *qcow2Image) changedBytes() int64 { return q.raw.changedBytes() }
+
+func (q *qcow2Image) create(ctx context.Context) error {
+	if err := q.raw.create(ctx); err != nil {
+		return err
+	}
+	return q.convert(ctx)
+}
+
+func (q *qcow2Image) convert(ctx context.Context) error {
+	if err := os.RemoveAll(filepath.Join(filepath.Dir(q.path), ".vmmp-transfer")); err != nil {
+		return err
+	}
+	if err := os.Remove(q.path); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", q.raw.file(), q.path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img convert: %w: %s", err, out)
+	}
+	return nil
+}
+
+func (q *qcow2Image) reset(ctx context.Context) error {
+	if err := q.raw.reset(ctx); err != nil {
+		return err
+	}
+	return q.convert(ctx)
+}
+
+func (q *qcow2Image) change(ctx context.Context) error {
+	prev := q.raw.file() + ".prev"
+	os.Remove(prev)
+	if err := transfer.CopySparse(ctx, prev, q.raw.file()); err != nil {
+		return err
+	}
+	defer os.Remove(prev)
+	if err := q.raw.change(ctx); err != nil {
+		return err
+	}
+	_, err := replayThroughQEMU(ctx, filepath.Dir(q.path), filepath.Base(q.path), "qcow2", q.raw.file(), prev)
+	return err
 }

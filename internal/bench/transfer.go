@@ -55,8 +55,11 @@ type TransferOptions struct {
 	// Image is "random" (default: a ChaCha8 stream, with Zero of it zeros) or "ext4" (a
 	// filesystem holding Files bytes of this machine's files, half its size by default;
 	// Changed is then the share of it a guest writes as files, WriteSize and Zero do not apply).
-	Image    string
-	Files    int64
+	Image string
+	Files int64
+	// Format is the file the methods move: "raw" (default) or "qcow2" (the image converted by
+	// qemu-img, changed through QEMU's block layer).
+	Format   string
 	Log      *slog.Logger
 	Progress io.Writer // where each run's progress is shown (a bar on a terminal); nil: nowhere
 }
@@ -88,6 +91,12 @@ func (o *TransferOptions) defaults() error {
 	}
 	if o.Image != "random" && o.Image != "ext4" {
 		return fmt.Errorf("bench transfer: image %q: want random or ext4", o.Image)
+	}
+	if o.Format == "" {
+		o.Format = "raw"
+	}
+	if o.Format != "raw" && o.Format != "qcow2" {
+		return fmt.Errorf("bench transfer: format %q: want raw or qcow2", o.Format)
 	}
 	if o.Files == 0 {
 		o.Files = o.Size / 2
@@ -121,11 +130,14 @@ type transferMethod struct {
 	// tracked serves the image as a QEMU VM's disk, the driver's dirty bitmap as the change
 	// tracker, the change made through QEMU (trackedDisk).
 	tracked bool
+	ssh     bool // rsync through ssh to a private sshd on loopback, not the rsync daemon
 }
 
 var transferMethods = []transferMethod{
 	{name: "rsync --no-whole-file --inplace", rsync: []string{"--no-whole-file", "--inplace"}},
 	{name: "rsync -W", rsync: []string{"-W"}},
+	{name: "rsync over ssh --inplace", rsync: []string{"--no-whole-file", "--inplace"}, ssh: true},
+	{name: "rsync over ssh -W", rsync: []string{"-W"}, ssh: true},
 	{name: "full", tm: transfer.MethodFull},
 	{name: "blockdiff", tm: transfer.MethodBlockDiff},
 	{name: "blockdiff, dirty bitmap", tm: transfer.MethodBlockDiff, tracked: true},
@@ -166,9 +178,19 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 	if err := os.MkdirAll(srcDir, 0o755); err != nil {
 		return err
 	}
-	var img transferImage = newBenchImage(opts, filepath.Join(srcDir, "disk.img"))
+	imgPath := filepath.Join(srcDir, "disk.img")
+	if opts.Format == "qcow2" {
+		imgPath = filepath.Join(work, "raw", "disk.img")
+		if err := os.MkdirAll(filepath.Dir(imgPath), 0o755); err != nil {
+			return err
+		}
+	}
+	var img transferImage = newBenchImage(opts, imgPath)
 	if opts.Image == "ext4" {
-		img = newExt4Image(opts, filepath.Join(srcDir, "disk.img"))
+		img = newExt4Image(opts, imgPath)
+	}
+	if opts.Format == "qcow2" {
+		img = &qcow2Image{raw: img, path: filepath.Join(srcDir, "disk.img")}
 	}
 	opts.Log.Info("bench transfer: making the image", "size", opts.Size, "image", opts.Image)
 	if err := img.create(ctx); err != nil {
@@ -182,6 +204,16 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		opts.Log.Warn("bench transfer: rsync unavailable", "err", err)
 	} else {
 		defer rs.stop()
+	}
+
+	// rsync as users copy between machines: over ssh (openssh from Debian), to a private sshd.
+	sshNote := ""
+	ssh, err := startBaselines(ctx, MigrateSide{Link: "loopback", Work: work, LocalIP: "127.0.0.1", PeerIP: "127.0.0.1"}, opts.Log)
+	if err != nil {
+		sshNote = err.Error()
+		opts.Log.Warn("bench transfer: rsync over ssh unavailable", "err", err)
+	} else {
+		defer ssh.stop()
 	}
 
 	// Two real nodes on loopback, each with its own home, as providers run them.
@@ -200,12 +232,16 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		return fmt.Errorf("bench transfer: connect nodes: %w", err)
 	}
 	// The image as a QEMU VM's disk, for the dirty-bitmap rows.
-	td, err := newTrackedDisk(ctx, filepath.Join(work, "qemu"), opts.Size, opts.Log)
-	trackNote := ""
+	var td *trackedDisk
+	trackNote := "qcow2 disks are not tracked (their bitmaps count the guest's offsets, not the bytes of the file that moves)"
+	if opts.Format == "raw" {
+		td, err = newTrackedDisk(ctx, filepath.Join(work, "qemu"), opts.Size, opts.Log)
+		trackNote = ""
+	}
 	if err != nil {
 		trackNote = err.Error()
 		opts.Log.Warn("bench transfer: no qemu vm disk for the dirty-bitmap rows", "err", err)
-	} else {
+	} else if td != nil {
 		defer td.close()
 	}
 	// source is the file a method moves.
@@ -228,16 +264,19 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 			return []string{source(m)}, nil
 		}, o...)
 	}
-	daemonPID := 0
+	var daemons []int // the servers of the rsync rows, whose CPU time is the far end's
 	if rs != nil {
-		daemonPID = rs.cmd.Process.Pid
+		daemons = append(daemons, rs.cmd.Process.Pid)
+	}
+	if ssh != nil {
+		daemons = append(daemons, ssh.sshd.Process.Pid)
 	}
 
 	var raw transferTiming
 	results := map[string]map[string]transferTiming{}
 	for _, m := range transferMethods {
 		results[m.name] = map[string]transferTiming{}
-		if m.rsync != nil && rs == nil || m.tracked && td == nil {
+		if m.rsync != nil && !m.ssh && rs == nil || m.ssh && ssh == nil || m.tracked && td == nil {
 			continue
 		}
 		dstDir := filepath.Join(work, "dst", strings.NewReplacer(" ", "_", "-", "", ",", "").Replace(m.name))
@@ -279,25 +318,30 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 				// shared machine the available CPU drifts within a run.
 				bar := opts.bar("first", "libp2p stream, raw")
 				bar.Status("running")
-				cpu0 := cpuTime(0)
+				cpu0 := cpuTime()
 				if raw, err = rawStreamTiming(ctx, src, dst, opts.Size); err != nil {
 					return fmt.Errorf("bench transfer: raw stream: %w", err)
 				}
-				raw.cpu = cpuTime(0) - cpu0
+				raw.cpu = cpuTime() - cpu0
 				bar.Finish(fmt.Sprintf("%.2fs", raw.d.Seconds()))
 			}
 			opts.Log.Info("bench transfer: run", "method", m.name, "scenario", sc)
 			bar := opts.bar(sc, m.name)
 			var r transferTiming
-			cpu0 := cpuTime(daemonPID)
-			if m.rsync != nil {
+			cpu0 := cpuTime(daemons...)
+			switch {
+			case m.ssh:
+				bar.Status("running")
+				r, err = ssh.push(ctx, m.rsync, img.file(), dstDir)
+				settleChildren(daemons...)
+			case m.rsync != nil:
 				bar.Status("running")
 				r, err = rs.run(ctx, m.rsync, img.file(), dstDir)
-				settleChildren(daemonPID)
-			} else {
+				settleChildren(daemons...)
+			default:
 				r, err = fetchOnce(ctx, dst, src.ID(), m, opts.BlockSize, dstDir, bar.Update)
 			}
-			r.cpu = cpuTime(daemonPID) - cpu0
+			r.cpu = cpuTime(daemons...) - cpu0
 			if err != nil {
 				bar.Finish("failed")
 				return fmt.Errorf("bench transfer: %s, %s: %w", m.name, sc, err)
@@ -316,7 +360,7 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 			return err
 		}
 	}
-	printTransferTable(out, opts, img, raw, results, rs, rsyncNote, trackNote)
+	printTransferTable(out, opts, img, raw, results, rs, rsyncNote, trackNote, ssh, sshNote)
 	fmt.Fprintf(out, "Load average (1 min) at start %s, at end %s: other work on this machine skews the times.\n", load0, loadAvg())
 	return nil
 }
@@ -357,9 +401,9 @@ func fetchOnce(ctx context.Context, h host.Host, from peer.ID, m transferMethod,
 	return t, nil
 }
 
-// cpuTime is the CPU time this process and its waited-for children used, and the rsync
-// daemon pid (if not 0) with the children it reaped: both ends of every method.
-func cpuTime(pid int) time.Duration {
+// cpuTime is the CPU time this process and its waited-for children used, and the daemons
+// (the rsync daemon, sshd) with the children they reaped: both ends of every method.
+func cpuTime(daemons ...int) time.Duration {
 	var d time.Duration
 	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
 		var ru unix.Rusage
@@ -367,7 +411,7 @@ func cpuTime(pid int) time.Duration {
 			d += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 		}
 	}
-	if pid != 0 {
+	for _, pid := range daemons {
 		d += procCPU(pid)
 	}
 	return d
@@ -392,13 +436,19 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
-// settleChildren waits, a second at most, until the rsync daemon has reaped the process that
-// served the last push, so that its CPU time is counted.
-func settleChildren(pid int) {
-	prev := procCPU(pid)
+// settleChildren waits, a second at most, until the daemons have reaped the processes that
+// served the last push, so that their CPU time is counted.
+func settleChildren(daemons ...int) {
+	sum := func() (d time.Duration) {
+		for _, pid := range daemons {
+			d += procCPU(pid)
+		}
+		return d
+	}
+	prev := sum()
 	for range 20 {
 		time.Sleep(50 * time.Millisecond)
-		cur := procCPU(pid)
+		cur := sum()
 		if cur == prev {
 			return
 		}
@@ -699,6 +749,25 @@ func (r *rsyncDaemon) stop() {
 	<-r.done
 }
 
+// push copies src into dstDir with rsync over ssh and returns the time and the bytes rsync
+// reports on the wire.
+func (t *baselineTools) push(ctx context.Context, flags []string, src, dstDir string) (transferTiming, error) {
+	args := append(append([]string{"-I", "--stats", "-e", strings.Join(t.ssh, " ")}, flags...), src,
+		fmt.Sprintf("root@%s:%s/", t.side.PeerIP, dstDir))
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, "rsync", args...).CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return transferTiming{}, fmt.Errorf("rsync %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	m := transferTiming{d: d, ok: true}
+	for _, g := range rsyncStatLine.FindAllStringSubmatch(string(out), -1) {
+		n, _ := strconv.ParseInt(strings.NewReplacer(",", "", ".", "").Replace(g[2]), 10, 64)
+		m.wire += n
+	}
+	return m, nil
+}
+
 var rsyncStatLine = regexp.MustCompile(`Total bytes (sent|received): ([\d,.]+)`)
 
 // run pushes src into dstDir through the daemon and returns the time and the bytes rsync
@@ -728,7 +797,8 @@ func (r *rsyncDaemon) run(ctx context.Context, flags []string, src, dstDir strin
 	return m, nil
 }
 
-func printTransferTable(out io.Writer, opts TransferOptions, im transferImage, raw transferTiming, res map[string]map[string]transferTiming, rs *rsyncDaemon, rsyncNote, trackNote string) {
+func printTransferTable(out io.Writer, opts TransferOptions, im transferImage, raw transferTiming, res map[string]map[string]transferTiming,
+	rs *rsyncDaemon, rsyncNote, trackNote string, ssh *baselineTools, sshNote string) {
 	fmt.Fprintf(out, "virtuoso bench transfer: %s image, %s, %s blocks, %d CPUs\n\n",
 		progress.FormatSize(opts.Size), im.describe(), progress.FormatSize(int64(opts.BlockSize)), runtime.NumCPU())
 	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', tabwriter.AlignRight)
@@ -753,6 +823,9 @@ func printTransferTable(out io.Writer, opts TransferOptions, im transferImage, r
 			row(sc, label, "libp2p stream, raw", raw)
 		}
 		for _, m := range transferMethods {
+			if m.tracked && trackNote != "" || m.ssh && ssh == nil {
+				continue // said below
+			}
 			row(sc, label, m.name, res[m.name][sc])
 		}
 	}
@@ -819,6 +892,11 @@ func printTransferTable(out io.Writer, opts TransferOptions, im transferImage, r
 		fmt.Fprintln(out, "with -I so it compares content instead of trusting size and mtime (without it an unchanged file is skipped unread).")
 	} else {
 		fmt.Fprintf(out, "rsync rows missing: %s\n", rsyncNote)
+	}
+	if ssh != nil {
+		fmt.Fprintf(out, "rsync over ssh: rsync %s -I, through OpenSSH to a private sshd on loopback (the encrypted way users copy between machines).\n", ssh.version)
+	} else {
+		fmt.Fprintf(out, "rsync over ssh rows missing: %s\n", sshNote)
 	}
 	if trackNote != "" {
 		fmt.Fprintf(out, "dirty-bitmap rows missing: %s\n", trackNote)

@@ -26,7 +26,7 @@ func TestTransferTiny(t *testing.T) {
 			t.Errorf("progress lacks %q", want)
 		}
 	}
-	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "unchanged", "goals:"} {
+	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "rsync over ssh -W", "rsync over ssh --inplace", "unchanged", "goals:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}
@@ -52,6 +52,25 @@ func TestTransferExt4Tiny(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "n/a") {
 		t.Errorf("a method did not run:\n%s", out.String())
+	}
+}
+
+// TestTransferQcow2Tiny runs the benchmark on a small ext4 image as a qcow2 file, changed
+// through QEMU's block layer.
+func TestTransferQcow2Tiny(t *testing.T) {
+	var out bytes.Buffer
+	opts := TransferOptions{Dir: t.TempDir(), Size: 64 << 20, Changed: 0.02, Image: "ext4", Format: "qcow2"}
+	if err := Transfer(t.Context(), opts, &out); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	for _, want := range []string{"ext4 with", ", as qcow2", "blockdiff, no zstd", "qcow2 disks are not tracked", "changed 2%"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "n/a") || strings.Contains(out.String(), "blockdiff, dirty bitmap") {
+		t.Errorf("a method did not run, or the dirty bitmap row is there for a qcow2 file:\n%s", out.String())
 	}
 }
 

@@ -89,11 +89,12 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
 	image := f.String("image", "random", "random (a ChaCha8 stream; --zero of it zeros, --changed of it rewritten in --write-size writes) or ext4 (a filesystem half full of this machine's files; --changed is the share of it a guest writes as new files, beside files removed and touched)")
 	files := f.String("files", "", "with --image ext4: how much of this machine's files the filesystem holds (default: half of --size)")
-	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs three times --size free")
-	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never), full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
+	format := f.String("format", "raw", "the file that moves: raw, or qcow2 (the image converted by qemu-img and changed through QEMU's block layer)")
+	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs four times --size free")
+	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never; and from a QEMU VM's disk whose dirty bitmap tells what changed), full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
 		return err
 	}
-	opts := bench.TransferOptions{Dir: *dir, Image: *image}
+	opts := bench.TransferOptions{Dir: *dir, Image: *image, Format: *format}
 	var err error
 	if opts.Size, err = bench.ParseSize(*size); err != nil {
 		return fmt.Errorf("--size: %w", err)

@@ -177,6 +177,11 @@ func (c *client) prepare(f *dstFile, sync bool) (commitFile, error) {
 	g := f.g
 	pg := newGeometry(g.size, subBlockSize) // the new image's pages
 	cf := commitFile{name: f.name, bs: g.bs, size: g.size, perm: f.acc.mode, mtime: f.acc.mtime}
+	if f.identical {
+		cf.mode = modeNone
+		_ = os.Remove(f.stageP)
+		return cf, nil
+	}
 	z := newZeroes(g.bs)
 	tailZero := z.hash(g.blockLen(g.nblocks - 1))
 	zero := func(i int) bool {
@@ -201,7 +206,7 @@ func (c *client) prepare(f *dstFile, sync bool) (commitFile, error) {
 	}
 	holes := slices.Contains(f.holes[:g.nblocks], true)
 	switch {
-	case f.identical || f.basis != nil && stagedBytes == 0 && !holes && g.size == f.basisSize:
+	case f.basis != nil && stagedBytes == 0 && !holes && g.size == f.basisSize:
 		cf.mode = modeNone
 		_ = os.Remove(f.stageP)
 		return cf, nil
