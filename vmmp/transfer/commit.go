@@ -156,14 +156,18 @@ func (c *client) commit(ctx context.Context) error {
 		}
 		rec.files = append(rec.files, cf)
 	}
-	book := filepath.Join(c.dir, bookkeepingDir)
-	if err := writeRecord(book, rec, sync); err != nil {
-		return err
-	}
-	n, err := redo(c.dir, rec, sync)
-	c.written.Add(n)
-	if err != nil {
-		return err
+	// Files the destination held already (an unchanged re-transfer) need no record: no
+	// target changes, nothing to finish after a crash, nothing to wait on the disk for.
+	if slices.ContainsFunc(rec.files, func(cf commitFile) bool { return cf.mode != modeNone }) {
+		book := filepath.Join(c.dir, bookkeepingDir)
+		if err := writeRecord(book, rec, sync); err != nil {
+			return err
+		}
+		n, err := redo(c.dir, rec, sync)
+		c.written.Add(n)
+		if err != nil {
+			return err
+		}
 	}
 	for _, f := range c.files {
 		c.storeSignature(ctx, f)
