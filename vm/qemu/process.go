@@ -113,7 +113,9 @@ func (d *Driver) launch(ctx context.Context, m *machine, def definition, ram str
 		return nil, err
 	}
 	// QEMU opens a raw disk through its change-tracking wrapper (track.go).
-	def.Disk, def.DiskFormat = d.driveFor(ctx, m.dir, def)
+	if def.Disk, def.DiskFormat, err = d.driveFor(ctx, m.dir, def); err != nil {
+		return nil, err
+	}
 	var lastErr error
 	for try := 0; try < 3; try++ {
 		port := d.takePort(m.id)

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -56,8 +57,9 @@ func trackPath(disk string) string {
 
 const (
 	bitmapPrefix = "virtuoso-"
-	// maxMapOutput caps what qemu-img map may print: a few hundred bytes per extent, and at
-	// most one extent per 64 KiB granule of a 1 TiB disk.
+	// maxMapOutput caps what qemu-img map may print (about 100 bytes an extent): a bitmap
+	// more fragmented than that (over half a million extents) is not read, and the disk is
+	// scanned instead.
 	maxMapOutput = 64 << 20
 )
 
@@ -84,20 +86,54 @@ type bitmapInfo struct {
 }
 
 // tracked reports whether disk (a file of a VM directory, or of a staging directory) is a raw
-// disk this driver tracks: its directory's vm.json names it as the raw disk.
+// disk this driver tracks: its directory's vm.json, valid (in a staging directory it comes
+// from another provider, and its names end up in qemu-img's options), names it as the raw
+// disk.
 func (d *Driver) tracked(disk string) bool {
 	if d.cfg.NoChangeTracking {
 		return false
 	}
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(disk), defFile))
+	f, err := os.Open(filepath.Join(filepath.Dir(disk), defFile))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxDefBytes+1))
 	if err != nil || len(b) > maxDefBytes {
 		return false
 	}
-	var def definition
-	if json.Unmarshal(b, &def) != nil {
+	var id struct {
+		Config struct {
+			ID vm.ID `json:"id"`
+		} `json:"config"`
+	}
+	if json.Unmarshal(b, &id) != nil {
 		return false
 	}
-	return def.DiskFormat == "raw" && def.Disk == filepath.Base(disk)
+	def, err := decodeDefinition(bytes.NewReader(b), id.Config.ID)
+	return err == nil && def.DiskFormat == "raw" && def.Disk == filepath.Base(disk)
+}
+
+// lockDisk holds the lock of the VM whose disk is at path, if it is one of this driver's VMs
+// (a staging directory's is no VM yet: nothing runs there), so that no Start or Resume opens
+// the wrapper meanwhile; running says whether the VM runs.
+func (d *Driver) lockDisk(ctx context.Context, path string) (unlock func(), running bool, err error) {
+	dir := filepath.Dir(path)
+	if filepath.Dir(dir) != filepath.Join(d.cfg.Dir, "vms") {
+		return func() {}, false, nil
+	}
+	id, err := vm.ParseID(filepath.Base(dir))
+	if err != nil {
+		return func() {}, false, nil
+	}
+	m, err := d.lock(ctx, id)
+	if errors.Is(err, vm.ErrNotFound) {
+		return func() {}, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return m.op.Unlock, d.running(m), nil
 }
 
 // wrapperState reads the wrapper of disk; ok is false when it is missing or not one this
@@ -130,6 +166,18 @@ func (d *Driver) wrapperState(ctx context.Context, disk string) (wrapperInfo, bo
 	return info, ok, nil
 }
 
+// writtenBehind reports whether disk changed after its wrapper was last written: QEMU writes
+// the wrapper (its bitmaps) when it closes, after its last write of the disk, and Checkpoint
+// writes it after the transfer did; a disk changed later was changed by something else (a
+// QEMU run without the wrapper, by an older driver or by hand), which no bitmap saw.
+func writtenBehind(disk string) bool {
+	var ds, ws syscall.Stat_t
+	if syscall.Stat(disk, &ds) != nil || syscall.Stat(trackPath(disk), &ws) != nil {
+		return true
+	}
+	return ds.Ctim.Nano() > ws.Mtim.Nano()
+}
+
 // makeWrapper makes disk's wrapper anew, without bitmaps. qemu-img create makes the data file
 // afresh, so it runs in a directory of its own, on a data file of the disk's name that is
 // thrown away; the wrapper then moves beside the disk.
@@ -137,6 +185,11 @@ func (d *Driver) makeWrapper(ctx context.Context, disk string) error {
 	fi, err := os.Stat(disk)
 	if err != nil {
 		return err
+	}
+	if old, _ := filepath.Glob(filepath.Join(filepath.Dir(disk), ".track-new-*")); len(old) > 0 {
+		for _, o := range old { // left by a crash
+			os.RemoveAll(o)
+		}
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(disk), ".track-new-")
 	if err != nil {
@@ -165,13 +218,20 @@ func (d *Driver) qemuImgIn(ctx context.Context, dir string, args ...string) erro
 }
 
 // driveFor is the file and format QEMU is to open for the VM's disk in dir: the wrapper of a
-// raw disk, repaired first, or the disk itself.
-func (d *Driver) driveFor(ctx context.Context, dir string, def definition) (file, format string) {
+// raw disk, repaired first, or the disk itself. A raw disk that runs without its wrapper loses
+// it first; if that fails the VM does not run (its bitmap would miss what it writes).
+func (d *Driver) driveFor(ctx context.Context, dir string, def definition) (file, format string, err error) {
 	disk := filepath.Join(dir, def.Disk)
-	if def.DiskFormat != "raw" || d.cfg.NoChangeTracking {
-		return def.Disk, def.DiskFormat
+	if def.DiskFormat != "raw" {
+		return def.Disk, def.DiskFormat, nil
 	}
-	err := func() error {
+	if d.cfg.NoChangeTracking {
+		if err := os.Remove(trackPath(disk)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", "", fmt.Errorf("%w: remove the change tracking of the disk, which would miss what the vm writes: %w", vm.ErrHypervisor, err)
+		}
+		return def.Disk, def.DiskFormat, nil
+	}
+	err = func() error {
 		info, ok, err := d.wrapperState(ctx, disk)
 		if err != nil {
 			return err
@@ -189,12 +249,12 @@ func (d *Driver) driveFor(ctx context.Context, dir string, def definition) (file
 	if err != nil {
 		// Without the wrapper QEMU writes what no bitmap sees: none may survive.
 		if rerr := os.Remove(trackPath(disk)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-			d.log.Error("cannot remove the change tracking of a vm's disk; its next transfers may be wrong", "disk", disk, "err", rerr)
+			return "", "", fmt.Errorf("%w: the disk's change tracking is damaged (%v) and cannot be removed: %w", vm.ErrHypervisor, err, rerr)
 		}
 		d.log.Warn("vm disk runs without change tracking: its next transfer scans it", "disk", disk, "err", err)
-		return def.Disk, def.DiskFormat
+		return def.Disk, def.DiskFormat, nil
 	}
-	return filepath.Base(trackPath(disk)), "qcow2"
+	return filepath.Base(trackPath(disk)), "qcow2", nil
 }
 
 // Checkpoint implements transfer.ChangeTracker: the wrapper of the raw disk at path gets an
@@ -203,6 +263,14 @@ func (d *Driver) driveFor(ctx context.Context, dir string, def definition) (file
 func (d *Driver) Checkpoint(ctx context.Context, path string, h transfer.Hash) error {
 	if !d.tracked(path) {
 		return nil
+	}
+	unlock, running, err := d.lockDisk(ctx, path)
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", path, err)
+	}
+	defer unlock()
+	if running {
+		return fmt.Errorf("checkpoint %s: %w", path, vm.ErrRunning)
 	}
 	info, ok, err := d.wrapperState(ctx, path)
 	if err != nil {
@@ -233,16 +301,26 @@ func (d *Driver) Changed(ctx context.Context, path string, since transfer.Hash) 
 	if !d.tracked(path) {
 		return nil, false, nil
 	}
+	unlock, running, err := d.lockDisk(ctx, path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+	if running {
+		return nil, false, nil // its changes are still being made
+	}
 	info, ok, err := d.wrapperState(ctx, path)
-	if err != nil || !ok {
+	if err != nil || !ok || writtenBehind(path) {
 		return nil, false, err
 	}
 	name := bitmapName(since)
 	i := slices.IndexFunc(info.FormatSpecific.Data.Bitmaps, func(b bitmapInfo) bool { return b.Name == name })
-	if i < 0 || slices.Contains(info.FormatSpecific.Data.Bitmaps[i].Flags, "in-use") {
+	// A bitmap QEMU held open when it died ("in-use") may lack writes; one not enabled
+	// ("auto" missing) records none.
+	if i < 0 || slices.Contains(info.FormatSpecific.Data.Bitmaps[i].Flags, "in-use") || !slices.Contains(info.FormatSpecific.Data.Bitmaps[i].Flags, "auto") {
 		return nil, false, nil
 	}
-	ranges, err := d.dirtyExtents(ctx, trackPath(path), name)
+	ranges, err := d.dirtyExtents(ctx, trackPath(path), name, info.VirtualSize)
 	if err != nil {
 		return nil, false, err
 	}
@@ -252,7 +330,7 @@ func (d *Driver) Changed(ctx context.Context, path string, since transfer.Hash) 
 // dirtyExtents lists the extents bitmap marks in wrapper: qemu-nbd exports the wrapper
 // read-only with the bitmap (and exits when its one client leaves), and qemu-img map, told
 // to read the bitmap as allocation status, prints dirty extents as "data": false.
-func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string) ([]transfer.Extent, error) {
+func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string, size int64) ([]transfer.Extent, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	sockDir, err := os.MkdirTemp("", "virtuoso-nbd-")
@@ -272,6 +350,9 @@ func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string) ([]tr
 		"-x", "disk", "-B", bitmap, "-k", sock, filepath.Base(wrapper))
 	nbd.Dir = filepath.Dir(wrapper)
 	nbd.Stdout, nbd.Stderr = logf, logf
+	// A server whose client never came (cancelled, qemu-img failed) would wait for it for
+	// ever, holding the disk's lock: it is ended, whatever happened.
+	defer endForked(pidFile, "qemu-nbd")
 	if err := nbd.Run(); err != nil {
 		if nbd.Process == nil {
 			return nil, toolError(d.cfg.QEMUNBD, err)
@@ -279,13 +360,6 @@ func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string) ([]tr
 		out, _ := os.ReadFile(logf.Name())
 		return nil, fmt.Errorf("export the bitmap of %s: %v: %s", wrapper, err, strings.TrimSpace(string(out)))
 	}
-	defer func() { // a server whose client never came (qemu-img failed to start) is ended
-		if b, err := os.ReadFile(pidFile); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-				syscall.Kill(pid, syscall.SIGTERM)
-			}
-		}
-	}()
 	opts := "driver=nbd,export=disk,server.type=unix,server.path=" + sock + ",x-dirty-bitmap=qemu:dirty-bitmap:" + bitmap
 	m := exec.CommandContext(ctx, d.cfg.QEMUImg, "map", "--output=json", "--image-opts", opts)
 	stdout, err := m.StdoutPipe()
@@ -297,7 +371,7 @@ func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string) ([]tr
 	if err := m.Start(); err != nil {
 		return nil, toolError(d.cfg.QEMUImg, err)
 	}
-	ranges, perr := parseDirtyMap(io.LimitReader(stdout, maxMapOutput))
+	ranges, perr := parseDirtyMap(io.LimitReader(stdout, maxMapOutput), size)
 	io.Copy(io.Discard, stdout)
 	if err := m.Wait(); err != nil {
 		return nil, fmt.Errorf("read the bitmap of %s: %v: %s", wrapper, err, strings.TrimSpace(stderr.String()))
@@ -308,9 +382,25 @@ func (d *Driver) dirtyExtents(ctx context.Context, wrapper, bitmap string) ([]tr
 	return ranges, nil
 }
 
-// parseDirtyMap reads qemu-img map's JSON (an array of extents) and returns those marked
-// dirty ("data": false), adjacent ones merged.
-func parseDirtyMap(r io.Reader) ([]transfer.Extent, error) {
+// endForked ends the process whose pid is in pidFile if it still runs program.
+func endForked(pidFile, program string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmd, []byte(program)) {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+}
+
+// parseDirtyMap reads qemu-img map's JSON (an array of extents, which must cover the disk's
+// size bytes without a gap) and returns those marked dirty ("data": false), adjacent ones
+// merged.
+func parseDirtyMap(r io.Reader, size int64) ([]transfer.Extent, error) {
 	dec := json.NewDecoder(bufio.NewReader(r))
 	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
 		return nil, fmt.Errorf("qemu-img map: not a list of extents (%v)", err)
@@ -326,7 +416,7 @@ func parseDirtyMap(r io.Reader) ([]transfer.Extent, error) {
 		if err := dec.Decode(&e); err != nil {
 			return nil, fmt.Errorf("qemu-img map: %w", err)
 		}
-		if e.Start < end || e.Length <= 0 || e.Data == nil {
+		if e.Start != end || e.Length <= 0 || e.Data == nil {
 			return nil, fmt.Errorf("qemu-img map: extent %d+%d out of order or incomplete", e.Start, e.Length)
 		}
 		end = e.Start + e.Length
@@ -341,6 +431,9 @@ func parseDirtyMap(r io.Reader) ([]transfer.Extent, error) {
 	}
 	if _, err := dec.Token(); err != nil {
 		return nil, fmt.Errorf("qemu-img map: %w", err)
+	}
+	if end != size {
+		return nil, fmt.Errorf("qemu-img map: extents end at %d, the disk at %d", end, size)
 	}
 	return out, nil
 }

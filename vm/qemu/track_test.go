@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -170,6 +171,66 @@ func TestChangeTracking(t *testing.T) {
 	}
 	if r, ok := changed(other); !ok || len(r) != 0 {
 		t.Fatalf("a new checkpoint after the repair: %v, %v", r, ok)
+	}
+
+	t.Log("a write that did not go through QEMU: nothing is claimed")
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // past the wrapper's last write, at the filesystem's clock
+	if _, err := f.WriteAt([]byte("by hand"), 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if r, ok := changed(other); ok {
+		t.Fatalf("a write by hand after the checkpoint: %v reported as all that changed", r)
+	}
+
+	t.Log("a driver without change tracking runs the vm on its raw disk, and drops the wrapper first")
+	plain := qemutest.DriverConfig(t, g)
+	plain.Dir, plain.NoChangeTracking = filepath.Dir(filepath.Dir(d.Dir(id))), true
+	pd := qemutest.NewDriver(t, plain)
+	if err := d.Checkpoint(ctx, disk, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := pd.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := pd.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(files.Dir, ".disk.raw.track")); !os.IsNotExist(err) {
+		t.Fatalf("the wrapper outlived a run without it: %v", err)
+	}
+	if r, ok := changed(h); ok {
+		t.Fatalf("after a run without the wrapper: %v reported", r)
+	}
+
+	t.Log("a definition from another provider whose disk name would be qemu-img options")
+	real, err := os.ReadFile(filepath.Join(files.Dir, "vm.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		wrapped bool
+	}{{"disk.raw", true}, {"d,preallocation=full", false}, {".hidden", false}} {
+		staged := t.TempDir()
+		def := bytes.Replace(real, []byte(`"disk": "disk.raw"`), []byte(fmt.Sprintf(`"disk": %q`, tc.name)), 1)
+		if err := os.WriteFile(filepath.Join(staged, "vm.json"), def, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(staged, tc.name), make([]byte, 64<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Checkpoint(ctx, filepath.Join(staged, tc.name), h); err != nil {
+			t.Fatalf("checkpoint of %q: %v", tc.name, err)
+		}
+		_, err := os.Stat(filepath.Join(staged, "."+tc.name+".track"))
+		if got := err == nil; got != tc.wrapped {
+			t.Fatalf("disk named %q in a staged definition: wrapper made %v, want %v", tc.name, got, tc.wrapped)
+		}
 	}
 
 	t.Log("files that are not a tracked disk")

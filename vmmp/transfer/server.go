@@ -693,7 +693,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 			ss.log.Debug("transfer: cache signature", "err", err)
 		} else if ss.cfg.tracker != nil {
 			if err := ss.cfg.tracker.Checkpoint(ctx, sf.path, image); err != nil {
-				ss.log.Debug("transfer: checkpoint", "err", err)
+				ss.log.Warn("transfer: checkpoint of the change tracker", "file", sf.path, "err", err)
 			}
 		}
 	}
