@@ -41,7 +41,11 @@ import (
 //
 // What is not sure gives ok false, and the transfer scans the file: no wrapper, no bitmap for
 // h (another content was checkpointed, or none), a bitmap QEMU left "in-use" (it was killed,
-// so writes may be missing), a wrapper whose size or data file is not the disk's. Start and
+// so writes may be missing) or not enabled, a wrapper whose size or data file is not the
+// disk's, a disk changed after the wrapper was last written (QEMU writes the wrapper as it
+// closes, after its last write of the disk: a later change came from elsewhere), a VM that
+// runs. Checkpoint and Changed hold the VM's lock, so no Start or Resume opens the wrapper
+// meanwhile. Start and
 // Resume repair the wrapper before QEMU runs (a damaged one is made anew, without bitmaps);
 // if that fails the VM runs on disk.raw directly and the wrapper is removed first, so that no
 // bitmap outlives writes it did not see. The transfer itself drops a file's signature before
