@@ -4,7 +4,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -752,8 +751,13 @@ func (r *rsyncDaemon) stop() {
 // push copies src into dstDir with rsync over ssh and returns the time and the bytes rsync
 // reports on the wire.
 func (t *baselineTools) push(ctx context.Context, flags []string, src, dstDir string) (transferTiming, error) {
-	args := append(append([]string{"-I", "--stats", "-e", strings.Join(t.ssh, " ")}, flags...), src,
-		fmt.Sprintf("root@%s:%s/", t.side.PeerIP, dstDir))
+	return timeRsync(ctx, append(append([]string{"-I", "--stats", "-e", strings.Join(t.ssh, " ")}, flags...), src,
+		fmt.Sprintf("root@%s:%s/", t.side.PeerIP, dstDir)))
+}
+
+// timeRsync runs rsync with args (which ask for --stats) and returns the time and the bytes
+// it reports on the wire.
+func timeRsync(ctx context.Context, args []string) (transferTiming, error) {
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, "rsync", args...).CombinedOutput()
 	d := time.Since(start)
@@ -778,23 +782,8 @@ func (r *rsyncDaemon) run(ctx context.Context, flags []string, src, dstDir strin
 	if err != nil {
 		return transferTiming{}, err
 	}
-	args := append(append([]string{"-I", "--stats"}, flags...), src,
-		fmt.Sprintf("rsync://127.0.0.1:%d/bench/%s/", r.port, filepath.ToSlash(rel)))
-	start := time.Now()
-	out, err := exec.CommandContext(ctx, "rsync", args...).CombinedOutput()
-	d := time.Since(start)
-	if err != nil {
-		return transferTiming{}, fmt.Errorf("rsync %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	m := transferTiming{d: d, ok: true}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		if g := rsyncStatLine.FindStringSubmatch(sc.Text()); g != nil {
-			n, _ := strconv.ParseInt(strings.NewReplacer(",", "", ".", "").Replace(g[2]), 10, 64)
-			m.wire += n
-		}
-	}
-	return m, nil
+	return timeRsync(ctx, append(append([]string{"-I", "--stats"}, flags...), src,
+		fmt.Sprintf("rsync://127.0.0.1:%d/bench/%s/", r.port, filepath.ToSlash(rel))))
 }
 
 func printTransferTable(out io.Writer, opts TransferOptions, im transferImage, raw transferTiming, res map[string]map[string]transferTiming,
