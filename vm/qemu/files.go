@@ -239,14 +239,7 @@ func (d *Driver) imageInfo(ctx context.Context, path string) (imageInfo, error) 
 }
 
 func (d *Driver) qemuImg(ctx context.Context, args ...string) error {
-	cmd := exec.CommandContext(ctx, d.cfg.QEMUImg, args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		if cmd.Process == nil {
-			return toolError(d.cfg.QEMUImg, err)
-		}
-		return fmt.Errorf("%w: qemu-img %s: %v: %s", vm.ErrHypervisor, args[0], err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return d.qemuImgIn(ctx, "", args...)
 }
 
 func exitStderr(err error) string {

@@ -73,7 +73,6 @@ func bitmapName(h transfer.Hash) string { return bitmapPrefix + hex.EncodeToStri
 type wrapperInfo struct {
 	Format         string `json:"format"`
 	VirtualSize    int64  `json:"virtual-size"`
-	DirtyFlag      bool   `json:"dirty-flag"`
 	FormatSpecific struct {
 		Data struct {
 			DataFile    string       `json:"data-file"`
@@ -106,16 +105,11 @@ func (d *Driver) tracked(disk string) bool {
 	if err != nil || len(b) > maxDefBytes {
 		return false
 	}
-	var id struct {
-		Config struct {
-			ID vm.ID `json:"id"`
-		} `json:"config"`
-	}
-	if json.Unmarshal(b, &id) != nil {
+	var def definition
+	if json.Unmarshal(b, &def) != nil || def.validate(def.Config.ID) != nil {
 		return false
 	}
-	def, err := decodeDefinition(bytes.NewReader(b), id.Config.ID)
-	return err == nil && def.DiskFormat == "raw" && def.Disk == filepath.Base(disk)
+	return def.DiskFormat == "raw" && def.Disk == filepath.Base(disk)
 }
 
 // lockDisk holds the lock of the VM whose disk is at path, if it is one of this driver's VMs
@@ -123,11 +117,8 @@ func (d *Driver) tracked(disk string) bool {
 // the wrapper meanwhile; running says whether the VM runs.
 func (d *Driver) lockDisk(ctx context.Context, path string) (unlock func(), running bool, err error) {
 	dir := filepath.Dir(path)
-	if filepath.Dir(dir) != filepath.Join(d.cfg.Dir, "vms") {
-		return func() {}, false, nil
-	}
 	id, err := vm.ParseID(filepath.Base(dir))
-	if err != nil {
+	if err != nil || d.Dir(id) != dir {
 		return func() {}, false, nil
 	}
 	m, err := d.lock(ctx, id)
@@ -207,8 +198,9 @@ func (d *Driver) makeWrapper(ctx context.Context, disk string) error {
 	return os.Rename(filepath.Join(tmp, "wrapper"), trackPath(disk))
 }
 
-// qemuImgIn runs qemu-img in dir. The wrapper names its data file relative to the working
-// directory, so every tool that opens a wrapper runs in the directory of its disk.
+// qemuImgIn runs qemu-img in dir ("": this process's). The wrapper names its data file
+// relative to the working directory, so every tool that opens a wrapper runs in the directory
+// of its disk.
 func (d *Driver) qemuImgIn(ctx context.Context, dir string, args ...string) error {
 	cmd := exec.CommandContext(ctx, d.cfg.QEMUImg, args...)
 	cmd.Dir = dir
