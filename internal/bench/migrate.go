@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -63,8 +62,6 @@ const (
 	migrateBoot = 8 * time.Second
 )
 
-var linkRE = regexp.MustCompile(`^([1-9][0-9]{0,5})(mbit|gbit)$`)
-
 func (o *MigrateOptions) defaults() error {
 	if o.Disk == 0 {
 		o.Disk = defaultMigrateDisk
@@ -101,10 +98,8 @@ func (o *MigrateOptions) defaults() error {
 	case o.Accel != "auto" && o.Accel != "kvm" && o.Accel != "tcg":
 		return fmt.Errorf("bench migrate: accelerator %q: want auto, kvm or tcg", o.Accel)
 	}
-	for _, l := range o.Links {
-		if l != "loopback" && !linkRE.MatchString(l) {
-			return fmt.Errorf("bench migrate: link %q: want loopback, or a rate such as 100mbit or 1gbit", l)
-		}
+	if err := checkLinks(o.Links); err != nil {
+		return fmt.Errorf("bench migrate: %w", err)
 	}
 	if o.Guest == "" {
 		dir, err := qemu.GuestCacheDir()

@@ -26,27 +26,12 @@ import (
 	"github.com/virtuoso-market/virtuoso/vm/qemu"
 )
 
-// An emulated link is two network namespaces of this benchmark joined by a veth pair, each
-// end shaped to the link's rate with tbf (no added delay), with addresses of 10.210.<i>.0/30
-// that exist only inside them. This process stays where it is; in the origin's namespace it
-// runs itself again for the link's side (buyer and provider A, rsync and scp clients), which
-// runs provider B (`virtuoso node`) and an ssh server in the other namespace.
-
-// nsPrefix names the benchmark's namespaces: vbench-<pid>-<link>-o and -d.
-const nsPrefix = "vbench-"
-
-var nsName = regexp.MustCompile(`^vbench-([0-9]+)-[0-9]+-[od]$`)
+// Over an emulated link (links.go) this process stays where it is; in the origin's namespace
+// it runs itself again for the link's side (buyer and provider A, rsync and scp clients),
+// which runs provider B (`virtuoso node`) and an ssh server in the other namespace.
 
 // runEmulatedLink builds the namespaces of link (the i-th), measures in them and removes them.
 func runEmulatedLink(ctx context.Context, opts MigrateOptions, link string, i int) (LinkResult, error) {
-	if os.Geteuid() != 0 {
-		return LinkResult{}, fmt.Errorf("emulated links need root (ip netns, tc): run as root, or with --links loopback")
-	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return LinkResult{}, fmt.Errorf("emulated links need %s (Debian package iproute2): %w", tool, err)
-		}
-	}
 	exe := opts.Exec
 	if exe == "" {
 		var err error
@@ -54,48 +39,18 @@ func runEmulatedLink(ctx context.Context, opts MigrateOptions, link string, i in
 			return LinkResult{}, err
 		}
 	}
-	removeStaleNamespaces(ctx, opts.Log)
+	l, err := newEmulatedLink(ctx, link, i, opts.Log)
+	if err != nil {
+		return LinkResult{}, err
+	}
+	defer l.close()
 	work, err := os.MkdirTemp(opts.Dir, "virtuoso-bench-migrate-")
 	if err != nil {
 		return LinkResult{}, err
 	}
 	defer os.RemoveAll(work)
-
-	tag := fmt.Sprintf("%d-%d", os.Getpid(), i)
-	nsO, nsD := nsPrefix+tag+"-o", nsPrefix+tag+"-d"
-	devO, devD := fmt.Sprintf("vb%do%d", os.Getpid(), i), fmt.Sprintf("vb%dd%d", os.Getpid(), i)
-	ipO, ipD := fmt.Sprintf("10.210.%d.1", i%256), fmt.Sprintf("10.210.%d.2", i%256)
-	defer removeNamespace(nsO, opts.Log)
-	defer removeNamespace(nsD, opts.Log)
-	rate := linkRE.FindStringSubmatch(link)
-	n, _ := strconv.ParseInt(rate[1], 10, 64)
-	bps := n * 1_000_000
-	if rate[2] == "gbit" {
-		bps *= 1000
-	}
-	burst := max(64<<10, bps/8/250) // 4 ms of the rate, and at least one GSO segment
-	shaping := fmt.Sprintf("veth between two namespaces, tbf rate %s burst %d latency 50ms on both ends, no added delay", link, burst)
-	steps := [][]string{
-		{"ip", "netns", "add", nsO},
-		{"ip", "netns", "add", nsD},
-		{"ip", "link", "add", devO, "type", "veth", "peer", "name", devD},
-		{"ip", "link", "set", devO, "netns", nsO},
-		{"ip", "link", "set", devD, "netns", nsD},
-		{"ip", "-n", nsO, "addr", "add", ipO + "/30", "dev", devO},
-		{"ip", "-n", nsD, "addr", "add", ipD + "/30", "dev", devD},
-		{"ip", "-n", nsO, "link", "set", "lo", "up"},
-		{"ip", "-n", nsD, "link", "set", "lo", "up"},
-		{"ip", "-n", nsO, "link", "set", devO, "up"},
-		{"ip", "-n", nsD, "link", "set", devD, "up"},
-		{"ip", "netns", "exec", nsO, "tc", "qdisc", "add", "dev", devO, "root", "tbf", "rate", link, "burst", strconv.FormatInt(burst, 10), "latency", "50ms"},
-		{"ip", "netns", "exec", nsD, "tc", "qdisc", "add", "dev", devD, "root", "tbf", "rate", link, "burst", strconv.FormatInt(burst, 10), "latency", "50ms"},
-	}
-	for _, s := range steps {
-		if out, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput(); err != nil {
-			return LinkResult{}, fmt.Errorf("%s: %w: %s", strings.Join(s, " "), err, bytes.TrimSpace(out))
-		}
-	}
-	side := MigrateSide{Link: link, Shaping: shaping, Work: work, LocalIP: ipO, PeerIP: ipD, PeerNS: nsD, Dev: devO, Opts: opts}
+	nsO := l.nsO
+	side := MigrateSide{Link: link, Shaping: l.shaping, Work: work, LocalIP: l.ipO, PeerIP: l.ipD, PeerNS: l.nsD, Dev: l.devO, Opts: opts}
 	side.Opts.Exec = exe
 	spec, err := side.marshal()
 	if err != nil {
@@ -130,53 +85,6 @@ func MigrateSideMain(ctx context.Context, spec string, log *slog.Logger, progres
 		return err
 	}
 	return json.NewEncoder(out).Encode(res)
-}
-
-// removeStaleNamespaces removes the namespaces of benchmark runs that are gone.
-func removeStaleNamespaces(ctx context.Context, log *slog.Logger) {
-	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		g := nsName.FindStringSubmatch(f[0])
-		if g == nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(g[1])
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			removeNamespace(f[0], log)
-		}
-	}
-}
-
-// removeNamespace ends the processes in namespace ns (all started by this benchmark: its
-// side, provider B, their QEMUs, sshd) and deletes it with its end of the veth.
-func removeNamespace(ns string, log *slog.Logger) {
-	if !strings.HasPrefix(ns, nsPrefix) {
-		return
-	}
-	if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for range 50 {
-		out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput()
-		if err == nil || bytes.Contains(out, []byte("No such file")) {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-		if log != nil {
-			log.Debug("bench migrate: remove namespace", "ns", ns, "err", err, "out", string(out))
-		}
-	}
 }
 
 // linkBytes is the bytes received and sent on interface dev of this namespace, or -1.

@@ -13,7 +13,7 @@ import (
 
 const benchSummary = `Measure Virtuoso side by side with the tools a user would otherwise use, in one run.
 
-  virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%]
+  virtuoso bench transfer [--size 4GiB] [--changed 1%] [--write-size 64KiB|4KiB] [--zero 0%] [--links loopback,100mbit+20ms]
   virtuoso bench market [--nodes 30] [--rounds 20] [--offers 10000] [--searches 300]
   virtuoso bench ledger [--pushers 8] [--entries 5000] [--checkpoints 200] [--leases 100000]
   virtuoso bench migrate [--disk 1GiB] [--memory 256MiB] [--run 1m] [--links loopback,100mbit,1gbit]`
@@ -33,6 +33,10 @@ func runBench(ctx context.Context, env Env, args []string) error {
 			return benchMigrate(ctx, env, args[1:])
 		case "migrate-side":
 			return benchMigrateSide(ctx, env, args[1:])
+		case "transfer-side":
+			return benchTransferSide(ctx, env, args[1:])
+		case "transfer-dest":
+			return benchTransferDest(ctx, env, args[1:])
 		}
 	}
 	f := newFlags(env, "bench")
@@ -91,10 +95,16 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	files := f.String("files", "", "with --image ext4: how much of this machine's files the filesystem holds (default: half of --size)")
 	format := f.String("format", "raw", "the file that moves: raw, or qcow2 (the image converted by qemu-img and changed through QEMU's block layer)")
 	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs four times --size free")
-	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never; and from a QEMU VM's disk whose dirty bitmap tells what changed), full, rsync --no-whole-file --inplace and rsync -W between two nodes on loopback, and print one table with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
+	links := f.String("links", "loopback", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces (these need root) at a rate such as 100mbit or 1gbit, with a round-trip delay added as in 100mbit+20ms")
+	if err := f.parse(args, "Time a VM image's first transfer, re-transfer after a change and unchanged re-transfer with blockdiff (compressing as it pays, always, never; and from a QEMU VM's disk whose dirty bitmap tells what changed), full, the raw libp2p stream, rsync --no-whole-file --inplace and rsync -W (to an rsync daemon and over ssh) between two nodes, and print one table per link with the time, the bytes on the wire and the CPU-seconds of both ends."); err != nil {
 		return err
 	}
 	opts := bench.TransferOptions{Dir: *dir, Image: *image, Format: *format}
+	for _, l := range strings.Split(*links, ",") {
+		if l = strings.TrimSpace(l); l != "" {
+			opts.Links = append(opts.Links, l)
+		}
+	}
 	var err error
 	if opts.Size, err = bench.ParseSize(*size); err != nil {
 		return fmt.Errorf("--size: %w", err)
@@ -132,7 +142,7 @@ func benchMigrate(ctx context.Context, env Env, args []string) error {
 	run := f.Duration("run", time.Minute, "how long the guest runs at the destination before it is moved back")
 	fill := f.String("fill", "100%", "share of the disk (beyond the guest's own image) written with random data before the first move, as a used disk; 0% keeps it sparse")
 	fillWith := f.String("fill-with", "random", "what --fill writes: random data, or files (an ext4 filesystem over the disk, this machine's files filling --fill of it)")
-	links := f.String("links", "loopback,100mbit,1gbit", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces with tbf at a rate such as 100mbit or 1gbit (these need root)")
+	links := f.String("links", "loopback,100mbit,1gbit", "links to measure over, comma-separated: loopback, and links emulated between two network namespaces (these need root) at a rate such as 100mbit or 1gbit, with a round-trip delay added as in 100mbit+20ms")
 	accel := f.String("accel", "auto", "the providers' accelerator: auto (probe KVM, else TCG), kvm or tcg")
 	guest := f.String("guest", "", "the busybox test guest's directory (default: where 'make guest' caches it)")
 	dir := f.String("dir", "", "where the nodes' homes are made (default: the system temp dir); needs about 6x --disk free")
@@ -174,4 +184,34 @@ func benchMigrateSide(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	return bench.MigrateSideMain(ctx, pos[0], log, env.Stderr, env.Stdout)
+}
+
+// benchTransferSide runs, inside a network namespace, the side of one emulated link of `bench
+// transfer`; that command starts it.
+func benchTransferSide(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench transfer-side")
+	pos, err := f.parseArgs(args, "Internal to `virtuoso bench transfer`: run one emulated link's side in this network namespace.", "SPEC")
+	if err != nil {
+		return err
+	}
+	log, err := f.logger(defaultLog)
+	if err != nil {
+		return err
+	}
+	return bench.TransferSideMain(ctx, pos[0], log, env.Stderr, env.Stdout)
+}
+
+// benchTransferDest runs, inside a network namespace, the receiving node of one emulated link
+// of `bench transfer`, which orders it on its standard input.
+func benchTransferDest(ctx context.Context, env Env, args []string) error {
+	f := newFlags(env, "bench transfer-dest")
+	pos, err := f.parseArgs(args, "Internal to `virtuoso bench transfer`: the receiving node of one emulated link, ordered on standard input.", "SPEC")
+	if err != nil {
+		return err
+	}
+	log, err := f.logger(defaultLog)
+	if err != nil {
+		return err
+	}
+	return bench.TransferDestMain(ctx, pos[0], log, os.Stdin, env.Stdout)
 }
