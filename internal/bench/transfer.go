@@ -896,7 +896,10 @@ func printTransferTable(out io.Writer, opts TransferOptions, side TransferSide, 
 		}
 	}
 	for _, sc := range transferScenarios {
-		if f, o := bd[sc], off[sc]; f.ok && o.ok && sc != "unchanged" {
+		if f, o := bd[sc], off[sc]; f.ok && o.ok && sc != "unchanged" && o.d < time.Second {
+			fmt.Fprintf(out, "  %-7s  %s: blockdiff with and without zstd not compared: one run of %.2fs is within the machine's noise (BenchmarkFetchChanged in vmmp/transfer compares them, interleaved)\n",
+				"-", sc, o.d.Seconds())
+		} else if f.ok && o.ok && sc != "unchanged" {
 			goal(f.d.Seconds() <= o.d.Seconds()*1.05, "%s: blockdiff at %.2fx the time of blockdiff without zstd (want <= 1x, 5%% noise allowed)", sc, f.d.Seconds()/o.d.Seconds())
 		}
 	}

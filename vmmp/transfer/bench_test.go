@@ -80,16 +80,20 @@ func BenchmarkFetchFirst(b *testing.B) {
 }
 
 // BenchmarkFetchChanged: a re-transfer after 1% of the image was rewritten, in whole
-// blocks or in scattered 4 KiB writes.
+// blocks or in scattered 4 KiB writes; with compression allowed (the pacer decides) and
+// without.
 func BenchmarkFetchChanged(b *testing.B) {
 	for _, tc := range []struct {
-		name  string
-		write int
-	}{{"64KiB-writes", DefaultBlockSize}, {"4KiB-writes", 4 << 10}} {
+		name     string
+		write    int
+		compress bool
+	}{{"64KiB-writes", DefaultBlockSize, true}, {"64KiB-writes-nozstd", DefaultBlockSize, false},
+		{"4KiB-writes", 4 << 10, true}, {"4KiB-writes-nozstd", 4 << 10, false}} {
 		b.Run(tc.name, func(b *testing.B) {
 			p, src := benchPair(b)
 			n := benchSize / 100 / tc.write
 			var wire int64
+			var cpu time.Duration
 			b.SetBytes(benchSize)
 			seed := uint64(0)
 			for b.Loop() {
@@ -104,13 +108,16 @@ func BenchmarkFetchChanged(b *testing.B) {
 				seed++
 				scribble(b, src, seed, tc.write, offs...)
 				b.StartTimer()
-				res, err := p.fetch(b, []string{"disk.img"})
+				c := cpuTime()
+				res, err := p.fetch(b, []string{"disk.img"}, WithCompression(tc.compress))
 				if err != nil {
 					b.Fatal(err)
 				}
+				cpu += cpuTime() - c
 				wire = res.WireBytes
 			}
 			b.ReportMetric(float64(wire)/float64(n*tc.write), "wire/changed")
+			b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
 		})
 	}
 }
