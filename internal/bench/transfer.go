@@ -53,7 +53,8 @@ type TransferOptions struct {
 	BlockSize int     // blockdiff block size (default transfer.DefaultBlockSize)
 	// Image is "random" (default: a ChaCha8 stream, with Zero of it zeros) or "ext4" (a
 	// filesystem holding Files bytes of this machine's files, half its size by default;
-	// Changed is then the share of it a guest writes as files, WriteSize and Zero do not apply).
+	// Changed is then the share of it a guest writes as files, WriteSize and Zero do not apply),
+	// or "debian" (a VM's disk of the Debian guest, changed by the guest as it runs once).
 	Image string
 	Files int64
 	// Format is the file the methods move: "raw" (default) or "qcow2" (the image converted by
@@ -91,8 +92,8 @@ func (o *TransferOptions) defaults() error {
 	if o.Image == "" {
 		o.Image = "random"
 	}
-	if o.Image != "random" && o.Image != "ext4" {
-		return fmt.Errorf("bench transfer: image %q: want random or ext4", o.Image)
+	if o.Image != "random" && o.Image != "ext4" && o.Image != "debian" {
+		return fmt.Errorf("bench transfer: image %q: want random, ext4 or debian", o.Image)
 	}
 	if o.Format == "" {
 		o.Format = "raw"
@@ -216,8 +217,11 @@ func runTransfer(ctx context.Context, opts TransferOptions, side TransferSide, o
 		}
 	}
 	var img transferImage = newBenchImage(opts, imgPath)
-	if opts.Image == "ext4" {
+	switch opts.Image {
+	case "ext4":
 		img = newExt4Image(opts, imgPath)
+	case "debian":
+		img = newDebianImage(opts, imgPath)
 	}
 	if opts.Format == "qcow2" {
 		img = &qcow2Image{raw: img, path: filepath.Join(srcDir, "disk.img")}

@@ -2,8 +2,15 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/virtuoso-market/virtuoso/vm/qemu/qemutest"
 )
 
 // TestTransferTiny runs the whole benchmark on a small image, so it keeps working.
@@ -126,5 +133,49 @@ func TestParsePercent(t *testing.T) {
 				t.Fatalf("ParsePercent(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
 			}
 		})
+	}
+}
+
+// TestDebianImage runs the Debian guest once as `bench transfer --image debian` does and
+// checks the change it leaves: the guest's own work on its disk (the installed tree is in
+// its filesystem), a part of the disk, and what every method's change then writes.
+func TestDebianImage(t *testing.T) {
+	g := qemutest.BuildDebian(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	opts := TransferOptions{Dir: dir, Size: g.DiskMB << 20, Image: "debian"}
+	if err := opts.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	im := newDebianImage(opts, filepath.Join(dir, "src", "disk.img"))
+	if err := im.create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(im.describe())
+	if im.accel != "kvm" && im.accel != "tcg" {
+		t.Errorf("accelerator %q", im.accel)
+	}
+	if im.changed <= 0 || im.changed > opts.Size/2 {
+		t.Errorf("the guest changed %d bytes of its %d-byte disk", im.changed, opts.Size)
+	}
+	if err := sameContent(g.Disk, im.orig); err != nil {
+		t.Errorf("the disk before the run is not the guest's image: %v", err)
+	}
+	out, err := exec.CommandContext(ctx, "debugfs", "-R", "ls -l /opt/pkg", im.ran).CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("libc.so.6")) {
+		t.Errorf("the installed tree is not in the disk after the run: %v\n%s", err, out)
+	}
+	if err := sameContent(im.path, im.orig); err != nil {
+		t.Errorf("the image before its change: %v", err)
+	}
+	if err := im.change(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sameContent(im.path, im.ran); err != nil {
+		t.Errorf("the image after its change is not the disk the guest left: %v", err)
 	}
 }
