@@ -162,6 +162,7 @@ type config struct {
 	writeLimit  int64                                       // test hook: staging writes past this many bytes fail with ENOSPC
 	readRate    int64                                       // test hook: the destination reads at most this many bytes a second
 	cpuIdle     func() (idle, total time.Duration, ok bool) // test hook: the machine's CPU time, for the pacer
+	zstdCost    float64                                     // test hook: zstd's cost per byte (s), for the pacer
 	reportEvery time.Duration                               // progress throttle
 	served      func(from peer.ID, req Request)
 	sent        func(path string) // test hook: a file's blocks are all sent, its identity not yet checked
@@ -238,6 +239,11 @@ func withReadRate(n int64) Option { return func(c *config) { c.readRate = n } }
 // (Server): a machine as idle or as busy as a test needs.
 func withCPUIdle(f func() (idle, total time.Duration, ok bool)) Option {
 	return func(c *config) { c.cpuIdle = f }
+}
+
+// withZstdCost makes the source's pacer take zstd's cost per byte as d, not as measured.
+func withZstdCost(d time.Duration) Option {
+	return func(c *config) { c.zstdCost = d.Seconds() }
 }
 
 // withReportEvery changes the progress throttle; tests report every frame.

@@ -16,8 +16,9 @@ type CompressionPolicy int
 
 const (
 	// CompressAuto compresses while the link binds the transfer and the CPU does not: the
-	// sending goroutine waits on the stream for most of its time and the machine has cores
-	// to spare. On loopback, on a fast network or on busy cores it sends blocks as they are.
+	// sending goroutine waits on the stream for most of its time and compressing what the link
+	// takes costs a small share of one core, or the machine has cores to spare for it. On
+	// loopback, on a fast network or on busy cores it sends blocks as they are.
 	CompressAuto CompressionPolicy = iota
 	// CompressAlways compresses every block that shrinks, whatever binds.
 	CompressAlways
@@ -34,6 +35,11 @@ const (
 	// cpuSpare: the share of the machine's CPU time left idle, below which the CPU binds and
 	// compressing would slow the transfer down.
 	cpuSpare = 0.15
+	// cheapCores: compressing at the link's rate costs at most this many cores: a slow link's
+	// few MB a second (100 Mbit: about 0.1 cores at zstd's fastest), which cores busy with
+	// other work still compress, their scheduler giving the transfer its share, while the
+	// transfer waits on the link regardless. A gigabit's rate costs several times more.
+	cheapCores = 0.25
 )
 
 // pacer decides whether the source compresses, by what binds the transfer, measured while it
@@ -41,7 +47,8 @@ const (
 // the stream, the CPU when the machine has few idle cycles left (both ends of a transfer on
 // one machine; other work). Compression pays only when the link binds and the CPU does not:
 // it starts when the idle cores can compress twice the blocks' present rate (at zstd's cost
-// per byte measured on this machine), and stops when the link stops binding or the CPU starts.
+// per byte measured on this machine), or whatever the idle cores when that costs less than
+// cheapCores, and stops when the link stops binding or the CPU starts (unless cheap).
 // Measuring the throughput of each choice instead would be fooled by the stream's buffers
 // (the muxer's window holds megabytes, more raw data when compressed) and by a destination
 // whose CPU binds, which compression does not help.
@@ -51,6 +58,8 @@ type pacer struct {
 	now     func() time.Time
 	idle    func() (idle, total time.Duration, ok bool) // the machine's CPU time so far
 	blocked *atomic.Int64                               // ns the stream's writes have blocked so far
+
+	fixedCost float64 // test hook: zstd's cost per byte, in seconds, instead of the measure
 
 	on atomic.Bool
 	// What the sending side did: bytes of blocks sent (before compression), and the bytes
@@ -80,6 +89,9 @@ func (p *pacer) compressed(n int, d time.Duration) {
 
 // zstdCost is zstd's CPU time per byte taken in, as measured so far (0 if never).
 func (p *pacer) zstdCost() float64 {
+	if p.fixedCost > 0 {
+		return p.fixedCost
+	}
 	if n := p.zIn.Load(); n > 0 {
 		return float64(p.zNanos.Load()) / float64(n) / 1e9
 	}
@@ -129,13 +141,21 @@ func (p *pacer) tick() {
 	}
 	sent := p.sent.Load()
 	rate := float64(sent-p.lastSent) / wall.Seconds() // bytes of blocks a second
+	// The cores it takes to compress at the rate the blocks go now; twice over when not
+	// compressing yet (compressed, more of them go through the same link).
+	need := p.zstdCost() * rate
+	if !p.on.Load() {
+		need *= 2
+	}
 	switch {
-	case p.linkShare < linkBinds || p.spareShare < cpuSpare:
+	case p.linkShare < linkBinds:
+		p.on.Store(false)
+	case need <= cheapCores:
+		p.on.Store(true)
+	case p.spareShare < cpuSpare:
 		p.on.Store(false)
 	case !p.on.Load():
-		// To start compressing, the idle cores must do it at the rate the blocks go now,
-		// twice over (compressed, more of them go through the same link).
-		need := 2 * p.zstdCost() * rate
+		// To start compressing, the idle cores must keep up.
 		p.on.Store(p.spareShare*float64(p.cores) >= need)
 	}
 	p.at, p.lastBlocked, p.lastSent, p.lastIdle, p.lastTotal, p.haveCPU = now, blocked, sent, idle, total, ok
@@ -165,4 +185,19 @@ func machineIdle() (idle, total time.Duration, ok bool) {
 	}
 	const tick = 10 * time.Millisecond // USER_HZ
 	return time.Duration(ticks[3]+ticks[4]) * tick, time.Duration(sum) * tick, true
+}
+
+// timeCPU runs fn on one thread and returns the CPU time it took there: zstd's cost in cycles,
+// which a busy machine's scheduler does not stretch as it stretches the wall time (the wall
+// time where the thread's clock cannot be read).
+func timeCPU(fn func()) time.Duration {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0, ok := threadCPU()
+	t0 := time.Now()
+	fn()
+	if c1, ok1 := threadCPU(); ok && ok1 {
+		return c1 - c0
+	}
+	return time.Since(t0)
 }

@@ -15,10 +15,11 @@ import (
 )
 
 // TestPacer: the pacer compresses when the stream's writes block most of the time and the
-// machine's idle cores can compress the blocks at their rate (the link binds), not when the
-// writes flow (the CPU or the disk binds), when the machine's CPU is used up or when the idle
-// cores could not keep up; it follows a change within a window, and without a reading of the
-// machine's CPU goes by the link alone.
+// machine's idle cores can compress the blocks at their rate (the link binds), or compressing
+// them costs a small share of one core (a slow link, even on busy cores); not when the writes
+// flow (the CPU or the disk binds), when the machine's CPU is used up at a rate that costs
+// more, or when the idle cores could not keep up; it follows a change within a window, and
+// without a reading of the machine's CPU goes by the link alone.
 func TestPacer(t *testing.T) {
 	type window struct {
 		blocked, idle time.Duration // of a 100 ms window (idle out of 200 ms of CPU: 2 cores)
@@ -31,14 +32,23 @@ func TestPacer(t *testing.T) {
 		windows []window
 	}{
 		// zstd costs 2 ns a byte here: 1.2 MB in 100 ms (12 MB/s) needs 0.05 cores twice over;
-		// 60 MB in 100 ms (600 MB/s) needs 2.4, more than the 1.5 idle.
+		// 60 MB in 100 ms (600 MB/s) needs 2.4, more than the 1.5 idle; 10 MB in 100 ms (100 MB/s,
+		// a gigabit) needs 0.4, more than is cheap.
 		{"slow link", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, 1_200_000, true}}},
-		{"the cpu binds", false, []window{{90 * time.Millisecond, 10 * time.Millisecond, 1_200_000, false}}},
+		{"busy cores, a slow link", false, []window{{90 * time.Millisecond, 10 * time.Millisecond, 1_200_000, true}}},
+		{"the cpu binds", false, []window{{90 * time.Millisecond, 10 * time.Millisecond, 20_000_000, false}}},
+		{"the cpu starts to bind", false, []window{ // its idle share is averaged over windows
+			{90 * time.Millisecond, 150 * time.Millisecond, 20_000_000, true},
+			{90 * time.Millisecond, 0, 20_000_000, true},
+			{90 * time.Millisecond, 0, 20_000_000, true},
+			{90 * time.Millisecond, 0, 20_000_000, false},
+		}},
 		{"the writes flow", false, []window{{10 * time.Millisecond, 150 * time.Millisecond, 1_200_000, false}}},
 		{"too fast to compress on the idle cores", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, 60_000_000, false}}},
 		{"the link gets fast", false, []window{
 			{90 * time.Millisecond, 150 * time.Millisecond, 1_200_000, true},
-			{90 * time.Millisecond, 100 * time.Millisecond, 3_000_000, true}, // compressing: more goes through
+			{90 * time.Millisecond, 100 * time.Millisecond, 3_000_000, true},  // compressing: more goes through
+			{90 * time.Millisecond, 100 * time.Millisecond, 30_000_000, true}, // idle cores keep up
 			{20 * time.Millisecond, 100 * time.Millisecond, 3_000_000, false},
 			{80 * time.Millisecond, 120 * time.Millisecond, 1_200_000, true},
 		}},
@@ -109,6 +119,22 @@ func TestCompressionFollowsTheLink(t *testing.T) {
 	}
 	if res.WireBytes > size/2 {
 		t.Fatalf("%d wire bytes for a %d-byte image that compresses well", res.WireBytes, int64(size))
+	}
+
+	// The same slow link from a machine whose cores are busy with other work: compressing a
+	// few MB a second takes a small share of one core, and still pays. zstd's cost is taken as
+	// it runs in a build (3 ns a byte here), not as it runs under the race detector (80-120).
+	b := &pair{src: newHost(t, narrow), dst: newHost(t, narrow), srcDir: t.TempDir(), dstDir: t.TempDir()}
+	b.server = b.serve(t, b.src, withZstdCost(3*time.Nanosecond), withCPUIdle(func() (time.Duration, time.Duration, bool) {
+		return 0, time.Since(start), true
+	}))
+	connect(t, b.dst, b.src)
+	writeText(t, filepath.Join(b.srcDir, "disk.img"), size)
+	res = b.mustFetch(t, []string{"disk.img"}, withReadRate(4<<20))
+	f = res.Files[0]
+	t.Logf("slow link, busy cores: %d of %d blocks compressed, %d wire bytes", f.BlocksCompressed, f.BlocksSent, res.WireBytes)
+	if f.BlocksCompressed < f.BlocksSent*7/10 || res.WireBytes > size/2 {
+		t.Fatalf("over a slow link from busy cores %d of %d blocks went compressed, %d wire bytes", f.BlocksCompressed, f.BlocksSent, res.WireBytes)
 	}
 
 	// On loopback, under the race detector, the two ends of the transfer use up the CPU:

@@ -200,6 +200,7 @@ func (ss *session) serve(ctx context.Context, rw *idleStream) (err error) {
 		if ss.cfg.cpuIdle != nil {
 			ss.pace.idle = ss.cfg.cpuIdle
 		}
+		ss.pace.fixedCost = ss.cfg.zstdCost
 		ss.enc.pace = ss.pace
 		ss.enc.calibrate()
 		ss.pace.start()
@@ -785,10 +786,8 @@ func (c *compressor) calibrate() {
 	for i := range block {
 		block[i] = "virtuoso block lease offer\n"[i%27] ^ byte(i>>12)
 	}
-	t0 := time.Now()
-	out := c.enc.EncodeAll(block, nil)
-	c.pace.compressed(len(block), time.Since(t0))
-	_ = out
+	out := c.enc.EncodeAll(block, nil) // the first use makes the encoder's tables: not timed
+	c.pace.compressed(len(block), timeCPU(func() { out = c.enc.EncodeAll(block, out[:0]) }))
 }
 
 // compress returns data compressed into b's scratch, or false if it did not pay or b is sent
@@ -802,10 +801,10 @@ func (c *compressor) compress(b *batch, data []byte) ([]byte, bool) {
 		return nil, false
 	}
 	start := len(b.comp)
-	t0 := time.Now()
-	out := c.enc.EncodeAll(data, b.comp[start:start])
+	var out []byte
+	d := timeCPU(func() { out = c.enc.EncodeAll(data, b.comp[start:start]) })
 	if c.pace != nil {
-		c.pace.compressed(len(data), time.Since(t0))
+		c.pace.compressed(len(data), d)
 	}
 	if len(out) <= len(data)-len(data)/8 {
 		c.backoff.Store(0)
