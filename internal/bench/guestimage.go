@@ -22,8 +22,8 @@ import (
 // driver makes it from the guest's image; its change is what the real guest wrote to it while
 // it ran once under QEMU: it booted (systemd, its journal), installed a package-sized tree of
 // real files (a copy of its own libraries), removed its documentation and touched its
-// configuration, then powered itself off. The guest runs once, when the image is made; every
-// method's change writes the blocks it changed, so all see the same change.
+// configuration, then powered itself off. The guest runs once per benchmark (runDebianGuest);
+// every method's change writes the blocks it changed, so all see the same change.
 type debianImage struct {
 	opts    TransferOptions
 	path    string
@@ -35,16 +35,17 @@ type debianImage struct {
 }
 
 // debianWorkload is what the guest does in the run, as systemd.run on its kernel command line;
-// its last line on the serial console says it finished.
+// its last line on the serial console says it finished (made by the run, in lower case, so
+// that no echo of the command line reads as it).
 const (
 	debianWorkload = "mkdir -p /opt/pkg && cp -a /usr/lib/x86_64-linux-gnu/. /opt/pkg/ && rm -rf /usr/share/doc /usr/share/man && " +
-		"find /etc -type f -exec touch {} + && sync && echo virtuoso-bench-ran >/dev/ttyS0"
+		"find /etc -type f -exec touch {} + && sync && echo VIRTUOSO-BENCH-RAN | tr A-Z a-z >/dev/ttyS0"
 	debianRanMark = "virtuoso-bench-ran"
 )
 
+// newDebianImage is the image at path, of the guest's run in opts.DebianRun (runDebianGuest).
 func newDebianImage(opts TransferOptions, path string) *debianImage {
-	dir := filepath.Dir(filepath.Dir(path))
-	return &debianImage{opts: opts, path: path, orig: filepath.Join(dir, "debian-orig.img"), ran: filepath.Join(dir, "debian-ran.img")}
+	return &debianImage{opts: opts, path: path, orig: filepath.Join(opts.DebianRun, "debian-orig.img"), ran: filepath.Join(opts.DebianRun, "debian-ran.img")}
 }
 
 func (im *debianImage) file() string        { return im.path }
@@ -55,33 +56,49 @@ func (im *debianImage) describe() string {
 }
 
 func (im *debianImage) create(ctx context.Context) error {
-	dir, err := qemu.GuestCacheDir()
+	accel, err := os.ReadFile(filepath.Join(im.opts.DebianRun, "accel"))
+	if err != nil {
+		return fmt.Errorf("the Debian guest's run: %w", err)
+	}
+	im.accel = string(accel)
+	if im.blocks, err = differingBlocks(im.orig, im.ran); err != nil {
+		return err
+	}
+	im.changed = int64(len(im.blocks)) * transferGenBlock
+	return im.reset(ctx)
+}
+
+// runDebianGuest makes, in dir, a VM's disk of the Debian guest of opts.Size
+// (debian-orig.img), runs the guest on it once and keeps what it left (debian-ran.img), with
+// the accelerator it ran under (accel). Every link's table uses the same run.
+func runDebianGuest(ctx context.Context, opts TransferOptions, dir string) error {
+	cache, err := qemu.GuestCacheDir()
 	if err != nil {
 		return err
 	}
-	g, err := qemu.LoadDebian(dir)
+	g, err := qemu.LoadDebian(cache)
 	if err != nil {
 		return fmt.Errorf("the Debian guest: %w", err)
 	}
-	g.Dir = dir
-	if im.opts.Size>>20 < g.DiskMB || im.opts.Size%(1<<20) != 0 {
+	if opts.Size>>20 < g.DiskMB || opts.Size%(1<<20) != 0 {
 		return fmt.Errorf("the Debian guest's disk is %d MiB: --size must be whole MiB and at least that", g.DiskMB)
 	}
-	cfg := qemu.DefaultConfig(filepath.Join(filepath.Dir(im.orig), "debian-vm"))
+	cfg := qemu.DefaultConfig(filepath.Join(dir, "vm"))
 	cfg.ProbeKernel = g.Kernel
-	cfg.ImageDirs = []string{dir}
-	cfg.Host = vm.Host{SpeedBogomips: 1 << 20, MemoryMB: 1 << 20, DiskMB: im.opts.Size>>20 + 1, CPUs: 64}
-	cfg.Logger = im.opts.Log
+	cfg.ImageDirs = []string{cache}
+	cfg.Host = vm.Host{SpeedBogomips: 1 << 20, MemoryMB: 1 << 20, DiskMB: opts.Size>>20 + 1, CPUs: 64}
+	cfg.Logger = opts.Log
 	drv, err := qemu.New(cfg)
 	if err != nil {
 		return err
 	}
 	defer drv.Close()
-	if im.accel, err = drv.Accel(ctx); err != nil {
+	accel, err := drv.Accel(ctx)
+	if err != nil {
 		return err
 	}
 	id := vm.NewID()
-	c := vm.Config{ID: id, Name: "bench debian", SpeedBogomips: 1000, MemoryMB: 512, DiskMB: im.opts.Size >> 20, Processor: "x86_64",
+	c := vm.Config{ID: id, Name: "bench debian", SpeedBogomips: 1000, MemoryMB: 512, DiskMB: opts.Size >> 20, Processor: "x86_64",
 		OS: "debian", BaseImage: g.Disk, MAC: vm.MACFor(id),
 		Boot: &vm.KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Cmdline: g.Cmdline +
 			` systemd.run="/bin/sh -c '` + debianWorkload + `'" systemd.run_success_action=poweroff systemd.run_failure_action=poweroff`}}
@@ -93,10 +110,10 @@ func (im *debianImage) create(ctx context.Context) error {
 		return err
 	}
 	disk := filepath.Join(files.Dir, files.Names[0])
-	if err := transfer.CopySparse(ctx, im.orig, disk); err != nil {
+	if err := transfer.CopySparse(ctx, filepath.Join(dir, "debian-orig.img"), disk); err != nil {
 		return err
 	}
-	im.opts.Log.Info("bench transfer: the Debian guest runs once", "accel", im.accel)
+	opts.Log.Info("bench transfer: the Debian guest runs once", "accel", accel)
 	if err := drv.Start(ctx, id); err != nil {
 		return err
 	}
@@ -126,17 +143,13 @@ func (im *debianImage) create(ctx context.Context) error {
 	if !strings.Contains(serial(), debianRanMark) {
 		return fmt.Errorf("the Debian guest powered off without finishing its work; its serial console ends %q", tail(serial(), 2000))
 	}
-	if err := transfer.CopySparse(ctx, im.ran, disk); err != nil {
+	if err := transfer.CopySparse(ctx, filepath.Join(dir, "debian-ran.img"), disk); err != nil {
 		return err
 	}
 	if err := drv.Delete(ctx, id); err != nil {
 		return err
 	}
-	if im.blocks, err = differingBlocks(im.orig, im.ran); err != nil {
-		return err
-	}
-	im.changed = int64(len(im.blocks)) * transferGenBlock
-	return im.reset(ctx)
+	return os.WriteFile(filepath.Join(dir, "accel"), []byte(accel), 0o644)
 }
 
 func tail(s string, n int) string {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -104,11 +105,12 @@ func newEmulatedLink(ctx context.Context, link string, i int, log *slog.Logger) 
 			[]string{"ip", "-n", l.nsO, "addr", "add", l.ipO + "/30", "dev", l.devO},
 			[]string{"ip", "-n", l.nsD, "addr", "add", l.ipD + "/30", "dev", devD})
 	} else {
-		l.shaping = fmt.Sprintf("TUN devices in two namespaces, tbf rate %s burst %d latency 50ms on both ends, %v added to each round trip (%v each way, per packet, in order)",
-			rate, burst, rtt, rtt/2)
+		l.shaping = fmt.Sprintf("TUN devices in two namespaces, tbf rate %s burst %d latency 50ms on both ends, %v added to each round trip (%v each way, per packet, in order; "+
+			"no segmentation offload, and the receiving kernel's work is charged to neither end)", rate, burst, rtt, rtt/2)
 	}
 	fail := func(err error) (*emulatedLink, error) {
 		l.close()
+		_ = exec.Command("ip", "link", "del", l.devO).Run() // if it never left this namespace
 		return nil, err
 	}
 	run := func(steps [][]string) error {
@@ -134,8 +136,8 @@ func newEmulatedLink(ctx context.Context, link string, i int, log *slog.Logger) 
 		}
 		l.delay = startDelayLine(tunO, tunD, rtt/2, log)
 		if err := run([][]string{
-			{"ip", "link", "set", l.devO, "netns", l.nsO},
-			{"ip", "link", "set", devD, "netns", l.nsD},
+			{"ip", "link", "set", l.devO, "netns", l.nsO, "mtu", strconv.Itoa(tunMTU), "txqueuelen", strconv.Itoa(tunQueue)},
+			{"ip", "link", "set", devD, "netns", l.nsD, "mtu", strconv.Itoa(tunMTU), "txqueuelen", strconv.Itoa(tunQueue)},
 			{"ip", "-n", l.nsO, "addr", "add", l.ipO, "peer", l.ipD, "dev", l.devO},
 			{"ip", "-n", l.nsD, "addr", "add", l.ipD, "peer", l.ipO, "dev", devD},
 		}); err != nil {
@@ -186,13 +188,28 @@ func openTUN(name string) (*os.File, error) {
 
 // delayLine carries packets both ways between two TUN devices, each after a fixed delay.
 type delayLine struct {
-	a, b *os.File
-	wg   sync.WaitGroup
+	a, b  *os.File
+	wg    sync.WaitGroup
+	drops atomic.Int64
+}
+
+// dropped is how many packets found the queue full; 0 for no delay line.
+func (d *delayLine) dropped() int64 {
+	if d == nil {
+		return 0
+	}
+	return d.drops.Load()
 }
 
 // delayQueue bounds the packets in flight in one direction: more than the link's rate
 // times the delay for the links the benchmarks emulate (1 Gbit × 500 ms at 1500 bytes).
-const delayQueue = 1 << 16
+// tunQueue is the devices' own queue (txqueuelen), deep enough that a pause of this
+// process (a collection, the scheduler) does not drop what the kernel queues meanwhile.
+const (
+	delayQueue = 1 << 16
+	tunQueue   = 10000
+	tunMTU     = 1500
+)
 
 func startDelayLine(a, b *os.File, oneWay time.Duration, log *slog.Logger) *delayLine {
 	d := &delayLine{a: a, b: b}
@@ -213,7 +230,7 @@ type delayedPacket struct {
 func (d *delayLine) carry(in, out *os.File, delay time.Duration, log *slog.Logger) {
 	defer d.wg.Done()
 	q := make(chan delayedPacket, delayQueue)
-	pool := sync.Pool{New: func() any { b := make([]byte, 65536); return &b }}
+	pool := sync.Pool{New: func() any { b := make([]byte, tunMTU+64); return &b }}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -238,6 +255,7 @@ func (d *delayLine) carry(in, out *os.File, delay time.Duration, log *slog.Logge
 		select {
 		case q <- delayedPacket{due: time.Now().Add(delay), buf: buf, p: (*buf)[:n]}:
 		default:
+			d.drops.Add(1)
 			pool.Put(buf)
 		}
 	}

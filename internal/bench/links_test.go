@@ -91,6 +91,7 @@ func TestEmulatedLink(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(l.close)
 			if !strings.Contains(l.shaping, tc.kind) {
 				t.Errorf("shaping %q, want %s", l.shaping, tc.kind)
 			}

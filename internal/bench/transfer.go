@@ -60,6 +60,8 @@ type TransferOptions struct {
 	// Format is the file the methods move: "raw" (default) or "qcow2" (the image converted by
 	// qemu-img, changed through QEMU's block layer).
 	Format string
+	// DebianRun is where Transfer keeps the Debian guest's run for every link's image.
+	DebianRun string
 	// Links are what the two nodes are joined by, a table each: "loopback" (default), or a
 	// link emulated between two network namespaces (links.go: "100mbit", "1gbit+20ms"; root).
 	Links    []string
@@ -175,6 +177,17 @@ func Transfer(ctx context.Context, opts TransferOptions, out io.Writer) error {
 		if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 			return fmt.Errorf("bench transfer: --dir: %w", err)
 		}
+	}
+	if opts.Image == "debian" {
+		run, err := os.MkdirTemp(opts.Dir, "virtuoso-bench-debian-")
+		if err != nil {
+			return fmt.Errorf("bench transfer: %w", err)
+		}
+		defer os.RemoveAll(run)
+		if err := runDebianGuest(ctx, opts, run); err != nil {
+			return fmt.Errorf("bench transfer: %w", err)
+		}
+		opts.DebianRun = run
 	}
 	for i, l := range opts.Links {
 		if i > 0 {
@@ -889,10 +902,12 @@ func printTransferTable(out io.Writer, opts TransferOptions, side TransferSide, 
 	}
 	if f, w := bd["first"], whole["first"]; f.ok && w.ok && opts.Image == "ext4" {
 		switch share := float64(opts.Files) / float64(opts.Size); {
-		case share >= 0.4 && side.Link != "loopback":
+		case share >= 0.4 && strings.HasPrefix(side.Link, "100mbit"):
 			if w := res["rsync over ssh -W"]["first"]; w.ok {
-				goal(w.d.Seconds() >= 5*f.d.Seconds(), "first copy, half-full ext4, over %s: %.2fx faster than rsync -W over ssh (want >= 5x over 100 Mbit)", side.Link, w.d.Seconds()/f.d.Seconds())
+				goal(w.d.Seconds() >= 5*f.d.Seconds(), "first copy, half-full ext4, over %s: %.2fx faster than rsync -W over ssh (want >= 5x)", side.Link, w.d.Seconds()/f.d.Seconds())
 			}
+		case share >= 0.4 && side.Link != "loopback":
+			goal(w.d.Seconds() >= f.d.Seconds(), "first copy, half-full ext4, over %s: %.2fx faster than rsync -W (the goals are for loopback and 100 Mbit; want >= 1x)", side.Link, w.d.Seconds()/f.d.Seconds())
 		case share >= 0.4:
 			goal(w.d.Seconds() >= 3*f.d.Seconds(), "first copy, half-full ext4: %.2fx faster than rsync -W (want >= 3x)", w.d.Seconds()/f.d.Seconds())
 		case share <= 0.15:
@@ -907,11 +922,12 @@ func printTransferTable(out io.Writer, opts TransferOptions, side TransferSide, 
 			goal(f.d.Seconds() <= o.d.Seconds()*1.05, "%s: blockdiff at %.2fx the time of blockdiff without zstd (want <= 1x, 5%% noise allowed)", sc, f.d.Seconds()/o.d.Seconds())
 		}
 	}
-	if c, r := bd["changed"], inplace["changed"]; c.ok && r.ok {
+	loop := side.Link == "loopback" // the re-transfer goals are for loopback: over a link the wire binds both
+	if c, r := bd["changed"], inplace["changed"]; c.ok && r.ok && loop {
 		s := r.d.Seconds() / c.d.Seconds()
 		goal(s >= 5, "re-transfer after the change %.1fx faster than rsync --no-whole-file --inplace (want >= 5x without a dirty bitmap)", s)
 	}
-	if c, r := res["blockdiff, dirty bitmap"]["changed"], inplace["changed"]; c.ok && r.ok {
+	if c, r := res["blockdiff, dirty bitmap"]["changed"], inplace["changed"]; c.ok && r.ok && loop {
 		s := r.d.Seconds() / c.d.Seconds()
 		goal(s >= 20, "re-transfer after the change, dirty bitmap on, %.1fx faster than rsync --no-whole-file --inplace (want >= 20x)", s)
 	}

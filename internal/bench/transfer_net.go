@@ -66,17 +66,33 @@ func runTransferEmulated(ctx context.Context, opts TransferOptions, link string,
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.nsO, exe, "bench", "transfer-side", "--log-level", levelName(opts.Log), string(spec))
-	cmd.Stdout, cmd.Stderr = out, opts.Progress
-	if opts.Progress == nil {
-		cmd.Stderr = io.Discard
+	var stderr tailBuffer
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if opts.Progress != nil {
+		cmd.Stderr = io.MultiWriter(opts.Progress, &stderr)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 30 * time.Second
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("the side in namespace %s: %w", l.nsO, err)
+	err = cmd.Run()
+	if n := l.delay.dropped(); n > 0 {
+		fmt.Fprintf(out, "The delay line dropped %d packets (its queue was full): TCP recovered them, and the times above include that.\n", n)
+	}
+	if err != nil {
+		return fmt.Errorf("the side in namespace %s: %w: %s", l.nsO, err, bytes.TrimSpace(stderr.b))
 	}
 	return nil
+}
+
+// tailBuffer keeps the last 4 KiB written to it.
+type tailBuffer struct{ b []byte }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > 4<<10 {
+		t.b = t.b[len(t.b)-4<<10:]
+	}
+	return len(p), nil
 }
 
 // levelName is the lowest level log logs, as the CLI's --log-level takes it.
@@ -169,6 +185,7 @@ type remoteDst struct {
 	in   io.WriteCloser
 	out  *bufio.Scanner
 	peer peer.ID
+	log  string // its standard error
 	mu   sync.Mutex
 	done chan struct{}
 }
@@ -205,7 +222,7 @@ func startRemoteDst(ctx context.Context, side TransferSide, dir string, log *slo
 		logf.Close()
 		return nil, fmt.Errorf("start the receiving node: %w", err)
 	}
-	d := &remoteDst{cmd: cmd, in: in, out: bufio.NewScanner(out), done: make(chan struct{})}
+	d := &remoteDst{cmd: cmd, in: in, out: bufio.NewScanner(out), log: logf.Name(), done: make(chan struct{})}
 	d.out.Buffer(make([]byte, 64<<10), 1<<20)
 	first := make(chan error, 1)
 	go func() {
@@ -216,8 +233,9 @@ func startRemoteDst(ctx context.Context, side TransferSide, dir string, log *slo
 			first <- errors.New("the receiving node exited at start")
 			return
 		}
-		first <- json.Unmarshal(d.out.Bytes(), &a)
-		d.peer = a.ID
+		err := json.Unmarshal(d.out.Bytes(), &a)
+		d.peer = a.ID // before the send that orders it before every read
+		first <- err
 	}()
 	go func() { _ = cmd.Wait(); logf.Close(); close(d.done) }()
 	fail := func(err error) (*remoteDst, error) {
@@ -242,9 +260,12 @@ func (d *remoteDst) id() peer.ID { return d.peer }
 func (d *remoteDst) pids() []int { return []int{d.cmd.Process.Pid} }
 
 // ask sends o and reads the answer's lines until the last, passing progress to show.
-func (d *remoteDst) ask(o dstOrder, show func(done, total int64, rate float64, eta time.Duration)) (dstAnswer, error) {
+func (d *remoteDst) ask(ctx context.Context, o dstOrder, show func(done, total int64, rate float64, eta time.Duration)) (dstAnswer, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// A cancelled order ends the node, which ends its answer.
+	stop := context.AfterFunc(ctx, func() { _ = d.cmd.Process.Kill() })
+	defer stop()
 	b, err := json.Marshal(o)
 	if err != nil {
 		return dstAnswer{}, err
@@ -268,17 +289,27 @@ func (d *remoteDst) ask(o dstOrder, show func(done, total int64, rate float64, e
 		}
 		return a, nil
 	}
-	return dstAnswer{}, errors.New("the receiving node exited")
+	if ctx.Err() != nil {
+		return dstAnswer{}, ctx.Err()
+	}
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second): // its output closed, but it runs on
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+	logText, _ := os.ReadFile(d.log)
+	return dstAnswer{}, fmt.Errorf("the receiving node exited (%v): %s", d.cmd.ProcessState, tail(string(bytes.TrimSpace(logText)), 2000))
 }
 
 func (d *remoteDst) connect(ctx context.Context, src host.Host) error {
-	_, err := d.ask(dstOrder{Op: "connect", Peer: &peer.AddrInfo{ID: src.ID(), Addrs: src.Addrs()}}, nil)
+	_, err := d.ask(ctx, dstOrder{Op: "connect", Peer: &peer.AddrInfo{ID: src.ID(), Addrs: src.Addrs()}}, nil)
 	return err
 }
 
 func (d *remoteDst) fetch(ctx context.Context, from peer.ID, m transferMethod, bs int, dir string,
 	show func(done, total int64, rate float64, eta time.Duration)) (transferTiming, error) {
-	a, err := d.ask(dstOrder{Op: "fetch", Method: m.tm, Compress: !m.noZstd, BlockSize: bs, Dir: dir}, show)
+	a, err := d.ask(ctx, dstOrder{Op: "fetch", Method: m.tm, Compress: !m.noZstd, BlockSize: bs, Dir: dir}, show)
 	if err != nil {
 		return transferTiming{}, err
 	}
@@ -337,13 +368,16 @@ func TransferDestMain(ctx context.Context, spec string, log *slog.Logger, in io.
 				a.Error = "connect: no peer"
 				break
 			}
+			info := peer.AddrInfo{ID: o.Peer.ID}
 			for _, ma := range o.Peer.Addrs {
-				if _, err := ma.ValueForProtocol(multiaddr.P_IP4); err != nil {
-					a.Error = fmt.Sprintf("connect: address %s has no IPv4 address", ma)
+				if _, err := ma.ValueForProtocol(multiaddr.P_IP4); err == nil { // the link is IPv4
+					info.Addrs = append(info.Addrs, ma)
 				}
 			}
-			if a.Error == "" {
-				if err := h.Connect(ctx, *o.Peer); err != nil {
+			if len(info.Addrs) == 0 {
+				a.Error = "connect: the source has no IPv4 address"
+			} else {
+				if err := h.Connect(ctx, info); err != nil {
 					a.Error = err.Error()
 				} else {
 					src = o.Peer.ID

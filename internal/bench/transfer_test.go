@@ -141,7 +141,7 @@ func TestParsePercent(t *testing.T) {
 // its filesystem), a part of the disk, and what every method's change then writes.
 func TestDebianImage(t *testing.T) {
 	g := qemutest.BuildDebian(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	opts := TransferOptions{Dir: dir, Size: g.DiskMB << 20, Image: "debian"}
@@ -149,6 +149,13 @@ func TestDebianImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts.DebianRun = filepath.Join(dir, "run")
+	if err := os.MkdirAll(opts.DebianRun, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := runDebianGuest(ctx, opts, opts.DebianRun); err != nil {
 		t.Fatal(err)
 	}
 	im := newDebianImage(opts, filepath.Join(dir, "src", "disk.img"))

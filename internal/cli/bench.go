@@ -91,7 +91,7 @@ func benchTransfer(ctx context.Context, env Env, args []string) error {
 	writeSize := f.String("write-size", "64KiB", "size of each rewrite (64KiB: whole blocks; 4KiB: scattered small writes)")
 	zero := f.String("zero", "0%", "share of the image that is zeros (half holes, half written zeros)")
 	blockSize := f.String("block-size", "64KiB", "blockdiff block size")
-	image := f.String("image", "random", "random (a ChaCha8 stream; --zero of it zeros, --changed of it rewritten in --write-size writes) or ext4 (a filesystem half full of this machine's files; --changed is the share of it a guest writes as new files, beside files removed and touched) or debian (a VM's disk of the Debian guest of make guest, --size large, changed by the real guest as it runs once under QEMU: boot, a library tree installed, docs removed, /etc touched)")
+	image := f.String("image", "random", "random (a ChaCha8 stream; --zero of it zeros, --changed of it rewritten in --write-size writes) or ext4 (a filesystem half full of this machine's files; --changed is the share of it a guest writes as new files, beside files removed and touched) or debian (a VM's disk of --size, at least the Debian guest's, from the Debian guest of make guest, changed by the real guest as it runs once under QEMU: boot, a library tree installed, docs removed, /etc touched)")
 	files := f.String("files", "", "with --image ext4: how much of this machine's files the filesystem holds (default: half of --size)")
 	format := f.String("format", "raw", "the file that moves: raw, or qcow2 (the image converted by qemu-img and changed through QEMU's block layer)")
 	dir := f.String("dir", "", "where to make the images (default: the system temp dir); needs four times --size free")
