@@ -131,14 +131,17 @@ func (im *ext4Image) create(ctx context.Context) error {
 	return im.reset(ctx)
 }
 
-func (im *ext4Image) reset(ctx context.Context) error {
-	if err := os.RemoveAll(filepath.Join(filepath.Dir(im.path), ".vmmp-transfer")); err != nil {
+func (im *ext4Image) reset(ctx context.Context) error { return resetFrom(ctx, im.path, im.orig) }
+
+// resetFrom makes path a copy of orig again, with no cached signature.
+func resetFrom(ctx context.Context, path, orig string) error {
+	if err := os.RemoveAll(filepath.Join(filepath.Dir(path), ".vmmp-transfer")); err != nil {
 		return err
 	}
-	if err := os.Remove(im.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return transfer.CopySparse(ctx, im.path, im.orig)
+	return transfer.CopySparse(ctx, path, orig)
 }
 
 func (im *ext4Image) change(ctx context.Context) error {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,15 +187,7 @@ func differingBlocks(a, b string) ([]int64, error) {
 	}
 }
 
-func (im *debianImage) reset(ctx context.Context) error {
-	if err := os.RemoveAll(filepath.Join(filepath.Dir(im.path), ".vmmp-transfer")); err != nil {
-		return err
-	}
-	if err := os.Remove(im.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return transfer.CopySparse(ctx, im.path, im.orig)
-}
+func (im *debianImage) reset(ctx context.Context) error { return resetFrom(ctx, im.path, im.orig) }
 
 // change writes, in place, the blocks the guest changed, as its run left them.
 func (im *debianImage) change(context.Context) error {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -171,47 +172,43 @@ func benchMigrate(ctx context.Context, env Env, args []string) error {
 	return bench.Migrate(ctx, opts, env.Stdout)
 }
 
-// benchMigrateSide runs, inside a network namespace, the side of one emulated link of `bench
-// migrate`; that command starts it.
+// benchInternal runs one of the commands a benchmark starts inside a network namespace of
+// its own: name takes one argument, the SPEC its starter wrote, and fn runs it.
+func benchInternal(ctx context.Context, env Env, args []string, name, summary string,
+	fn func(ctx context.Context, spec string, log *slog.Logger) error) error {
+	f := newFlags(env, "bench "+name)
+	pos, err := f.parseArgs(args, summary, "SPEC")
+	if err != nil {
+		return err
+	}
+	log, err := f.logger(defaultLog)
+	if err != nil {
+		return err
+	}
+	return fn(ctx, pos[0], log)
+}
+
+// benchMigrateSide is the side of one emulated link of `bench migrate`.
 func benchMigrateSide(ctx context.Context, env Env, args []string) error {
-	f := newFlags(env, "bench migrate-side")
-	pos, err := f.parseArgs(args, "Internal to `virtuoso bench migrate`: run one emulated link's side in this network namespace.", "SPEC")
-	if err != nil {
-		return err
-	}
-	log, err := f.logger(defaultLog)
-	if err != nil {
-		return err
-	}
-	return bench.MigrateSideMain(ctx, pos[0], log, env.Stderr, env.Stdout)
+	return benchInternal(ctx, env, args, "migrate-side", "Internal to `virtuoso bench migrate`: run one emulated link's side in this network namespace.",
+		func(ctx context.Context, spec string, log *slog.Logger) error {
+			return bench.MigrateSideMain(ctx, spec, log, env.Stderr, env.Stdout)
+		})
 }
 
-// benchTransferSide runs, inside a network namespace, the side of one emulated link of `bench
-// transfer`; that command starts it.
+// benchTransferSide is the side of one emulated link of `bench transfer`.
 func benchTransferSide(ctx context.Context, env Env, args []string) error {
-	f := newFlags(env, "bench transfer-side")
-	pos, err := f.parseArgs(args, "Internal to `virtuoso bench transfer`: run one emulated link's side in this network namespace.", "SPEC")
-	if err != nil {
-		return err
-	}
-	log, err := f.logger(defaultLog)
-	if err != nil {
-		return err
-	}
-	return bench.TransferSideMain(ctx, pos[0], log, env.Stderr, env.Stdout)
+	return benchInternal(ctx, env, args, "transfer-side", "Internal to `virtuoso bench transfer`: run one emulated link's side in this network namespace.",
+		func(ctx context.Context, spec string, log *slog.Logger) error {
+			return bench.TransferSideMain(ctx, spec, log, env.Stderr, env.Stdout)
+		})
 }
 
-// benchTransferDest runs, inside a network namespace, the receiving node of one emulated link
-// of `bench transfer`, which orders it on its standard input.
+// benchTransferDest is the receiving node of one emulated link of `bench transfer`, ordered
+// on its standard input.
 func benchTransferDest(ctx context.Context, env Env, args []string) error {
-	f := newFlags(env, "bench transfer-dest")
-	pos, err := f.parseArgs(args, "Internal to `virtuoso bench transfer`: the receiving node of one emulated link, ordered on standard input.", "SPEC")
-	if err != nil {
-		return err
-	}
-	log, err := f.logger(defaultLog)
-	if err != nil {
-		return err
-	}
-	return bench.TransferDestMain(ctx, pos[0], log, os.Stdin, env.Stdout)
+	return benchInternal(ctx, env, args, "transfer-dest", "Internal to `virtuoso bench transfer`: the receiving node of one emulated link, ordered on standard input.",
+		func(ctx context.Context, spec string, log *slog.Logger) error {
+			return bench.TransferDestMain(ctx, spec, log, os.Stdin, env.Stdout)
+		})
 }
