@@ -166,8 +166,8 @@ func TestDebianImage(t *testing.T) {
 	if im.accel != "kvm" && im.accel != "tcg" {
 		t.Errorf("accelerator %q", im.accel)
 	}
-	if im.changed <= 0 || im.changed > opts.Size/2 {
-		t.Errorf("the guest changed %d bytes of its %d-byte disk", im.changed, opts.Size)
+	if n := im.changedBytes(); n <= 0 || n > opts.Size/2 {
+		t.Errorf("the guest changed %d bytes of its %d-byte disk", n, opts.Size)
 	}
 	if err := sameContent(g.Disk, im.orig); err != nil {
 		t.Errorf("the disk before the run is not the guest's image: %v", err)
