@@ -18,7 +18,7 @@ const (
 	// CompressAuto compresses while the link binds the transfer and the CPU does not: the
 	// sending goroutine waits on the stream for most of its time and compressing what the link
 	// takes costs a small share of one core, or the machine has cores to spare for it. On
-	// loopback, on a fast network or on busy cores it sends blocks as they are.
+	// loopback, or on a fast network from busy cores, it sends blocks as they are.
 	CompressAuto CompressionPolicy = iota
 	// CompressAlways compresses every block that shrinks, whatever binds.
 	CompressAlways
