@@ -197,6 +197,20 @@ func (b *Book) names() imageNames {
 	return maps.Clone(b.bound)
 }
 
+// unboundNames reports whether the offers name an image whose name is not bound yet.
+func (b *Book) unboundNames(offers []SignedOffer) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, so := range offers {
+		for _, img := range so.Images {
+			if _, ok := b.bound[img.Name]; !ok && len(b.bound) < maxImageNames {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // bindNames binds the names of the offers' images that are not bound yet to their hashes.
 func (b *Book) bindNames(tx *node.Txn, offers []SignedOffer) error {
 	b.mu.Lock()

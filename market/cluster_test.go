@@ -580,13 +580,20 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
-	// The book binds the names of the images in its offers after it took them.
+	// The book binds the names of an offer's images before it shows the offer: from the moment
+	// the offer is in the book, its image is in the catalog under its name.
 	var before Configuration
-	testwait.Eventually(t, 10*time.Second, func() (err error) {
-		before, err = buyer.book.Config("busybox")
-		return err
+	var catalogued error
+	testwait.Eventually(t, 30*time.Second, func() error {
+		if _, ok := buyer.book.Get(p.ID(), m.ID); !ok {
+			return errors.New("the honest offer has not reached the buyer")
+		}
+		before, catalogued = buyer.book.Config("busybox")
+		return nil
 	})
+	if catalogued != nil {
+		t.Fatalf("the offer is in the book, its image not in the catalog: %v", catalogued)
+	}
 
 	o := testOffer(x.ID())
 	o.Addrs = nil
@@ -607,6 +614,33 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 		}
 		return nil
 	})
+	// An offer taken straight into the book (the race a poll would rarely see): a reader that
+	// sees the offer finds its image in the catalog.
+	o2 := o
+	o2.Machine = MachineID{42}
+	o2.Images = []ImageInfo{{Hash: "blake3:" + strings.Repeat("ef", 32), Name: "fresh", OS: "linux", SizeMB: 32, MemoryMB: 128}}
+	so2, err := SignOffer(o2, x.PrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan error, 1)
+	go func() {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); runtime.Gosched() {
+			if _, ok := buyer.book.Get(x.ID(), o2.Machine); ok {
+				_, err := buyer.book.Config("fresh")
+				seen <- err
+				return
+			}
+		}
+		seen <- errors.New("the offer never reached the book")
+	}()
+	if !buyer.book.accept(so2) {
+		t.Fatal("the book did not take the offer")
+	}
+	if err := <-seen; err != nil {
+		t.Fatalf("the offer is in the book, its image not in the catalog: %v", err)
+	}
+
 	after, err := buyer.book.Config("busybox")
 	if err != nil || after.Image != before.Image {
 		t.Fatalf("busybox is now %+v (%v), was %+v", after, err, before)

@@ -119,6 +119,13 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 		}
 		return n
 	}
+	// The images' names are bound before the offers enter the index, so no reader sees an
+	// offer whose image the catalog does not list under its name yet.
+	if b.unboundNames(offers) {
+		if err := b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, offers) }); err != nil {
+			b.log.Warn("bind image names", "err", err)
+		}
+	}
 	now := b.now()
 	var taken []SignedOffer
 	var evicted []Offer
@@ -150,9 +157,6 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 	})
 	if err != nil {
 		b.log.Warn("persist offers", "err", err)
-	}
-	if err := b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, taken) }); err != nil {
-		b.log.Warn("bind image names", "err", err)
 	}
 	if b.opts.OnOffer != nil {
 		for _, so := range taken {
