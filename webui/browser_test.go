@@ -176,6 +176,38 @@ const canvasLit = `(() => {
   return n;
 })()`
 
+// watchConsole wraps the page's fetch and event stream: it counts the console's session
+// requests in flight (most: the largest number at once), holds them while hold is on, and
+// counts the records of the VM starting again that the page's own handlers have taken.
+const watchConsole = `(() => {
+  const c = { inflight: 0, most: 0, started: 0, held: false, waiters: [] };
+  c.hold = () => { c.held = true; c.most = 0; c.started = 0; };
+  c.release = () => { c.held = false; c.waiters.splice(0).forEach((r) => r()); };
+  const fetch = window.fetch;
+  window.fetch = async (path, opts) => {
+    if (opts?.method !== 'POST' || !String(path).startsWith('/ui/console/')) return fetch(path, opts);
+    c.inflight++;
+    c.most = Math.max(c.most, c.inflight);
+    try {
+      while (c.held) await new Promise((r) => c.waiters.push(r));
+      return await fetch(path, opts);
+    } finally {
+      c.inflight--;
+    }
+  };
+  const add = EventSource.prototype.addEventListener;
+  EventSource.prototype.addEventListener = function (type, fn, o) {
+    if (type !== 'record') return add.call(this, type, fn, o);
+    return add.call(this, type, (ev) => {
+      fn(ev);
+      const rec = JSON.parse(ev.data);
+      if (rec.kind === 'vm.changed' && rec.data?.state?.status === 'started') c.started++;
+    }, o);
+  };
+  window.__console = c;
+  return true;
+})()`
+
 // waitJS polls the expression until it is true.
 func waitJS(expr string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
@@ -243,11 +275,31 @@ func TestUIBrowserConsole(t *testing.T) {
 		t.Fatalf("after the start button the vm is %+v, %v", got.State, err)
 	}
 
+	value(br, "watch the console's requests", chromedp.Evaluate[bool](watchConsole))
 	br.run("console", chromedp.Click(row+` a[data-action="viewmachine"]`),
 		chromedp.WaitVisible(`#screen[data-connected="true"] canvas`), waitJS(canvasLit+" > 1000"))
 	lit := value(br, "read the canvas", chromedp.Evaluate[int](canvasLit))
 	br.shot("console")
 	t.Logf("the console's canvas has %d lit pixels", lit)
+
+	// The VM is suspended under the open console, which asks again for a session; that request
+	// is held while the VM resumes and the page hears of it. The page asks for one session at a
+	// time (each sets a new one-time password, voiding the one before it), and once the held
+	// request goes through the console is back, its password accepted.
+	value(br, "hold the console's requests", chromedp.Evaluate[bool](`(window.__console.hold(), true)`))
+	if _, err := buyer.Buyer.Control(ctx, v.ID, vm.ActionSuspend); err != nil {
+		t.Fatal(err)
+	}
+	br.run("the console asks again", waitJS(`window.__console.inflight > 0`))
+	if _, err := buyer.Buyer.Control(ctx, v.ID, vm.ActionResume); err != nil {
+		t.Fatal(err)
+	}
+	br.run("the page hears of the resume", waitJS(`window.__console.started > 0`))
+	if most := value(br, "count the session requests", chromedp.Evaluate[int](`window.__console.most`)); most != 1 {
+		t.Fatalf("the console page had %d session requests in flight at once, want 1", most)
+	}
+	value(br, "release the held request", chromedp.Evaluate[bool](`(window.__console.release(), true)`))
+	br.run("the console is back", chromedp.WaitVisible(`#screen[data-connected="true"] canvas`))
 
 	// Back on the list, a change made elsewhere (here the CLI's API) shows without a reload:
 	// the page follows the node's event stream.

@@ -29,7 +29,25 @@ export async function render(main, [id]) {
     state.textContent = 'waiting for the migration';
     showNote('The VM is moving to another provider: the console reconnects when it has arrived.');
   };
-  const connect = async () => {
+  // One session request at a time: every request makes the provider set a new one-time
+  // password, so a second one in flight would void the first's before its viewer logs in. A
+  // request asked for meanwhile runs after it, if the console is still not connected.
+  let pending = null;
+  let again = false;
+  const connect = () => {
+    if (pending) {
+      again = true;
+      return pending;
+    }
+    pending = attempt().finally(() => {
+      pending = null;
+      const rerun = again && !rfb && !closed;
+      again = false;
+      if (rerun) connect();
+    });
+    return pending;
+  };
+  const attempt = async () => {
     if (closed || rfb) return;
     let t;
     try {
