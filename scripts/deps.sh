@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: QEMU and its image tool for real VMs, zstd for suspend images, rsync as the
-# transfer benchmark's baseline, the kernel and busybox the tiny test guest is built from,
+# Debian packages: QEMU and its image tool for real VMs, zstd for suspend images, rsync and
+# OpenSSH (client and a private sshd) as the transfer benchmark's baselines, iproute2 for the
+# namespaces and shaped links of its emulated links, the kernel and busybox the tiny test guest is built from,
 # mmdebstrap and e2fsprogs (mke2fs -d) that build the Debian guest, chromium that the web UI's
 # end-to-end tests drive, npm for the web UI's front-end packages (unless a Node.js that brings
 # its own npm is installed).
-packages=(qemu-system-x86 qemu-utils zstd rsync busybox-static linux-image-amd64 ca-certificates mmdebstrap e2fsprogs chromium)
+packages=(qemu-system-x86 qemu-utils zstd rsync openssh-client openssh-server iproute2 busybox-static linux-image-amd64 ca-certificates mmdebstrap e2fsprogs chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
