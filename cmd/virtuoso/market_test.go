@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,15 @@ func TestBuyerCommands(t *testing.T) {
 		t.Fatalf("search result does not name the machine:\n%s", out)
 	}
 
-	args := append(strings.Fields(command)[1:], "--home", buyer, "--json")
+	// The machine as the search's table shows it, by the start of its ID, is enough; a start
+	// that names no machine is refused with where to look.
+	fields := strings.Fields(command)
+	machine := fields[slices.Index(fields, "--machine")+1]
+	if code, _, errOut := run(t, "store", "--home", buyer, "--config", "tiny", "--machine", "ffff0000"); code == 0 ||
+		!strings.Contains(errOut, `no machine "ffff0000" in the offer book`) {
+		t.Fatalf("store on a machine nobody offers: exit %d\n%s", code, errOut)
+	}
+	args := []string{"store", "--config", "tiny", "--machine", machine[:8], "--home", buyer, "--json"}
 	var stored struct {
 		ID     string `json:"id"`
 		Status string `json:"status"`

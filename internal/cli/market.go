@@ -482,8 +482,8 @@ func runStore(ctx context.Context, env Env, args []string) error {
 	var req market.StoreRequest
 	f.StringVar(&req.ConfigName, "config", "", "configuration to store (see `virtuoso configs`)")
 	edit := configEditFlags(f)
-	machine := f.String("machine", "", "the provider's machine ID (from `virtuoso search`)")
-	f.StringVar(&req.Provider, "provider", "", "the provider's peer ID (needed only if the machine ID is ambiguous)")
+	machine := f.String("machine", "", "the provider's machine ID or its start (from `virtuoso search`)")
+	f.StringVar(&req.Provider, "provider", "", "the provider's peer ID (needed only if the machine ID's start is ambiguous)")
 	running := f.String("running-price", "", "the running price per period you agree to; refused if the provider's differs")
 	storage := f.String("storage-price", "", "the storage price per period you agree to; refused if the provider's differs")
 	asJSON := f.Bool("json", false, "print JSON")
@@ -495,7 +495,7 @@ func runStore(ctx context.Context, env Env, args []string) error {
 		return errUsage
 	}
 	var err error
-	if req.Machine, err = market.ParseMachineID(*machine); err != nil {
+	if req.Machine, err = machineByPrefix(ctx, f, *machine, &req.Provider); err != nil {
 		return fmt.Errorf("--machine: %w", err)
 	}
 	req.Edit = *edit
