@@ -197,34 +197,31 @@ func (b *Book) names() imageNames {
 	return maps.Clone(b.bound)
 }
 
-// unboundNames reports whether the offers name an image whose name is not bound yet.
-func (b *Book) unboundNames(offers []SignedOffer) bool {
+// bindNames binds the names of the offers' images that are not bound yet to their hashes:
+// at once in memory, where the catalog reads them, then in the store. A batch whose names are
+// all bound opens no store transaction.
+func (b *Book) bindNames(offers []SignedOffer) error {
+	fresh := imageNames{}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, so := range offers {
-		for _, img := range so.Images {
-			if _, ok := b.bound[img.Name]; !ok && len(b.bound) < maxImageNames {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// bindNames binds the names of the offers' images that are not bound yet to their hashes.
-func (b *Book) bindNames(tx *node.Txn, offers []SignedOffer) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	for _, so := range offers {
 		for _, img := range so.Images {
 			if _, ok := b.bound[img.Name]; ok || len(b.bound) >= maxImageNames {
 				continue
 			}
-			if err := tx.Put(img.Name, []byte(img.Hash)); err != nil {
-				return err
-			}
 			b.bound[img.Name] = img.Hash
+			fresh[img.Name] = img.Hash
 		}
 	}
-	return nil
+	b.mu.Unlock()
+	if len(fresh) == 0 {
+		return nil
+	}
+	return b.nameSpace.Update(func(tx *node.Txn) error {
+		for name, hash := range fresh {
+			if err := tx.Put(name, []byte(hash)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -121,10 +121,8 @@ func (b *Book) acceptAll(offers []SignedOffer) int {
 	}
 	// The images' names are bound before the offers enter the index, so no reader sees an
 	// offer whose image the catalog does not list under its name yet.
-	if b.unboundNames(offers) {
-		if err := b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, offers) }); err != nil {
-			b.log.Warn("bind image names", "err", err)
-		}
+	if err := b.bindNames(offers); err != nil {
+		b.log.Warn("bind image names", "err", err)
 	}
 	now := b.now()
 	var taken []SignedOffer
@@ -190,7 +188,7 @@ func (b *Book) loadBook() error {
 		return nil
 	})
 	if err == nil {
-		err = b.nameSpace.Update(func(tx *node.Txn) error { return b.bindNames(tx, loaded) })
+		err = b.bindNames(loaded)
 	}
 	if err != nil {
 		return fmt.Errorf("market: load offer book: %w", err)

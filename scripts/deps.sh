@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: QEMU and its image tool for real VMs, zstd for suspend images, rsync and
 # OpenSSH (client and a private sshd) as the transfer benchmark's baselines, iproute2 for the
-# namespaces and shaped links of its emulated links, the kernel and busybox the tiny test guest is built from,
-# mmdebstrap and e2fsprogs (mke2fs -d) that build the Debian guest, chromium that the web UI's
-# end-to-end tests drive, npm for the web UI's front-end packages (unless a Node.js that brings
-# its own npm is installed).
+# namespaces and shaped links of its emulated links, the kernel and busybox the tiny test guest
+# is built from, mmdebstrap and e2fsprogs (mke2fs -d) that build the Debian guest, chromium that
+# the web UI's end-to-end tests drive, npm for the web UI's front-end packages (unless a Node.js
+# that brings its own npm is installed).
 packages=(qemu-system-x86 qemu-utils zstd rsync openssh-client openssh-server iproute2 busybox-static linux-image-amd64 ca-certificates mmdebstrap e2fsprogs chromium)
 missing=()
 for p in "${packages[@]}"; do
