@@ -582,17 +582,10 @@ func TestCatalogNamesAreNotShadowed(t *testing.T) {
 	}
 	// The book binds the names of an offer's images before it shows the offer: from the moment
 	// the offer is in the book, its image is in the catalog under its name.
-	var before Configuration
-	var catalogued error
-	testwait.Eventually(t, 30*time.Second, func() error {
-		if _, ok := buyer.book.Get(p.ID(), m.ID); !ok {
-			return errors.New("the honest offer has not reached the buyer")
-		}
-		before, catalogued = buyer.book.Config("busybox")
-		return nil
-	})
-	if catalogued != nil {
-		t.Fatalf("the offer is in the book, its image not in the catalog: %v", catalogued)
+	waitOffer(t, []*testNode{buyer}, p.ID(), m.ID, 1, 30*time.Second)
+	before, err := buyer.book.Config("busybox")
+	if err != nil {
+		t.Fatalf("the offer is in the book, its image not in the catalog: %v", err)
 	}
 
 	o := testOffer(x.ID())
