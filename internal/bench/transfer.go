@@ -452,8 +452,8 @@ func fetchOnce(ctx context.Context, h host.Host, from peer.ID, tm transfer.Metho
 		return transferTiming{}, err
 	}
 	t := transferTiming{d: time.Since(start), wire: res.WireBytes, ok: true}
-	if f := res.Files[0]; f.BlocksSent+f.BlocksPatched > 0 {
-		t.note = fmt.Sprintf("%d%% zstd", 100*f.BlocksCompressed/(f.BlocksSent+f.BlocksPatched))
+	if f := res.Files[0]; f.BlocksSent+f.BlocksPatched+f.BlocksCopied > 0 {
+		t.note = fmt.Sprintf("%d%% zstd", 100*f.BlocksCompressed/(f.BlocksSent+f.BlocksPatched+f.BlocksCopied))
 	}
 	return t, nil
 }

@@ -117,8 +117,11 @@ type FileResult struct {
 	BlocksReused  int64
 	BlocksSent    int64 // whole blocks received
 	BlocksPatched int64 // blocks received as changed sub-blocks only
-	BlocksHole    int64 // all-zero blocks, kept sparse
-	// BlocksCompressed is how many of the blocks sent or patched came zstd-compressed.
+	// BlocksCopied is how many blocks were assembled, wholly or partly, from pages the
+	// destination held elsewhere in its version of the file (content a guest moved or copied).
+	BlocksCopied int64
+	BlocksHole   int64 // all-zero blocks, kept sparse
+	// BlocksCompressed is how many of the blocks sent, patched or copied came zstd-compressed.
 	BlocksCompressed int64
 	Resumed          bool // a staging file of an interrupted transfer was reused
 }

@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -183,5 +184,18 @@ func BenchmarkRawStream(b *testing.B) {
 		_ = s.CloseWrite()
 		_, _ = io.ReadFull(s, buf[:1])
 		_ = s.Close()
+	}
+}
+
+// BenchmarkContentIndex: indexing the pages of a 4 GiB basis, the cost a re-transfer that
+// sends changed blocks pays once.
+func BenchmarkContentIndex(b *testing.B) {
+	sig := newSignature(newGeometry(4<<30, DefaultBlockSize))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for k := range sig.subs {
+		sig.subs[k] = rng.Uint64()
+	}
+	for b.Loop() {
+		newContentIndex(sig, 0, maxIndexed)
 	}
 }

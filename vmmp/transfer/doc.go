@@ -9,9 +9,11 @@
 // and hashes each with BLAKE3. The destination sends the signature of whatever version of
 // the files it holds; the source answers, block by block in order, with one of: reuse
 // (you have it), hole (all zeros: kept sparse), data (the block, zstd-compressed when that
-// shrinks it), or patch (only the 4 KiB sub-blocks that differ, found by comparing XXH3
-// sub-block hashes, for scattered small writes). full sends every byte, like scp: the
-// baseline.
+// shrinks it), patch (only the 4 KiB sub-blocks that differ, found by comparing XXH3
+// sub-block hashes, for scattered small writes), or copy (sub-blocks the destination holds
+// elsewhere in its version of the file, named by number, and only the rest sent: content a
+// guest copied or moved, such as a package install's files, found through an index of the
+// destination's sub-block hashes). full sends every byte, like scp: the baseline.
 //
 // Both sides hash on a pool of workers in batches that flow to the stream in file order, so
 // hashing overlaps the network instead of preceding it; the source builds DATA frames in
@@ -53,7 +55,8 @@
 //	0x01 REQUEST  method u8 (1 blockdiff, 2 full) | block size u32 | flags u8 (bit 0:
 //	              zstd allowed) | vm string (<= 256) | files uvarint (1..64) | names string (<= 255)
 //	0x03 BASIS    file uvarint | basis size u64 | flags u8 (bit 0: identical, the basis has the
-//	              image hash the source announced and no SIG frames follow)
+//	              image hash the source announced and no SIG frames follow; bit 1: copies, the
+//	              signature describes the basis file alone, so COPY frames may name its pages)
 //	0x02 SIG      file uvarint | first block uvarint | count uvarint | count entries of
 //	              strong hash [32] and block size/4096 sub-block hashes (u64, little endian)
 //	0x05 DONE     code u8 (0: committed) | message string (<= 1024)
@@ -69,6 +72,12 @@
 //	0x15 PATCH    flags u8 (bit 0: zstd) | strong hash [32] | mask (1 bit per sub-block,
 //	              LSB first) | the marked sub-blocks, concatenated
 //	0x16 END      image hash [32]
+//	0x17 COPY     flags u8 (bit 0: zstd) | strong hash [32] | mask (as PATCH: the sub-blocks
+//	              carried) | per sub-block not carried, in order, the basis sub-block holding
+//	              its content: a varint (zigzag) of its number minus where the previous one
+//	              leads (the same offset for the first; the next page after a reference) |
+//	              the marked sub-blocks, concatenated. Only full 4 KiB sub-blocks of a basis
+//	              sent with the copies flag may be named.
 //
 // Either side may send 0x0f ERROR (code u8 | message string) and close. Codes: 1 protocol,
 // 2 refused, 3 source changed, 4 internal, 5 corrupt, 6 canceled.

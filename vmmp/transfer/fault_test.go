@@ -212,6 +212,16 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks))
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
+		{"false copy", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			writeCopy(fw, sig, 0, 16) // block 1's pages as block 0's
+			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks-1))
+			_ = fw.write(frameEnd, imageOf(sig))
+		}},
+		{"copy past the basis", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			_ = fw.write(frameFile, marshalUvarint(0))
+			writeCopy(fw, sig, 0, int(sig.g.size/subBlockSize)-1) // the last page is the first past the full ones
+		}},
 		{"garbage zstd", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
 			_ = fw.write(frameFile, marshalUvarint(0))
 			hdr := [33]byte{flagZstd}
@@ -276,6 +286,19 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 			p.mustFetch(t, []string{"disk.img"}) // an honest source completes
 		})
 	}
+}
+
+// writeCopy writes a COPY frame for block i, with its true hash, naming the basis pages from
+// page first on as its content.
+func writeCopy(fw *frameWriter, sig *signature, i, first int) {
+	g := sig.g
+	ref := make([]int, g.stride)
+	for j := range ref {
+		ref[j] = first + j
+	}
+	hdr := [33]byte{}
+	copy(hdr[1:], sig.strong[i][:])
+	_ = fw.write(frameCopy, hdr[:], make([]byte, (g.stride+7)/8), appendRefs(nil, i, g.stride, ref))
 }
 
 func imageOf(sig *signature) []byte {

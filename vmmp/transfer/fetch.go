@@ -117,6 +117,7 @@ type dstFile struct {
 	direct     *os.File // the stage opened for direct I/O, or nil
 	noDirect   atomic.Bool
 	resumed    bool
+	copies     bool // the source was told it may name any page of the basis (COPY frames)
 
 	vg        geometry   // of the basis as the source sees it: basis overlaid with staged pages
 	dsig      *destSig   // our signature of vg, as sent
@@ -402,7 +403,12 @@ func (c *client) sendSignatures(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := c.fw.write(frameBasis, basis{file: idx, size: f.vg.size}.marshal()); err != nil {
+		// Without a stage the signature describes the basis file alone, which stays as it is
+		// until the commit: any of its pages may then be named as the content of a block. The
+		// source looks them up once it has the whole signature, so only a signature known
+		// already (not one hashed while the source waits) is offered for that.
+		f.copies = !f.resumed && f.basisCache != nil && f.vg.size > 0
+		if err := c.fw.write(frameBasis, basis{file: idx, size: f.vg.size, copies: f.copies}.marshal()); err != nil {
 			return err
 		}
 		send := func(first, n int) error {
@@ -531,7 +537,7 @@ type job struct {
 	n      int    // blocks in a run
 	hashes []Hash // a run's claimed block hashes
 	single bool
-	kind   byte // of a single block: frameData or framePatch
+	kind   byte // of a single block: frameData, framePatch or frameCopy
 	frame  blockFrame
 	buf    []byte // owns the bytes
 	before []bool // a patch's base: pages of the block staged before it, else basis
@@ -559,9 +565,16 @@ func (c *client) newPools(workers int) *pools {
 	}
 	// A single block frame is read so that its block lands on an aligned address.
 	for range cap(p.singles) {
-		p.singles <- alignedBuf(directAlign + bs/subBlockSize/8 + 1 + bs)[directAlign-(dataHeaderLen-frameHeaderLen):][:0]
+		p.singles <- alignedBuf(directAlign + maxBlockFrame(bs))[directAlign-(dataHeaderLen-frameHeaderLen):][:0]
 	}
 	return p
+}
+
+// maxBlockFrame is the largest DATA, PATCH or COPY payload for a block of bs bytes: flags,
+// hash, mask, references and the block.
+func maxBlockFrame(bs int) int {
+	nsub := (bs + subBlockSize - 1) / subBlockSize
+	return 1 + len(Hash{}) + (nsub+7)/8 + nsub*maxRefLen + bs
 }
 
 func (p *pools) put(j *job) {
@@ -680,16 +693,19 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 		if err != nil {
 			return err
 		}
-		if t == frameData || t == framePatch {
+		if t == frameData || t == framePatch || t == frameCopy {
 			if cursor >= g.nblocks {
 				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
 			}
 			i, l := cursor, g.blockLen(cursor)
-			if n < len(prefix) || n > len(prefix)+(l+subBlockSize-1)/subBlockSize/8+1+l {
+			if n < len(prefix) || n > maxBlockFrame(l) {
 				return fmt.Errorf("%w: frame of %d bytes for block %d of %d bytes", ErrProtocol, n, i, l)
 			}
 			if t == framePatch && (i >= f.vg.nblocks || f.vg.blockLen(i) != l) {
 				return fmt.Errorf("%w: patch of block %d the destination does not hold", ErrProtocol, i)
+			}
+			if t == frameCopy && !f.copies {
+				return fmt.Errorf("%w: copy into block %d from a basis the destination did not offer", ErrProtocol, i)
 			}
 			if t == frameData && n == len(prefix)+g.bs && l == g.bs {
 				// A whole block: the common case. Read its hash and flags, then the block
@@ -738,12 +754,16 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 				return err
 			}
 			var fr blockFrame
-			if t == frameData {
+			switch nsub := (l + subBlockSize - 1) / subBlockSize; t {
+			case frameData:
 				fr, err = decodeData(p)
 				f.res.BlocksSent++
-			} else {
-				fr, err = decodePatch(p, (l+subBlockSize-1)/subBlockSize)
+			case framePatch:
+				fr, err = decodePatch(p, nsub)
 				f.res.BlocksPatched++
+			default:
+				fr, err = decodeCopy(p, i, g.stride, nsub, int(f.basisSize/subBlockSize))
+				f.res.BlocksCopied++
 			}
 			if err == nil && len(fr.payload) > l {
 				err = fmt.Errorf("%w: block %d carries %d bytes, block is %d", ErrProtocol, i, len(fr.payload), l)
@@ -897,7 +917,12 @@ func (c *client) applyBlock(j *job, scratch []byte) error {
 	if err != nil {
 		return fmt.Errorf("block %d: %w", i, err)
 	}
-	if j.kind == framePatch {
+	switch j.kind {
+	case frameCopy:
+		if data, err = f.assemble(scratch[:l], j.frame.refs, data); err != nil {
+			return fmt.Errorf("block %d: %w", i, err)
+		}
+	case framePatch:
 		base := scratch[:l]
 		if err := readZeroPadded(f.basis, f.basisSize, base, g.off(i)); err != nil {
 			return err
@@ -952,6 +977,35 @@ func (c *client) applyBlock(j *job, scratch []byte) error {
 	}
 	c.done.Add(int64(l))
 	return nil
+}
+
+// assemble builds a block of COPY in buf: the pages refs names from the basis (runs of them
+// read at once), the others from sent, in order.
+func (f *dstFile) assemble(buf []byte, refs []int, sent []byte) ([]byte, error) {
+	for j := 0; j < len(refs); {
+		lo := j * subBlockSize
+		if refs[j] < 0 {
+			piece := buf[lo:min(len(buf), lo+subBlockSize)]
+			if len(sent) < len(piece) {
+				return nil, fmt.Errorf("%w: copy is short", ErrCorrupt)
+			}
+			sent = sent[copy(piece, sent):]
+			j++
+			continue
+		}
+		e := j + 1
+		for e < len(refs) && refs[e] == refs[j]+e-j {
+			e++
+		}
+		if err := readZeroPadded(f.basis, f.basisSize, buf[lo:min(len(buf), e*subBlockSize)], int64(refs[j])*subBlockSize); err != nil {
+			return nil, err
+		}
+		j = e
+	}
+	if len(sent) != 0 {
+		return nil, fmt.Errorf("%w: copy is long", ErrCorrupt)
+	}
+	return buf, nil
 }
 
 func (c *client) decode(fr blockFrame, dst []byte) ([]byte, error) {

@@ -31,7 +31,8 @@ type batch struct {
 	// used by the sender
 	ops  []op
 	comp []byte
-	zstd bool // compress its blocks, as the pacer said
+	ref  []int // scratch: where the destination finds each page of a block
+	zstd bool  // compress its blocks, as the pacer said
 }
 
 func batchBlocks(bs int) int { return max(1, batchBytes/bs) }

@@ -321,6 +321,10 @@ type destSig struct {
 	opened    chan struct{} // closed once the BASIS frame arrived
 	sig       *signature
 	identical bool
+	copies    bool // COPY frames may name any page of the basis
+
+	indexOnce sync.Once
+	idx       *contentIndex
 
 	mu     sync.Mutex
 	ready  atomic.Int64 // blocks received
@@ -359,6 +363,16 @@ func (d *destSig) waitFor(ctx context.Context, n int) error {
 	}
 }
 
+// index returns the content index of the destination's basis once its whole signature has
+// arrived, or nil if the destination allows no COPY frames (or ctx ended first).
+func (d *destSig) index(ctx context.Context, z *zeroes) *contentIndex {
+	if !d.copies || d.waitFor(ctx, d.sig.g.nblocks) != nil {
+		return nil
+	}
+	d.indexOnce.Do(func() { d.idx = newContentIndex(d.sig, z.fullSub, maxIndexed) })
+	return d.idx
+}
+
 var errPeerFailed = errors.New("peer reported failure")
 
 // receive reads the destination's frames: the signature of each file in order, then the
@@ -385,7 +399,7 @@ func (ss *session) receive(ctx context.Context, done chan<- struct{}) error {
 			}
 			cur, next = b.file, 0
 			d := ss.files[cur].dest
-			d.identical = b.identical
+			d.identical, d.copies = b.identical, b.copies
 			if b.identical {
 				d.sig = newSignature(newGeometry(0, ss.req.blockSize))
 			} else {
@@ -450,11 +464,12 @@ func (ss *session) dropCaches() {
 
 // op is one instruction for a block, or a run of blocks, of the file being sent.
 type op struct {
-	kind    byte // frameReuse, frameHole, frameData, framePatch
+	kind    byte // frameReuse, frameHole, frameData, framePatch, frameCopy
 	count   int  // blocks, for reuse and hole
 	flags   byte
 	hash    Hash
 	mask    []byte
+	refs    []byte // a COPY's encoded references
 	payload []byte
 	frame   []byte // the whole DATA frame, built in the batch buffer around the block
 }
@@ -579,10 +594,8 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 				b.ops = append(b.ops, op{kind: frameHole, count: 1})
 			case data == nil:
 				return fmt.Errorf("block %d was not read", i) // cannot happen: need() read it
-			case dHas(i):
-				b.ops = append(b.ops, b.inPlace(g, k, ss.changed(b, data, h, sig.sub(i), dsig.sub(i))))
 			default:
-				b.ops = append(b.ops, b.inPlace(g, k, ss.whole(b, data, h)))
+				b.ops = append(b.ops, b.inPlace(g, k, ss.changed(ctx, b, i, data, h, sig.sub(i), d, dHas(i), z)))
 			}
 		}
 		return ctx.Err()
@@ -642,9 +655,12 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 			hdr := [33]byte{o.flags}
 			copy(hdr[1:], o.hash[:])
 			var err error
-			if o.kind == framePatch {
+			switch o.kind {
+			case framePatch:
 				err = ss.fw.write(framePatch, hdr[:], o.mask, o.payload)
-			} else {
+			case frameCopy:
+				err = ss.fw.write(frameCopy, hdr[:], o.mask, o.refs, o.payload)
+			default:
 				err = ss.fw.write(frameData, hdr[:], o.payload)
 			}
 			if err != nil {
@@ -728,31 +744,68 @@ func (ss *session) counted(n int) {
 	}
 }
 
-// changed is the instruction for a block the destination holds another version of: only
-// the sub-blocks that differ when they are few, else the whole block.
-func (ss *session) changed(b *batch, data []byte, h Hash, subs, dsubs []uint64) op {
+// changed is the instruction for block i, which the destination does not hold as it is:
+// when the pages the destination has cover most of it — at this offset (inPlace: it holds a
+// block i of this length), or, through the content index, anywhere in its basis — a PATCH
+// (pages in place only) or COPY frame carrying only the rest; else the whole block.
+func (ss *session) changed(ctx context.Context, b *batch, i int, data []byte, h Hash, subs []uint64, d *destSig, inPlace bool, z *zeroes) op {
+	stride := len(subs)
 	nsub := (len(data) + subBlockSize - 1) / subBlockSize
-	diff := 0
-	for j := range nsub {
-		if subs[j] != dsubs[j] {
-			diff++
+	if cap(b.ref) < nsub {
+		b.ref = make([]int, stride)
+	}
+	ref := b.ref[:nsub]
+	placed := 0
+	if x := d.index(ctx, z); x != nil {
+		placed = x.place(i, stride, subs, len(data), ref)
+	} else if inPlace {
+		dsubs := d.sig.sub(i)
+		for j := range ref {
+			ref[j] = -1
+			if subs[j] == dsubs[j] {
+				ref[j] = i*stride + j
+				placed++
+			}
 		}
 	}
-	if diff == 0 || diff*subBlockSize*patchLimitDen > len(data)*patchLimitNum {
+	send, moved := 0, false
+	for j, k := range ref {
+		if k < 0 {
+			send += min(len(data), (j+1)*subBlockSize) - j*subBlockSize
+		} else if k != i*stride+j {
+			moved = true
+		}
+	}
+	if placed == 0 || send*patchLimitDen > len(data)*patchLimitNum {
 		return ss.whole(b, data, h)
+	}
+	kind := framePatch
+	if moved || !inPlace {
+		kind = frameCopy
 	}
 	start := len(b.comp)
 	b.comp = append(b.comp, make([]byte, (nsub+7)/8)...)
-	for j := range nsub {
-		if subs[j] != dsubs[j] {
+	for j, k := range ref {
+		if k < 0 {
 			b.comp[start+j/8] |= 1 << (j % 8)
-			b.comp = append(b.comp, data[j*subBlockSize:min(len(data), (j+1)*subBlockSize)]...)
 		}
 	}
 	mask := b.comp[start : start+(nsub+7)/8 : start+(nsub+7)/8]
-	payload := b.comp[start+len(mask):]
+	var refs []byte
+	if kind == frameCopy {
+		at := len(b.comp)
+		b.comp = appendRefs(b.comp, i, stride, ref)
+		refs = b.comp[at:len(b.comp):len(b.comp)]
+	}
+	at := len(b.comp)
+	for j, k := range ref {
+		if k < 0 {
+			b.comp = append(b.comp, data[j*subBlockSize:min(len(data), (j+1)*subBlockSize)]...)
+		}
+	}
+	payload := b.comp[at:len(b.comp):len(b.comp)]
 	ss.counted(len(payload))
-	o := op{kind: framePatch, hash: h, mask: mask, payload: payload[:len(payload):len(payload)]}
+	o := op{kind: kind, hash: h, mask: mask, refs: refs, payload: payload}
 	if c, ok := ss.enc.compress(b, o.payload); ok {
 		o.flags, o.payload = flagZstd, c
 	}

@@ -91,6 +91,36 @@ func TestFetchLifecycle(t *testing.T) {
 			},
 		},
 		{
+			// A guest copied a file: 1 MiB of pages, aligned to pages but not to blocks,
+			// now also lies elsewhere. The destination takes them from its own basis.
+			name: "pages copied from elsewhere",
+			change: func(tb testing.TB, path string) {
+				f, err := os.OpenFile(path, os.O_RDWR, 0)
+				if err != nil {
+					tb.Fatal(err)
+				}
+				defer f.Close()
+				buf := make([]byte, mib)
+				if _, err := f.ReadAt(buf, mib+8*kib); err != nil {
+					tb.Fatal(err)
+				}
+				if _, err := f.WriteAt(buf, 5*mib+12*kib); err != nil {
+					tb.Fatal(err)
+				}
+				settle()
+			},
+			check: func(tb testing.TB, r *Result) {
+				f := r.Files[0]
+				if f.BlocksCopied != 17 || f.BlocksSent+f.BlocksPatched != 0 || f.BlocksReused != nblocks-17 {
+					tb.Errorf("copied %d sent %d patched %d reused %d, want 17 copied, the rest reused",
+						f.BlocksCopied, f.BlocksSent, f.BlocksPatched, f.BlocksReused)
+				}
+				if max := sigBytes(testSize) + 8*kib; r.WireBytes > max {
+					tb.Errorf("%d bytes on the wire for 1 MiB the destination held, want at most %d", r.WireBytes, max)
+				}
+			},
+		},
+		{
 			name: "grown by an unaligned tail",
 			change: func(tb testing.TB, path string) {
 				scribble(tb, path, 3, 100*kib+7, testSize)
@@ -112,8 +142,10 @@ func TestFetchLifecycle(t *testing.T) {
 			},
 			check: func(tb testing.TB, r *Result) {
 				f := r.Files[0]
-				if f.BlocksReused != nblocks-2 || f.BlocksSent+f.BlocksPatched != 1 {
-					tb.Errorf("reused %d sent %d patched %d, want %d reused and one changed tail", f.BlocksReused, f.BlocksSent, f.BlocksPatched, nblocks-2)
+				// The shorter tail block is the old one's first pages: copied, not sent.
+				if f.BlocksReused != nblocks-2 || f.BlocksCopied != 1 || f.BlocksSent+f.BlocksPatched != 0 {
+					tb.Errorf("reused %d copied %d sent %d patched %d, want %d reused and the tail copied",
+						f.BlocksReused, f.BlocksCopied, f.BlocksSent, f.BlocksPatched, nblocks-2)
 				}
 			},
 		},

@@ -29,6 +29,7 @@ const (
 	frameData    byte = 0x14
 	framePatch   byte = 0x15
 	frameEnd     byte = 0x16
+	frameCopy    byte = 0x17
 )
 
 const (
@@ -43,6 +44,7 @@ const (
 	maxMessageLen = 1024
 	flagZstd      = 1 << 0
 	flagIdentical = 1 << 0
+	flagCopies    = 1 << 1
 	flagCompress  = 1 << 0
 )
 
@@ -57,7 +59,7 @@ func frameCap(t byte) int {
 		return 64
 	case frameSig:
 		return maxSigFrame + 32
-	case frameData, framePatch:
+	case frameData, framePatch, frameCopy:
 		return maxFrame
 	}
 	return 0
@@ -504,6 +506,7 @@ type basis struct {
 	file      int
 	size      int64 // size of the basis the signature describes (0: none)
 	identical bool  // no SIG frames: the basis has the image hash the source announced
+	copies    bool  // the signature describes the basis file alone: COPY frames may name its pages
 }
 
 func (s basis) marshal() []byte {
@@ -512,6 +515,9 @@ func (s basis) marshal() []byte {
 	var flags byte
 	if s.identical {
 		flags |= flagIdentical
+	}
+	if s.copies {
+		flags |= flagCopies
 	}
 	return append(b, flags)
 }
@@ -527,7 +533,8 @@ func decodeBasis(p []byte) (basis, error) {
 	s.size = int64(size)
 	flags := d.u8("basis flags")
 	s.identical = flags&flagIdentical != 0
-	if flags&^flagIdentical != 0 {
+	s.copies = flags&flagCopies != 0
+	if flags&^(flagIdentical|flagCopies) != 0 || (s.copies && (s.identical || s.size == 0)) {
 		d.fail("basis flags")
 	}
 	if err := d.end("basis"); err != nil {
@@ -548,12 +555,14 @@ func decodeUvarintFrame(p []byte, what string, limit uint64) (int, error) {
 	return int(v), nil
 }
 
-// blockFrame is a DATA or PATCH frame: a block's new strong hash and its bytes. For PATCH,
-// mask marks the sub-blocks carried in payload, in order.
+// blockFrame is a DATA, PATCH or COPY frame: a block's new strong hash and its bytes. For
+// PATCH and COPY, mask marks the sub-blocks carried in payload, in order; for COPY, refs
+// names, for every sub-block not marked, the basis sub-block that holds its content.
 type blockFrame struct {
 	flags   byte
 	hash    Hash
 	mask    []byte
+	refs    []int
 	payload []byte
 }
 
@@ -583,6 +592,67 @@ func decodePatch(p []byte, nsub int) (blockFrame, error) {
 	}
 	if f.flags&^flagZstd != 0 {
 		d.fail("patch flags")
+	}
+	return f, d.err
+}
+
+// maxRefLen bounds the encoding of one COPY reference (a zigzag varint of a sub-block
+// number difference).
+const maxRefLen = binary.MaxVarintLen64
+
+// appendRefs encodes a COPY frame's references: for every sub-block j of block i not sent,
+// the basis sub-block ref[j] holding its content, as the difference from where the previous
+// reference leads (the same offset for the first), so that pages in place or moved in runs
+// cost one byte each.
+func appendRefs(b []byte, i, stride int, ref []int) []byte {
+	next := i * stride
+	for _, k := range ref {
+		if k >= 0 {
+			b = binary.AppendVarint(b, int64(k-next))
+			next = k
+		}
+		next++
+	}
+	return b
+}
+
+// decodeCopy decodes the COPY frame of block i, of nsub sub-blocks, from a basis of avail
+// full sub-blocks: every reference must name one of them.
+func decodeCopy(p []byte, i, stride, nsub, avail int) (blockFrame, error) {
+	d := dec{b: p}
+	var f blockFrame
+	f.flags = d.u8("copy flags")
+	f.hash = d.hash("copy hash")
+	f.mask = d.bytes("copy mask", (nsub+7)/8)
+	if d.err == nil {
+		f.refs = make([]int, nsub)
+		next := i * stride
+		for j := range nsub {
+			if f.mask[j/8]&(1<<(j%8)) != 0 {
+				f.refs[j] = -1
+				next++
+				continue
+			}
+			v, n := binary.Varint(d.b)
+			if n <= 0 {
+				d.fail("copy reference")
+				break
+			}
+			d.b = d.b[n:]
+			k := int64(next) + v
+			if v < -int64(avail) || v > int64(avail) || k < 0 || k >= int64(avail) {
+				d.fail("copy reference")
+				break
+			}
+			f.refs[j] = int(k)
+			next = int(k) + 1
+		}
+	}
+	if d.err == nil {
+		f.payload = d.b
+	}
+	if f.flags&^flagZstd != 0 {
+		d.fail("copy flags")
 	}
 	return f, d.err
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -275,6 +276,7 @@ func FuzzDecodeInstructions(f *testing.F) {
 	h := testHash(9)
 	f.Add(byte(frameData), append(append([]byte{flagZstd}, h[:]...), 1, 2, 3), 16)
 	f.Add(byte(framePatch), append(append([]byte{0}, h[:]...), 3, 0, 9, 9), 16)
+	f.Add(byte(frameCopy), append(append([]byte{0}, h[:]...), appendRefs([]byte{1, 0}, 2, 16, []int{-1, 40, 41, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19})...), 16)
 	f.Add(byte(frameEnd), h[:], 1)
 	f.Add(byte(frameReuse), []byte{0x80, 0x01}, 1)
 	f.Add(byte(frameError), remoteError{code: codeRefused, msg: "nope"}.marshal(), 1)
@@ -290,6 +292,25 @@ func FuzzDecodeInstructions(f *testing.F) {
 		case framePatch:
 			if d, err := decodePatch(b, nsub); err == nil && len(d.mask) != (nsub+7)/8 {
 				t.Fatalf("mask of %d bytes for %d sub-blocks", len(d.mask), nsub)
+			}
+		case frameCopy:
+			const block, avail = 2, 64
+			d, err := decodeCopy(b, block, 16, nsub, avail)
+			if err != nil {
+				break
+			}
+			if len(d.mask) != (nsub+7)/8 || len(d.refs) != nsub {
+				t.Fatalf("mask of %d bytes, %d references for %d sub-blocks", len(d.mask), len(d.refs), nsub)
+			}
+			for j, k := range d.refs {
+				if sent := d.mask[j/8]&(1<<(j%8)) != 0; sent != (k < 0) || k >= avail {
+					t.Fatalf("sub-block %d: sent %v, reference %d of %d", j, sent, k, avail)
+				}
+			}
+			again := append(append([]byte{d.flags}, d.hash[:]...), d.mask...)
+			again = append(appendRefs(again, block, 16, d.refs), d.payload...)
+			if d2, err := decodeCopy(again, block, 16, nsub, avail); err != nil || !slices.Equal(d2.refs, d.refs) || !bytes.Equal(d2.payload, d.payload) {
+				t.Fatalf("round trip: %v then %v, %v", d.refs, d2.refs, err)
 			}
 		case frameEnd:
 			_, _ = decodeEnd(b)
