@@ -457,14 +457,14 @@ func recoverDir(dir string, sync bool) error {
 // in either direction, need not hash it, and tells the change tracker, which counts changes
 // from here.
 func (c *client) storeSignature(ctx context.Context, f *dstFile) {
+	if f.identical {
+		return // its cache holds already
+	}
 	fi, err := os.Stat(f.target)
 	if err != nil {
 		return
 	}
 	cs := &cachedSig{sig: f.final, id: fileIdentity(fi), verifiedAt: time.Now().UnixNano(), image: f.res.Hash}
-	if f.identical && f.basisCache != nil {
-		return
-	}
 	if err := storeCachedSig(f.target, cs); err != nil {
 		c.cfg.log.Debug("transfer: cache signature", "err", err)
 	} else if c.cfg.tracker != nil {

@@ -667,3 +667,53 @@ func (p *pair) fetchCanceledHalfway(t *testing.T, old [32]byte) {
 		t.Fatal("the previous version was damaged by a canceled transfer")
 	}
 }
+
+// TestCacheBodyReadOnlyWhenNeeded damages the body of both sides' cached signatures (a
+// strong hash, which no spot check reads): an unchanged transfer, which needs only the
+// caches' headers, still costs a few bytes; once the source changed, both bodies are needed,
+// both are found damaged and both sides hash their files instead, and the copy is right.
+func TestCacheBodyReadOnlyWhenNeeded(t *testing.T) {
+	p := newPair(t)
+	src := filepath.Join(p.srcDir, "disk.img")
+	dst := filepath.Join(p.dstDir, "disk.img")
+	writeImage(t, src, testSize, 121)
+	p.mustFetch(t, []string{"disk.img"})
+	p.mustFetch(t, []string{"disk.img"}) // the source's cache is trusted from here
+	damage := func(path string) {
+		f, err := os.OpenFile(sigPath(path), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var b [1]byte
+		off := int64(sigBodyOff + 7*32) // block 7's strong hash
+		if _, err := f.ReadAt(b[:], off); err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0x40
+		if _, err := f.WriteAt(b[:], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	damage(src)
+	damage(dst)
+	if c := loadCachedSig(src, DefaultBlockSize); c != nil {
+		t.Fatal("a damaged body loaded")
+	}
+
+	res := p.mustFetch(t, []string{"disk.img"})
+	if f := res.Files[0]; res.WireBytes > 1024 || f.BlocksReused != testSize/DefaultBlockSize {
+		t.Errorf("unchanged: %d bytes on the wire, %d blocks reused", res.WireBytes, f.BlocksReused)
+	}
+
+	scribble(t, src, 122, DefaultBlockSize, 3*mib)
+	res = p.mustFetch(t, []string{"disk.img"})
+	if f := res.Files[0]; f.BlocksSent+f.BlocksPatched+f.BlocksCopied != 1 {
+		t.Errorf("changed: sent %d patched %d copied %d, want one block", f.BlocksSent, f.BlocksPatched, f.BlocksCopied)
+	}
+	for _, path := range []string{src, dst} {
+		if loadCachedSig(path, DefaultBlockSize) == nil {
+			t.Errorf("%s: no sound cache after the transfer that hashed it", path)
+		}
+	}
+}

@@ -268,8 +268,7 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 				return nil, fmt.Errorf("%s exists and is not a regular file", f.target)
 			}
 			f.basis, f.basisSize = b, fi.Size()
-			if cs := loadCachedSig(f.target, c.req.blockSize); cs != nil && cs.trusted(fileIdentity(fi)) &&
-				spotCheck(b, cs.sig) {
+			if cs := loadCacheHeader(f.target, c.req.blockSize); cs != nil && cs.trusted(fileIdentity(fi)) && cs.spotCheck(b) {
 				f.basisCache = cs
 			}
 		case errors.Is(err, os.ErrNotExist):
@@ -313,7 +312,12 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 	}
 	f.identical = !f.resumed && f.basisCache != nil && !acc.hash.IsZero() &&
 		f.basisCache.image == acc.hash && f.basisSize == acc.size
-	f.final = newSignature(f.g)
+	if !f.identical && f.basisCache != nil && !f.basisCache.load() {
+		f.basisCache = nil // its body is needed, and it is damaged or was replaced: hash the basis
+	}
+	if !f.identical {
+		f.final = newSignature(f.g)
+	}
 	f.dsig = newDestSig() // filled in by sendSignatures
 	return f, nil
 }
@@ -396,7 +400,8 @@ func (c *client) sendSignatures(ctx context.Context) error {
 			continue
 		}
 		if f.identical {
-			d.sig = f.basisCache.sig
+			// The source only confirms the image: the body of the cache is not needed.
+			d.sig = newSignature(newGeometry(0, c.req.blockSize))
 			d.advance(f.vg.nblocks)
 			if err := c.fw.write(frameBasis, basis{file: idx, size: f.basisSize, identical: true}.marshal()); err != nil {
 				return err
@@ -693,6 +698,10 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 		if err != nil {
 			return err
 		}
+		if f.identical && t != frameReuse && t != frameEnd && t != frameError {
+			// The source confirms an image the destination holds: it may only reuse it.
+			return fmt.Errorf("%w: frame 0x%02x for an image the destination holds", ErrProtocol, t)
+		}
 		if t == frameData || t == framePatch || t == frameCopy {
 			if cursor >= g.nblocks {
 				return fmt.Errorf("%w: block beyond the end of the file", ErrProtocol)
@@ -825,6 +834,10 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 					if i >= f.vg.nblocks || f.vg.blockLen(i) != l {
 						return fmt.Errorf("%w: reuse of block %d the destination does not hold", ErrProtocol, i)
 					}
+					if f.identical {
+						f.res.BlocksReused++ // the image is checked whole, at the end
+						continue
+					}
 					if err := f.dsig.waitFor(ctx, i+1); err != nil {
 						return err
 					}
@@ -859,7 +872,12 @@ func (c *client) receiveFile(ctx context.Context, idx int, f *dstFile, jobs chan
 			if f.err != nil {
 				return f.err
 			}
-			got := f.final.image()
+			var got Hash
+			if f.identical {
+				got = f.basisCache.image // every block reused
+			} else {
+				got = f.final.image()
+			}
 			if got != want {
 				return fmt.Errorf("%w: image hash %s, source says %s", ErrCorrupt, got, want)
 			}

@@ -129,7 +129,7 @@ type srcFile struct {
 	g      geometry
 	start  time.Time
 	known  *signature // hashes trusted without reading (cache or change tracker)
-	cached bool       // known is the stored cache, valid as it is
+	cached *cachedSig // the stored cache, valid as it is; known is its body once loaded
 	stale  *signature // an earlier version's hashes, to skip strong hashing of unchanged blocks
 	image  Hash       // known image hash, else zero
 	dest   *destSig
@@ -263,14 +263,16 @@ func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
 	}
 	sf := &srcFile{path: path, f: f, id: fileIdentity(fi), start: time.Now()}
 	sf.g = newGeometry(fi.Size(), ss.req.blockSize)
-	c := loadCachedSig(path, ss.req.blockSize)
+	c := loadCacheHeader(path, ss.req.blockSize)
 	if c == nil {
 		return sf, nil
 	}
 	z := newZeroes(sf.g.bs)
 	switch {
-	case c.trusted(sf.id) && spotCheck(f, c.sig):
-		sf.known, sf.image, sf.cached = c.sig, c.image, true
+	case c.trusted(sf.id) && c.spotCheck(f):
+		// Its body is read only if the destination holds another image (send).
+		sf.cached, sf.image = c, c.image
+	case !c.load():
 	case ss.cfg.tracker != nil && c.sig.g.size == sf.g.size:
 		ranges, ok, err := ss.cfg.tracker.Changed(ctx, path, c.image)
 		if err != nil || !ok {
@@ -531,6 +533,15 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 		return ss.fw.write(frameEnd, sf.image[:])
 	}
 
+	if sf.cached != nil && sf.known == nil {
+		if !sf.cached.load() {
+			// Damaged or replaced since its header was read: hash the file, which must come
+			// to the image announced.
+			sf.cached = nil
+		} else {
+			sf.known = sf.cached.sig
+		}
+	}
 	full := ss.req.method == MethodFull
 	z := newZeroes(g.bs)
 	src, err := newFileSource(sf.f, g)
@@ -704,7 +715,7 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 	if err := ss.fw.write(frameEnd, image[:]); err != nil {
 		return err
 	}
-	if !sf.cached {
+	if sf.cached == nil {
 		c := &cachedSig{sig: sig, id: sf.id, verifiedAt: sf.start.UnixNano(), image: image}
 		if err := storeCachedSig(sf.path, c); err != nil {
 			ss.log.Debug("transfer: cache signature", "err", err)

@@ -373,7 +373,7 @@ func TestCachedSigRoundTrip(t *testing.T) {
 	for i := range sig.subs {
 		sig.subs[i] = uint64(i) * 0x9e3779b97f4a7c15
 	}
-	c := &cachedSig{sig: sig, id: identity{dev: 1, ino: 2, size: g.size, mtime: 3, ctime: 4}, verifiedAt: 5, image: sig.image()}
+	c := &cachedSig{sig: sig, id: identity{dev: 1, ino: 2, size: g.size, mtime: 3, ctime: 4}, verifiedAt: 5, image: sig.image(), g: g}
 	b := c.marshal()
 	c2, err := decodeCachedSig(b)
 	if err != nil {
@@ -382,8 +382,15 @@ func TestCachedSigRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(c, c2) {
 		t.Fatal("cache changed in a round trip")
 	}
-	b[sigHeaderLen+3] ^= 1
-	if _, err := decodeCachedSig(b); err == nil {
-		t.Fatal("a corrupted cache decoded")
+	h, err := decodeCacheHeader(b[:sigBodyOff])
+	if err != nil || h.image != c.image || h.id != c.id || h.g != g || h.sig != nil {
+		t.Fatalf("header: %+v, %v", h, err)
+	}
+	for _, at := range []int{3, sigHeaderLen + 3, sigBodyOff + 40, len(b) - 1} { // header, its checksum, body, its checksum
+		bad := slices.Clone(b)
+		bad[at] ^= 1
+		if _, err := decodeCachedSig(bad); err == nil {
+			t.Fatalf("a cache corrupted at byte %d decoded", at)
+		}
 	}
 }
