@@ -417,9 +417,87 @@ func runTransfer(ctx context.Context, opts TransferOptions, side TransferSide, o
 			return err
 		}
 	}
-	printTransferTable(out, opts, side, img, raw, results, rs, rsyncNote, trackNote, ssh, sshNote)
+	if err := img.reset(ctx); err != nil { // the first copies again copy the same image
+		return fmt.Errorf("bench transfer: reset image: %w", err)
+	}
+	cmp, err := compareCompression(ctx, opts, results, func(m transferMethod, dir string) (transferTiming, error) {
+		srv, err := serve(m)
+		if err != nil {
+			return transferTiming{}, err
+		}
+		defer srv.Close()
+		defer os.RemoveAll(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return transferTiming{}, err
+		}
+		bar := opts.bar("first", m.name+" (again)")
+		r, err := dst.fetch(ctx, src.ID(), m, opts.BlockSize, dir, bar.Update)
+		if err != nil {
+			bar.Finish("failed")
+			return transferTiming{}, fmt.Errorf("bench transfer: %s, first again: %w", m.name, err)
+		}
+		bar.Finish(fmt.Sprintf("%.2fs, %s on the wire", r.d.Seconds(), progress.FormatSize(r.wire)))
+		syscall.Sync()
+		return r, nil
+	}, filepath.Join(work, "dst", "again"))
+	if err != nil {
+		return err
+	}
+	printTransferTable(out, opts, side, img, raw, results, rs, rsyncNote, trackNote, ssh, sshNote, cmp)
 	fmt.Fprintf(out, "Load average (1 min) at start %s, at end %s: other work on this machine skews the times.\n", load0, loadAvg())
 	return nil
+}
+
+// compressionRuns is how many more first copies with and without zstd compareCompression
+// makes, interleaved: a single run of each differs by the machine's noise (5-15% here).
+const compressionRuns = 3
+
+// compressionCheck is the first copy's time with zstd as it pays and without, each the
+// median of its runs.
+type compressionCheck struct {
+	with, without time.Duration
+	runs          int
+}
+
+// compareCompression times the first copy again with blockdiff (compressing as it pays) and
+// without zstd, alternately, compressionRuns times each, including the table's runs, when a
+// first copy takes under half a minute (a slow link's difference is larger than the noise).
+// fetch runs one first copy of a method into an empty dir.
+func compareCompression(ctx context.Context, opts TransferOptions, results map[string]map[string]transferTiming,
+	fetch func(m transferMethod, dir string) (transferTiming, error), dir string) (compressionCheck, error) {
+	with, without := results["blockdiff"]["first"], results["blockdiff, no zstd"]["first"]
+	if !with.ok || !without.ok || without.d > 30*time.Second {
+		return compressionCheck{}, nil
+	}
+	method := func(name string) transferMethod {
+		for _, m := range transferMethods {
+			if m.name == name {
+				return m
+			}
+		}
+		panic("no method " + name)
+	}
+	a, b := []time.Duration{with.d}, []time.Duration{without.d}
+	for range compressionRuns - 1 {
+		for _, run := range []struct {
+			name string
+			into *[]time.Duration
+		}{{"blockdiff, no zstd", &b}, {"blockdiff", &a}} {
+			opts.Log.Info("bench transfer: first copy again", "method", run.name)
+			r, err := fetch(method(run.name), dir)
+			if err != nil {
+				return compressionCheck{}, err
+			}
+			*run.into = append(*run.into, r.d)
+		}
+	}
+	return compressionCheck{with: median(a), without: median(b), runs: len(a)}, nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // loadAvg returns the one-minute load average, or "?" where there is none to read.
@@ -846,7 +924,7 @@ func (r *rsyncDaemon) run(ctx context.Context, flags []string, src, dstDir strin
 }
 
 func printTransferTable(out io.Writer, opts TransferOptions, side TransferSide, im transferImage, raw transferTiming, res map[string]map[string]transferTiming,
-	rs *rsyncDaemon, rsyncNote, trackNote string, ssh *baselineTools, sshNote string) {
+	rs *rsyncDaemon, rsyncNote, trackNote string, ssh *baselineTools, sshNote string, cmp compressionCheck) {
 	link := side.Link
 	if side.Shaping != "" {
 		link += " (" + side.Shaping + ")"
@@ -915,6 +993,11 @@ func printTransferTable(out io.Writer, opts TransferOptions, side TransferSide, 
 		}
 	}
 	for _, sc := range transferScenarios {
+		if sc == "first" && cmp.runs > 0 {
+			goal(cmp.with.Seconds() <= cmp.without.Seconds()*1.05, "first: blockdiff at %.2fx the time of blockdiff without zstd, medians of %d interleaved runs each (%.2fs and %.2fs; want <= 1x, 5%% noise allowed)",
+				cmp.with.Seconds()/cmp.without.Seconds(), cmp.runs, cmp.with.Seconds(), cmp.without.Seconds())
+			continue
+		}
 		if f, o := bd[sc], off[sc]; f.ok && o.ok && sc != "unchanged" && o.d < time.Second {
 			fmt.Fprintf(out, "  %-7s  %s: blockdiff with and without zstd not compared: one run of %.2fs is within the machine's noise (BenchmarkFetchChanged in vmmp/transfer compares them, interleaved)\n",
 				"-", sc, o.d.Seconds())

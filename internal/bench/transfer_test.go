@@ -33,7 +33,7 @@ func TestTransferTiny(t *testing.T) {
 			t.Errorf("progress lacks %q", want)
 		}
 	}
-	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "rsync over ssh -W", "rsync over ssh --inplace", "unchanged", "goals:"} {
+	for _, want := range []string{"libp2p stream, raw", "blockdiff", "full", "rsync -W", "rsync over ssh -W", "rsync over ssh --inplace", "unchanged", "goals:", "medians of 3 interleaved runs"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}
