@@ -56,7 +56,8 @@
 //	              zstd allowed) | vm string (<= 256) | files uvarint (1..64) | names string (<= 255)
 //	0x03 BASIS    file uvarint | basis size u64 | flags u8 (bit 0: identical, the basis has the
 //	              image hash the source announced and no SIG frames follow; bit 1: copies, the
-//	              signature describes the basis file alone, so COPY frames may name its pages)
+//	              signature describes the basis file alone, so COPY frames may name its pages;
+//	              offered for a basis of at most 16 GiB whose signature was cached)
 //	0x02 SIG      file uvarint | first block uvarint | count uvarint | count entries of
 //	              strong hash [32] and block size/4096 sub-block hashes (u64, little endian)
 //	0x05 DONE     code u8 (0: committed) | message string (<= 1024)

@@ -152,11 +152,15 @@ func evilSource(tb testing.TB, h host.Host, path string, bad func(fw *frameWrite
 	tb.Cleanup(func() { h.RemoveStreamHandler(ID) })
 }
 
-// sendAll writes every block of data as DATA, letting mangle alter block i.
-func sendAll(fw *frameWriter, data []byte, sig *signature, mangle func(i int, hash *Hash, payload []byte) []byte) {
+// sendAll writes every block of data as DATA, letting mangle alter block i, unless own
+// (if set) wrote block i its own way.
+func sendAll(fw *frameWriter, data []byte, sig *signature, mangle func(i int, hash *Hash, payload []byte) []byte, own func(i int) bool) {
 	_ = fw.write(frameFile, marshalUvarint(0))
 	g := sig.g
 	for i := range g.nblocks {
+		if own != nil && own(i) {
+			continue
+		}
 		payload := append([]byte(nil), data[g.off(i):g.off(i)+int64(g.blockLen(i))]...)
 		h := sig.strong[i]
 		if mangle != nil {
@@ -180,7 +184,7 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 					p[100] ^= 1
 				}
 				return p
-			})
+			}, nil)
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
 		{"truncated block", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
@@ -189,7 +193,7 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 					return p[:len(p)-100]
 				}
 				return p
-			})
+			}, nil)
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
 		{"lying block hash", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
@@ -198,11 +202,11 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 					h[0] ^= 1
 				}
 				return p
-			})
+			}, nil)
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
 		{"lying image hash", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
-			sendAll(fw, data, sig, nil)
+			sendAll(fw, data, sig, nil, nil)
 			h := sig.image()
 			h[31] ^= 1
 			_ = fw.write(frameEnd, h[:])
@@ -213,14 +217,22 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
 		{"false copy", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
-			_ = fw.write(frameFile, marshalUvarint(0))
-			writeCopy(fw, sig, 0, 16) // block 1's pages as block 0's
-			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks-1))
+			// Block 0 claims block 1's pages with its own hash; every other block is true.
+			sendAll(fw, data, sig, nil, func(i int) bool {
+				if i != 0 {
+					return false
+				}
+				writeCopy(fw, sig, data, 0, seq(16, 16))
+				return true
+			})
 			_ = fw.write(frameEnd, imageOf(sig))
 		}},
 		{"copy past the basis", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
+			// The basis (2 MiB + 5) has 512 full pages: page 512 is the first it lacks.
 			_ = fw.write(frameFile, marshalUvarint(0))
-			writeCopy(fw, sig, 0, int(sig.g.size/subBlockSize)-1) // the last page is the first past the full ones
+			ref := slices.Repeat([]int{-1}, 16)
+			ref[0] = 512
+			writeCopy(fw, sig, data, 0, ref)
 		}},
 		{"garbage zstd", ErrCorrupt, func(fw *frameWriter, data []byte, sig *signature) {
 			_ = fw.write(frameFile, marshalUvarint(0))
@@ -240,7 +252,7 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 			_ = fw.write(frameReuse, marshalUvarint(sig.g.nblocks+1))
 		}},
 		{"block past the end", ErrProtocol, func(fw *frameWriter, data []byte, sig *signature) {
-			sendAll(fw, data, sig, nil)
+			sendAll(fw, data, sig, nil, nil)
 			hdr := [33]byte{}
 			_ = fw.write(frameData, hdr[:], []byte{1, 2, 3})
 		}},
@@ -288,17 +300,30 @@ func TestFetchFromMisbehavingSource(t *testing.T) {
 	}
 }
 
-// writeCopy writes a COPY frame for block i, with its true hash, naming the basis pages from
-// page first on as its content.
-func writeCopy(fw *frameWriter, sig *signature, i, first int) {
+// writeCopy writes a COPY frame for block i, with its true hash, naming basis pages ref
+// (-1: the page is carried, from data) as its content.
+func writeCopy(fw *frameWriter, sig *signature, data []byte, i int, ref []int) {
 	g := sig.g
-	ref := make([]int, g.stride)
-	for j := range ref {
-		ref[j] = first + j
+	mask := make([]byte, (g.stride+7)/8)
+	var pages []byte
+	for j, k := range ref {
+		if k < 0 {
+			mask[j/8] |= 1 << (j % 8)
+			pages = append(pages, data[g.off(i)+int64(j*subBlockSize):][:subBlockSize]...)
+		}
 	}
 	hdr := [33]byte{}
 	copy(hdr[1:], sig.strong[i][:])
-	_ = fw.write(frameCopy, hdr[:], make([]byte, (g.stride+7)/8), appendRefs(nil, i, g.stride, ref))
+	_ = fw.write(frameCopy, hdr[:], mask, appendRefs(nil, i, g.stride, ref), pages)
+}
+
+// seq is n numbers from first on.
+func seq(first, n int) []int {
+	s := make([]int, n)
+	for j := range s {
+		s[j] = first + j
+	}
+	return s
 }
 
 func imageOf(sig *signature) []byte {

@@ -315,6 +315,13 @@ func (c *client) open(name string, acc acceptFile) (*dstFile, error) {
 	if !f.identical && f.basisCache != nil && !f.basisCache.load() {
 		f.basisCache = nil // its body is needed, and it is damaged or was replaced: hash the basis
 	}
+	// Without a stage the signature describes the basis file alone, which stays as it is
+	// until the commit: any of its pages may then be named as the content of a block. The
+	// source looks them up once it has the whole signature, so only a signature known already
+	// (not one hashed while the source waits) is offered for that, and only of a basis the
+	// source indexes whole.
+	f.copies = !f.identical && !f.resumed && f.basisCache != nil && f.vg.size > 0 &&
+		f.vg.size/subBlockSize <= maxIndexed
 	if !f.identical {
 		f.final = newSignature(f.g)
 	}
@@ -408,11 +415,6 @@ func (c *client) sendSignatures(ctx context.Context) error {
 			}
 			continue
 		}
-		// Without a stage the signature describes the basis file alone, which stays as it is
-		// until the commit: any of its pages may then be named as the content of a block. The
-		// source looks them up once it has the whole signature, so only a signature known
-		// already (not one hashed while the source waits) is offered for that.
-		f.copies = !f.resumed && f.basisCache != nil && f.vg.size > 0
 		if err := c.fw.write(frameBasis, basis{file: idx, size: f.vg.size, copies: f.copies}.marshal()); err != nil {
 			return err
 		}

@@ -1,5 +1,7 @@
 package transfer
 
+import "math/rand/v2"
+
 // contentIndex finds content the destination holds anywhere in its basis, by the weak
 // hashes of its full sub-blocks: a guest that copies or moves files (a package install, a
 // defragmenter, a filesystem that writes anew and frees the old) leaves blocks whose pages
@@ -8,40 +10,42 @@ package transfer
 // destination verifies the block it assembles against its strong hash, as for a PATCH.
 type contentIndex struct {
 	slots []uint64 // open addressing by weak hash: the hash's high 32 bits, then 1 + the page's number; 0 is empty
-	mask  uint64
+	mult  uint64   // odd, random: slot numbers are the high bits of hash × mult
+	shift uint
 	subs  []uint64 // the destination's weak hash of every sub-block, by number
-	n     int      // sub-blocks the index may name: the full ones
+	n     int      // sub-blocks that may be named: the full ones
 }
 
-// maxIndexed bounds the index (16 bytes per page at most): up to it every full sub-block is
-// indexed (16 GiB of basis); a larger basis indexes a sample chosen by content, and a match
-// found through the sample is extended page by page through the whole signature.
+// maxIndexed bounds the pages indexed (16 bytes each): a basis of 16 GiB. Fetch offers its
+// basis for copies only up to that size, where every page is indexed; the source indexes
+// no more than that of whatever a destination offers.
 const maxIndexed = 1 << 22
 
-// newContentIndex indexes the full sub-blocks of sig, except the all-zero ones (holes, which
-// HOLE and PATCH frames already cover, and which would swamp the index), each content once,
-// at most limit of them.
+// maxProbes bounds every search of the index, so that no choice of hashes (the destination
+// chooses them) makes building or searching it slow: a page whose search would go further
+// is left out, a search that goes further finds nothing. With random multipliers and the
+// table at most half full, honest searches end within a few probes.
+const maxProbes = 32
+
+// newContentIndex indexes the first limit full sub-blocks of sig, except the all-zero ones
+// (holes, which HOLE and PATCH frames cover, and which would swamp the index), each content
+// once.
 func newContentIndex(sig *signature, zeroSub uint64, limit int) *contentIndex {
-	x := &contentIndex{subs: sig.subs, n: int(min(sig.g.size/subBlockSize, 1<<32-2))}
-	sample := uint64(1)
-	for uint64(x.n) > sample*uint64(limit) {
-		sample *= 2
+	x := &contentIndex{subs: sig.subs, n: int(sig.g.size / subBlockSize), mult: rand.Uint64() | 1}
+	bits := uint(1)
+	for 1<<bits < 2*min(x.n, limit) {
+		bits++
 	}
-	size := 1
-	for size < 2*min(x.n, limit) {
-		size *= 2
-	}
-	x.slots, x.mask = make([]uint64, size), uint64(size-1)
-	for k, room := 0, size/2; k < x.n && room > 0; k++ {
+	x.slots, x.shift = make([]uint64, 1<<bits), 64-bits
+	for k := range min(x.n, limit) {
 		h := x.subs[k]
-		if h == zeroSub || h&(sample-1) != 0 {
+		if h == zeroSub {
 			continue
 		}
-		for s := x.slot(h); ; s = (s + 1) & x.mask {
+		for s, p := x.slot(h), 0; p < maxProbes; s, p = (s+1)&uint64(len(x.slots)-1), p+1 {
 			e := x.slots[s]
 			if e == 0 {
 				x.slots[s] = h>>32<<32 | uint64(k+1)
-				room--
 				break
 			}
 			if e>>32 == h>>32 && x.subs[int(uint32(e))-1] == h {
@@ -52,9 +56,8 @@ func newContentIndex(sig *signature, zeroSub uint64, limit int) *contentIndex {
 	return x
 }
 
-// slot is where the search for weak hash h starts: its low bits, which the sample leaves
-// alone above the sampled ones.
-func (x *contentIndex) slot(h uint64) uint64 { return (h ^ h>>29) & x.mask }
+// slot is where the search for weak hash h starts (multiply-shift hashing).
+func (x *contentIndex) slot(h uint64) uint64 { return h * x.mult >> x.shift }
 
 // holds reports whether the destination's sub-block k has weak hash h.
 func (x *contentIndex) holds(k int, h uint64) bool {
@@ -63,7 +66,7 @@ func (x *contentIndex) holds(k int, h uint64) bool {
 
 // find returns a sub-block of the destination with weak hash h.
 func (x *contentIndex) find(h uint64) (int, bool) {
-	for s := x.slot(h); ; s = (s + 1) & x.mask {
+	for s, p := x.slot(h), 0; p < maxProbes; s, p = (s+1)&uint64(len(x.slots)-1), p+1 {
 		e := x.slots[s]
 		if e == 0 {
 			return 0, false
@@ -74,13 +77,14 @@ func (x *contentIndex) find(h uint64) (int, bool) {
 			}
 		}
 	}
+	return 0, false
 }
 
 // place decides where the destination finds each sub-block of block i (subs are its weak
 // hashes, n its length): ref[j] is the destination's sub-block with the same content, or -1
 // when it must be sent. A page at the same offset is preferred, then the page after the
 // previous one's (content moves in runs), then any page the index knows; a second pass
-// extends runs backwards over pages a sampled index missed. It returns how many were placed.
+// extends runs backwards over pages the index left out. It returns how many were placed.
 func (x *contentIndex) place(i, stride int, subs []uint64, n int, ref []int) int {
 	placed := 0
 	for j := range ref {

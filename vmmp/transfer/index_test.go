@@ -6,8 +6,8 @@ import (
 )
 
 // TestContentIndexPlace: pages are found in place first, then following the previous page,
-// then anywhere; with a sampled index a run is found from any sampled page of it, forwards
-// and backwards; zero pages are not indexed and a short tail page is never named.
+// then anywhere, and runs are extended backwards; zero pages are not indexed, a limited index
+// holds only the first pages and a short tail page is never named.
 func TestContentIndexPlace(t *testing.T) {
 	const stride, blocks = 16, 64
 	sig := newSignature(newGeometry(blocks*stride*subBlockSize-1000, stride*subBlockSize))
@@ -56,29 +56,43 @@ func TestContentIndexPlace(t *testing.T) {
 		t.Errorf("tail block: %v, want in place but the short last page", got)
 	}
 
-	// Sampled: 1/16 of the pages are indexed; a run is found from its sampled page.
-	sampled := newContentIndex(sig, zero, len(sig.subs)/16)
-	indexed := func(k int) bool { _, ok := sampled.find(sig.subs[k]); return ok }
-	from := -1
-	for k := 200; k < len(sig.subs)-stride && from < 0; k++ {
-		if indexed(k+7) && !slices.ContainsFunc(run(k), func(p int) bool { return p != k+7 && indexed(p) }) {
-			from = k
-		}
+	// A limited index finds only the pages it holds; a page it left out (here a zero one)
+	// is still named when the run around it leads there.
+	limited := newContentIndex(sig, zero, 100)
+	if _, ok := limited.find(sig.subs[50]); !ok {
+		t.Error("page 50 not in an index of the first 100")
 	}
-	if from < 0 {
-		t.Fatal("no run with exactly one sampled page")
+	if _, ok := limited.find(sig.subs[500]); ok {
+		t.Error("page 500 in an index of the first 100")
 	}
-	if got := place(sampled, 1, slices.Clone(sig.subs[from:from+stride]), stride*subBlockSize); !slices.Equal(got, run(from)) {
-		t.Errorf("sampled run from page %d: %v", from, got)
+	sig.subs[300] = zero
+	if got := place(full, 9, slices.Clone(sig.subs[300:300+stride]), stride*subBlockSize); !slices.Equal(got, run(300)) {
+		t.Errorf("run from a zero page: %v, want %v", got, run(300))
 	}
-	n := 0
+}
+
+// TestContentIndexResistsChosenHashes: the destination chooses the hashes the source
+// indexes. Hashes that all shared one slot under a fixed slot function (v | v<<29) still
+// spread under the index's random multiplier, so nearly all are found within the probe bound.
+func TestContentIndexResistsChosenHashes(t *testing.T) {
+	const pages = 1 << 16
+	sig := newSignature(newGeometry(pages*subBlockSize, DefaultBlockSize))
 	for k := range sig.subs {
-		if indexed(k) {
-			n++
+		v := uint64(k + 1)
+		sig.subs[k] = v | v<<29
+	}
+	x := newContentIndex(sig, 0, maxIndexed)
+	found := 0
+	for k := range sig.subs {
+		if got, ok := x.find(sig.subs[k]); ok {
+			if got != k {
+				t.Fatalf("page %d found at %d", k, got)
+			}
+			found++
 		}
 	}
-	if n == 0 || n > len(sig.subs)/16 {
-		t.Errorf("%d pages indexed of %d, want at most 1/16", n, len(sig.subs))
+	if found < pages*9/10 {
+		t.Errorf("%d of %d chosen hashes indexed, want nearly all", found, pages)
 	}
 }
 

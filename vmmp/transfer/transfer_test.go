@@ -121,6 +121,33 @@ func TestFetchLifecycle(t *testing.T) {
 			},
 		},
 		{
+			// Pages copied far past the end of the old version: the references of the new
+			// blocks point a long way back.
+			name: "grown by a copy of its start",
+			change: func(tb testing.TB, path string) {
+				f, err := os.OpenFile(path, os.O_RDWR, 0)
+				if err != nil {
+					tb.Fatal(err)
+				}
+				defer f.Close()
+				buf := make([]byte, DefaultBlockSize)
+				if _, err := f.ReadAt(buf, 0); err != nil {
+					tb.Fatal(err)
+				}
+				if _, err := f.WriteAt(buf, 3*testSize-DefaultBlockSize); err != nil {
+					tb.Fatal(err)
+				}
+				settle()
+			},
+			check: func(tb testing.TB, r *Result) {
+				f := r.Files[0]
+				if f.BlocksCopied != 1 || f.BlocksSent+f.BlocksPatched != 0 || f.BlocksHole != 2*nblocks-1 {
+					tb.Errorf("copied %d sent %d patched %d holes %d, want the last block copied, holes before it",
+						f.BlocksCopied, f.BlocksSent, f.BlocksPatched, f.BlocksHole)
+				}
+			},
+		},
+		{
 			name: "grown by an unaligned tail",
 			change: func(tb testing.TB, path string) {
 				scribble(tb, path, 3, 100*kib+7, testSize)

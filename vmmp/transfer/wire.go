@@ -634,18 +634,14 @@ func decodeCopy(p []byte, i, stride, nsub, avail int) (blockFrame, error) {
 				continue
 			}
 			v, n := binary.Varint(d.b)
-			if n <= 0 {
+			if n <= 0 || v < -int64(next) || v >= int64(avail)-int64(next) { // next+v outside [0, avail)
 				d.fail("copy reference")
 				break
 			}
 			d.b = d.b[n:]
-			k := int64(next) + v
-			if v < -int64(avail) || v > int64(avail) || k < 0 || k >= int64(avail) {
-				d.fail("copy reference")
-				break
-			}
-			f.refs[j] = int(k)
-			next = int(k) + 1
+			k := next + int(v)
+			f.refs[j] = k
+			next = k + 1
 		}
 	}
 	if d.err == nil {

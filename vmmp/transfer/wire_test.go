@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -393,4 +394,36 @@ func TestCachedSigRoundTrip(t *testing.T) {
 			t.Fatalf("a cache corrupted at byte %d decoded", at)
 		}
 	}
+}
+
+// FuzzCopyRefs: whatever valid references the source encodes (any page of the basis, for any
+// block, also blocks far past the basis's end), the destination decodes the same ones.
+func FuzzCopyRefs(f *testing.F) {
+	f.Add(uint32(320), uint32(2048), []byte{0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Add(uint32(0), uint32(1), []byte{0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, block, avail uint32, picks []byte) {
+		const stride = 16
+		block %= 1 << 24
+		avail = avail%(1<<28) + 1
+		ref := make([]int, stride)
+		mask := make([]byte, stride/8)
+		for j := range ref {
+			var v uint32
+			if len(picks) >= 4 {
+				v, picks = binary.LittleEndian.Uint32(picks), picks[4:]
+			}
+			if v == 0xffffffff {
+				ref[j] = -1
+				mask[j/8] |= 1 << (j % 8)
+			} else {
+				ref[j] = int(v % avail)
+			}
+		}
+		b := append(append([]byte{0}, make([]byte, 32)...), mask...)
+		b = appendRefs(b, int(block), stride, ref)
+		d, err := decodeCopy(b, int(block), stride, stride, int(avail))
+		if err != nil || !slices.Equal(d.refs, ref) || len(d.payload) != 0 {
+			t.Fatalf("block %d, %d pages: sent %v, decoded %v, %v", block, avail, ref, d.refs, err)
+		}
+	})
 }
