@@ -41,8 +41,17 @@ func TestPacer(t *testing.T) {
 			{90 * time.Millisecond, 150 * time.Millisecond, 20_000_000, true},
 			{90 * time.Millisecond, 0, 20_000_000, true},
 			{90 * time.Millisecond, 0, 20_000_000, true},
+			{90 * time.Millisecond, 0, 20_000_000, true}, // 9% idle: compressing took the rest
 			{90 * time.Millisecond, 0, 20_000_000, false},
 		}},
+		{"compressing takes the idle time", false, []window{ // a gigabit: the link still binds
+			{90 * time.Millisecond, 140 * time.Millisecond, 10_000_000, true},
+			{90 * time.Millisecond, 14 * time.Millisecond, 25_000_000, true},
+			{90 * time.Millisecond, 14 * time.Millisecond, 25_000_000, true},
+			{90 * time.Millisecond, 14 * time.Millisecond, 25_000_000, true},
+			{40 * time.Millisecond, 14 * time.Millisecond, 25_000_000, false}, // then the cpu binds
+		}},
+		{"idle but not enough to start", false, []window{{90 * time.Millisecond, 20 * time.Millisecond, 10_000_000, false}}},
 		{"the writes flow", false, []window{{10 * time.Millisecond, 150 * time.Millisecond, 1_200_000, false}}},
 		{"too fast to compress on the idle cores", false, []window{{90 * time.Millisecond, 150 * time.Millisecond, 60_000_000, false}}},
 		{"the link gets fast", false, []window{

@@ -581,17 +581,21 @@ func decodeData(p []byte) (blockFrame, error) {
 }
 
 // decodePatch needs the number of sub-blocks of the block to size the mask.
-func decodePatch(p []byte, nsub int) (blockFrame, error) {
+func decodePatch(p []byte, nsub int) (blockFrame, error) { return decodeMasked(p, nsub, "patch") }
+
+// decodeMasked decodes what PATCH and COPY frames start with: flags, hash and the mask of the
+// sub-blocks carried; the rest is left in payload.
+func decodeMasked(p []byte, nsub int, what string) (blockFrame, error) {
 	d := dec{b: p}
 	var f blockFrame
-	f.flags = d.u8("patch flags")
-	f.hash = d.hash("patch hash")
-	f.mask = d.bytes("patch mask", (nsub+7)/8)
+	f.flags = d.u8(what + " flags")
+	f.hash = d.hash(what + " hash")
+	f.mask = d.bytes(what+" mask", (nsub+7)/8)
 	if d.err == nil {
 		f.payload = d.b
 	}
 	if f.flags&^flagZstd != 0 {
-		d.fail("patch flags")
+		d.fail(what + " flags")
 	}
 	return f, d.err
 }
@@ -619,37 +623,30 @@ func appendRefs(b []byte, i, stride int, ref []int) []byte {
 // decodeCopy decodes the COPY frame of block i, of nsub sub-blocks, from a basis of avail
 // full sub-blocks: every reference must name one of them.
 func decodeCopy(p []byte, i, stride, nsub, avail int) (blockFrame, error) {
-	d := dec{b: p}
-	var f blockFrame
-	f.flags = d.u8("copy flags")
-	f.hash = d.hash("copy hash")
-	f.mask = d.bytes("copy mask", (nsub+7)/8)
-	if d.err == nil {
-		f.refs = make([]int, nsub)
-		next := i * stride
-		for j := range nsub {
-			if f.mask[j/8]&(1<<(j%8)) != 0 {
-				f.refs[j] = -1
-				next++
-				continue
-			}
-			v, n := binary.Varint(d.b)
-			if n <= 0 || v < -int64(next) || v >= int64(avail)-int64(next) { // next+v outside [0, avail)
-				d.fail("copy reference")
-				break
-			}
-			d.b = d.b[n:]
-			k := next + int(v)
-			f.refs[j] = k
-			next = k + 1
+	f, err := decodeMasked(p, nsub, "copy")
+	if err != nil {
+		return f, err
+	}
+	d := dec{b: f.payload}
+	f.refs = make([]int, nsub)
+	next := i * stride
+	for j := range nsub {
+		if f.mask[j/8]&(1<<(j%8)) != 0 {
+			f.refs[j] = -1
+			next++
+			continue
 		}
+		v, n := binary.Varint(d.b)
+		if n <= 0 || v < -int64(next) || v >= int64(avail)-int64(next) { // next+v outside [0, avail)
+			d.fail("copy reference")
+			break
+		}
+		d.b = d.b[n:]
+		k := next + int(v)
+		f.refs[j] = k
+		next = k + 1
 	}
-	if d.err == nil {
-		f.payload = d.b
-	}
-	if f.flags&^flagZstd != 0 {
-		d.fail("copy flags")
-	}
+	f.payload = d.b
 	return f, d.err
 }
 
