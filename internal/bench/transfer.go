@@ -417,10 +417,7 @@ func runTransfer(ctx context.Context, opts TransferOptions, side TransferSide, o
 			return err
 		}
 	}
-	if err := img.reset(ctx); err != nil { // the first copies again copy the same image
-		return fmt.Errorf("bench transfer: reset image: %w", err)
-	}
-	cmp, err := compareCompression(ctx, opts, results, func(m transferMethod, dir string) (transferTiming, error) {
+	cmp, err := compareCompression(ctx, opts, results, img, func(m transferMethod, dir string) (transferTiming, error) {
 		srv, err := serve(m)
 		if err != nil {
 			return transferTiming{}, err
@@ -463,11 +460,14 @@ type compressionCheck struct {
 // without zstd, alternately, compressionRuns times each, including the table's runs, when a
 // first copy takes under half a minute (a slow link's difference is larger than the noise).
 // fetch runs one first copy of a method into an empty dir.
-func compareCompression(ctx context.Context, opts TransferOptions, results map[string]map[string]transferTiming,
+func compareCompression(ctx context.Context, opts TransferOptions, results map[string]map[string]transferTiming, img transferImage,
 	fetch func(m transferMethod, dir string) (transferTiming, error), dir string) (compressionCheck, error) {
 	with, without := results["blockdiff"]["first"], results["blockdiff, no zstd"]["first"]
 	if !with.ok || !without.ok || without.d > 30*time.Second {
 		return compressionCheck{}, nil
+	}
+	if err := img.reset(ctx); err != nil { // the image the table's first copies copied
+		return compressionCheck{}, fmt.Errorf("bench transfer: reset image: %w", err)
 	}
 	method := func(name string) transferMethod {
 		for _, m := range transferMethods {

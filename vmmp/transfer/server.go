@@ -273,6 +273,7 @@ func (ss *session) open(ctx context.Context, path string) (*srcFile, error) {
 		// Its body is read only if the destination holds another image (send).
 		sf.cached, sf.image = c, c.image
 	case !c.load():
+		// The body is damaged or was replaced: no cache at all.
 	case ss.cfg.tracker != nil && c.sig.g.size == sf.g.size:
 		ranges, ok, err := ss.cfg.tracker.Changed(ctx, path, c.image)
 		if err != nil || !ok {
@@ -779,6 +780,9 @@ func (ss *session) changed(ctx context.Context, b *batch, i int, data []byte, h 
 			}
 		}
 	}
+	if placed == 0 {
+		return ss.whole(b, data, h)
+	}
 	send, moved := 0, false
 	for j, k := range ref {
 		if k < 0 {
@@ -787,7 +791,8 @@ func (ss *session) changed(ctx context.Context, b *batch, i int, data []byte, h 
 			moved = true
 		}
 	}
-	if placed == 0 || send*patchLimitDen > len(data)*patchLimitNum {
+	// Every page in place but the block differs: the weak hashes collided, send it whole.
+	if send == 0 && !moved || send*patchLimitDen > len(data)*patchLimitNum {
 		return ss.whole(b, data, h)
 	}
 	kind := framePatch
