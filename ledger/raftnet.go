@@ -199,10 +199,7 @@ func (l *RaftLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, timeout)
 	defer cancel()
-	if err := l.connect(ctx, id); err != nil {
-		return nil, fmt.Errorf("dial raft server %s: %w", id, err)
-	}
-	st, err := l.host.NewStream(ctx, id, RaftID)
+	st, err := l.stream(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("dial raft server %s: %w", id, err)
 	}
@@ -226,7 +223,7 @@ func (l *RaftLayer) connect(ctx context.Context, id peer.ID) error {
 		}
 	}
 	if l.resolve == nil {
-		return fmt.Errorf("cannot reach it (%w): connect to it, or give the raft layer a resolver", err)
+		return fmt.Errorf("%w (%w): connect to it, or give the raft layer a resolver", errNotFound, err)
 	}
 	info, rerr := l.resolve(ctx, id)
 	if rerr == nil && info.ID != id {
@@ -236,13 +233,40 @@ func (l *RaftLayer) connect(ctx context.Context, id peer.ID) error {
 		rerr = errors.New("the resolver found no address")
 	}
 	if rerr != nil {
-		return fmt.Errorf("cannot reach it (%w) nor find its addresses: %w", err, rerr)
+		return fmt.Errorf("%w (%w) nor find its addresses: %w", errNotFound, err, rerr)
 	}
 	l.remember(id, info.Addrs)
 	if err := l.host.Connect(ctx, peer.AddrInfo{ID: id}); err != nil {
 		return fmt.Errorf("cannot reach it at its resolved addresses %v: %w", info.Addrs, err)
 	}
 	return nil
+}
+
+// errNotFound: no address of the server is known or can be found; trying again at once
+// would not change that.
+var errNotFound = errors.New("cannot reach it")
+
+// stream opens a raft stream to id. A connection can fail for a moment after either side
+// closed an earlier one (the remote still tearing it down, a handshake broken off): that is
+// tried again, twice, past the swarm's dial backoff, rather than left to raft's next
+// heartbeat a whole interval later.
+func (l *RaftLayer) stream(ctx context.Context, id peer.ID) (network.Stream, error) {
+	open := func(ctx context.Context) (network.Stream, error) {
+		if err := l.connect(ctx, id); err != nil {
+			return nil, err
+		}
+		return l.host.NewStream(ctx, id, RaftID)
+	}
+	st, err := open(ctx)
+	for wait := 100 * time.Millisecond; err != nil && !errors.Is(err, errNotFound) && wait <= 200*time.Millisecond; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		st, err = open(network.WithForceDirectDial(ctx, "raft redial"))
+	}
+	return st, err
 }
 
 // remember puts resolved addresses of id in the peerstore and notes them for Forget.

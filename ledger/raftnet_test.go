@@ -18,9 +18,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/virtuoso-market/virtuoso/internal/nodetest"
 	"github.com/virtuoso-market/virtuoso/internal/testwait"
 	"github.com/virtuoso-market/virtuoso/node"
@@ -569,5 +572,67 @@ func TestRaftLogger(t *testing.T) {
 	}
 	if quiet := RaftConfig(unknownPeer(t), nil).Logger; quiet.IsError() {
 		t.Error("without a slog logger raft still logs errors")
+	}
+}
+
+// refuseFirst is a connection gater that refuses the first n secured inbound connections,
+// as a node still tearing down an earlier connection does.
+type refuseFirst struct{ n atomic.Int32 }
+
+func (*refuseFirst) InterceptPeerDial(peer.ID) bool               { return true }
+func (*refuseFirst) InterceptAddrDial(peer.ID, ma.Multiaddr) bool { return true }
+func (*refuseFirst) InterceptAccept(network.ConnMultiaddrs) bool  { return true }
+func (g *refuseFirst) InterceptSecured(dir network.Direction, _ peer.ID, _ network.ConnMultiaddrs) bool {
+	return dir != network.DirInbound || g.n.Add(-1) < 0
+}
+func (*refuseFirst) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// A handshake the server breaks off (here refused twice) is dialled again: raft's next
+// heartbeat would wait a whole interval for what a moment's retry mends.
+func TestRaftLayerRedialsABrokenHandshake(t *testing.T) {
+	gater := &refuseFirst{}
+	gater.n.Store(2)
+	server, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.ConnectionGater(gater))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	client, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	listener, err := NewRaftLayer(server, RaftLayerOptions{Allow: func(id peer.ID) bool { return id == client.ID() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close()
+	dialer, err := NewRaftLayer(client, RaftLayerOptions{
+		Allow: func(peer.ID) bool { return false },
+		Resolve: func(context.Context, peer.ID) (peer.AddrInfo, error) {
+			return peer.AddrInfo{ID: server.ID(), Addrs: server.Addrs()}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialer.Close()
+	out, err := dialer.Dial(raft.ServerAddress(server.ID().String()), 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial after two broken handshakes: %v", err)
+	}
+	defer out.Close()
+	if n := gater.n.Load(); n > -1 {
+		t.Fatalf("the server refused %d of 2 handshakes, then let one through; want all three tried", 2-n)
+	}
+	if _, err := out.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	in := acceptWithin(t, listener, 10*time.Second)
+	defer in.Close()
+	buf := make([]byte, 4)
+	in.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(in, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
 	}
 }
