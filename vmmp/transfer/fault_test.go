@@ -517,8 +517,36 @@ func TestChangeTracker(t *testing.T) {
 	}
 }
 
+// The source checkpoints its tracker (hypervisor tools, tens of ms) while the destination
+// commits, not before it has sent the end; and the destination's Fetch returns only once the
+// source's checkpoint is made, so that what the caller does next (start the VM, send it
+// back) comes after it.
+func TestSourceCheckpointsWhileDestinationCommits(t *testing.T) {
+	dt := &memTracker{called: make(chan struct{}, 4)}
+	tr := &memTracker{after: dt.called, delay: 200 * time.Millisecond} // a hypervisor tool's time
+	p := newPair(t, WithChangeTracker(tr))
+	src := filepath.Join(p.srcDir, "disk.img")
+	writeImage(t, src, testSize, 84)
+	res := p.mustFetch(t, []string{"disk.img"}, WithChangeTracker(dt))
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.waitErr != nil {
+		t.Fatal(tr.waitErr)
+	}
+	if !slices.Equal(tr.paths, []string{src}) || tr.checkpoint != res.Files[0].Hash {
+		t.Fatalf("when the fetch returned, the source had checkpointed %v at %s, want %s at %s", tr.paths, tr.checkpoint, src, res.Files[0].Hash)
+	}
+}
+
 // memTracker records writes the test makes, as a hypervisor's dirty bitmap would.
 type memTracker struct {
+	// after, if set, is waited for (10 s at most, else waitErr) before a checkpoint;
+	// called, if set, gets a value after each; each takes delay.
+	after   <-chan struct{}
+	delay   time.Duration
+	called  chan struct{}
+	waitErr error
+
 	mu           sync.Mutex
 	checkpoint   Hash
 	dirty        []Extent
@@ -533,10 +561,23 @@ func (m *memTracker) write(off, n int64) {
 }
 
 func (m *memTracker) Checkpoint(ctx context.Context, path string, h Hash) error {
+	if m.after != nil {
+		select {
+		case <-m.after:
+		case <-time.After(10 * time.Second):
+			m.mu.Lock()
+			m.waitErr = errors.New("the source checkpointed before the destination committed: it had not sent the end")
+			m.mu.Unlock()
+		}
+	}
+	time.Sleep(m.delay)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.checkpoint, m.dirty = h, nil
 	m.paths = append(m.paths, path)
+	m.mu.Unlock()
+	if m.called != nil {
+		m.called <- struct{}{}
+	}
 	return nil
 }
 

@@ -144,12 +144,22 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 	c.fr = newFrameReader(rw)
 	c.fw = newFrameWriter(rw)
 	defer func() {
+		if err == nil {
+			// A stage the commit applied in place is unlinked but still open: its last close
+			// frees its blocks, which on a filesystem mounted with discard waits for the
+			// disk (tens of ms for tens of MiB). The files are committed; that can follow.
+			files := c.files
+			go func() {
+				for _, f := range files {
+					f.close()
+				}
+			}()
+			return
+		}
 		for _, f := range c.files {
 			f.close()
 		}
-		if err != nil {
-			c.cleanup(err)
-		}
+		c.cleanup(err)
 	}()
 	if err := writePreamble(c.fw.w); err != nil {
 		return nil, err
@@ -203,15 +213,21 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 		c.total.Add(f.g.size)
 	}
 
+	// A failure on either side of the stream unblocks the other (not the end of both: the
+	// stream stays open for the verdict and the source's end).
 	eg, gctx := errgroup.WithContext(ctx)
-	stop := context.AfterFunc(gctx, rw.abort)
-	eg.Go(func() error { return c.sendSignatures(gctx) })
-	eg.Go(func() error { return c.receive(gctx) })
+	abortOnErr := func(err error) error {
+		if err != nil {
+			rw.abort()
+		}
+		return err
+	}
+	eg.Go(func() error { return abortOnErr(c.sendSignatures(gctx)) })
+	eg.Go(func() error { return abortOnErr(c.receive(gctx)) })
 	if err := eg.Wait(); err != nil {
 		c.tell(err)
 		return nil, err
 	}
-	stop()
 	received := time.Since(c.start)
 	if err := c.commit(ctx); err != nil {
 		c.tell(err)
@@ -220,6 +236,7 @@ func (c *client) run(ctx context.Context, rw *idleStream) (res *Result, err erro
 	c.cfg.log.Debug("transfer: fetched", "vm", c.req.VM, "received", received, "committed", time.Since(c.start),
 		"wire", c.wire(), "written", c.written.Load())
 	c.tell(nil)
+	c.awaitSource()
 	c.report("", true)
 	res = &Result{WireBytes: c.wire(), WrittenBytes: c.written.Load(), Elapsed: time.Since(c.start)}
 	for _, f := range c.files {
@@ -242,6 +259,22 @@ func (c *client) tell(err error) {
 	}
 	if c.fw.write(frameDone, e.marshal()) == nil {
 		_ = c.fw.flush()
+	}
+}
+
+// sourceWrapUp bounds how long a committed Fetch waits for the source to finish its side.
+const sourceWrapUp = 10 * time.Second
+
+// awaitSource waits for the source to end the stream: it stores its signature and
+// checkpoints its change tracker after it sent the last file (while this side committed), and
+// what the caller does next (start the VM, send it back) must come after that. A source that
+// neither ends nor fails the stream in time is left to it: the files are committed.
+func (c *client) awaitSource() {
+	_ = c.st.SetReadDeadline(time.Now().Add(sourceWrapUp))
+	for range 4 {
+		if _, _, err := c.fr.read(); err != nil {
+			return
+		}
 	}
 }
 

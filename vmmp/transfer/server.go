@@ -716,6 +716,11 @@ func (ss *session) send(ctx context.Context, idx int, sf *srcFile) error {
 	if err := ss.fw.write(frameEnd, image[:]); err != nil {
 		return err
 	}
+	// The destination has all it needs: it verifies and commits while this side stores the
+	// signature and checkpoints the tracker (a fsync and hypervisor tools: tens of ms).
+	if err := ss.fw.flush(); err != nil {
+		return err
+	}
 	if sf.cached == nil {
 		c := &cachedSig{sig: sig, id: sf.id, verifiedAt: sf.start.UnixNano(), image: image}
 		if err := storeCachedSig(sf.path, c); err != nil {
