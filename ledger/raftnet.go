@@ -247,24 +247,25 @@ func (l *RaftLayer) connect(ctx context.Context, id peer.ID) error {
 var errNotFound = errors.New("cannot reach it")
 
 // stream opens a raft stream to id. A connection can fail for a moment after either side
-// closed an earlier one (the remote still tearing it down, a handshake broken off): that is
-// tried again, twice, past the swarm's dial backoff, rather than left to raft's next
-// heartbeat a whole interval later.
+// closed an earlier one (the remote still tearing it down, a handshake broken off): the
+// stream is tried again, twice, past the swarm's dial backoff and at the addresses the first
+// attempt found, rather than left to raft's next heartbeat a whole interval later.
 func (l *RaftLayer) stream(ctx context.Context, id peer.ID) (network.Stream, error) {
-	open := func(ctx context.Context) (network.Stream, error) {
-		if err := l.connect(ctx, id); err != nil {
-			return nil, err
-		}
-		return l.host.NewStream(ctx, id, RaftID)
+	err := l.connect(ctx, id)
+	if errors.Is(err, errNotFound) {
+		return nil, err
 	}
-	st, err := open(ctx)
-	for wait := 100 * time.Millisecond; err != nil && !errors.Is(err, errNotFound) && wait <= 200*time.Millisecond; wait *= 2 {
+	var st network.Stream
+	if err == nil {
+		st, err = l.host.NewStream(ctx, id, RaftID)
+	}
+	for wait := 100 * time.Millisecond; err != nil && wait <= 200*time.Millisecond; wait *= 2 {
 		select {
 		case <-ctx.Done():
 			return nil, err
 		case <-time.After(wait):
 		}
-		st, err = open(network.WithForceDirectDial(ctx, "raft redial"))
+		st, err = l.host.NewStream(network.WithForceDirectDial(ctx, "raft redial"), id, RaftID)
 	}
 	return st, err
 }
